@@ -1,0 +1,383 @@
+//! The configuration schema and its built-in defaults.
+//!
+//! Every struct denies unknown keys and defaults every field, so that a drop-in file may
+//! set a single key and a typo is an error rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the handler used when a pod names none.
+pub const DEFAULT_RUNTIME: &str = "runc";
+
+/// The whole configuration of one crispd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: content store, snapshots, metadata.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot: lock, bundles, pod namespaces.
+    pub state: PathBuf,
+    /// The CRI gRPC unix socket.
+    pub listen: PathBuf,
+    /// Where crisp writes its own per-container files that are not kubelet's logs.
+    pub log_dir: PathBuf,
+    /// Least severity logged.
+    pub log_level: LogLevel,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// How pod and container cgroups are created; kubelet must use the same driver.
+    pub cgroup_driver: CgroupDriver,
+    /// Handler for pods whose `runtime_handler` is empty.
+    pub default_runtime: String,
+    /// Handler for pods annotated `io.kubernetes.cri.untrusted-workload: "true"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untrusted_workload_runtime: Option<String>,
+    /// Image whose rootfs backs the pod infra process.
+    pub pause_image: String,
+    /// Images never removed by RemoveImage or garbage collection (`pinned` in ListImages).
+    pub pinned_images: Vec<String>,
+    /// Runtime handlers by name (RuntimeClass handler names).
+    pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
+    /// CNI configuration and plugins.
+    pub cni: CniConfig,
+    /// Registry mirrors, insecure registries and credentials.
+    pub registry: RegistryConfig,
+    /// Image pull limits.
+    pub image: ImageConfig,
+    /// The Exec/Attach/PortForward streaming server.
+    pub streaming: StreamingConfig,
+    /// crisp's own Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(
+            DEFAULT_RUNTIME.to_owned(),
+            RuntimeHandlerConfig {
+                path: PathBuf::from("runc"),
+                ..RuntimeHandlerConfig::default()
+            },
+        );
+        Self {
+            root: PathBuf::from("/var/lib/crisp"),
+            state: PathBuf::from("/run/crisp"),
+            listen: PathBuf::from("/run/crisp/crisp.sock"),
+            log_dir: PathBuf::from("/var/log/crisp"),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime: DEFAULT_RUNTIME.to_owned(),
+            untrusted_workload_runtime: None,
+            pause_image: "registry.k8s.io/pause:3.10".to_owned(),
+            pinned_images: Vec::new(),
+            runtimes,
+            cni: CniConfig::default(),
+            registry: RegistryConfig::default(),
+            image: ImageConfig::default(),
+            streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The handler a pod gets: its own choice, the untrusted-workload handler, or the default.
+    pub fn handler_name<'a>(&'a self, requested: &'a str, untrusted: bool) -> &'a str {
+        if !requested.is_empty() {
+            return requested;
+        }
+        match (&self.untrusted_workload_runtime, untrusted) {
+            (Some(name), true) => name,
+            _ => &self.default_runtime,
+        }
+    }
+
+    /// The state directory a handler's runtime keeps its containers in (`--root` of runc).
+    pub fn runtime_root(&self, handler: &str) -> PathBuf {
+        match self.runtimes.get(handler).and_then(|h| h.root.clone()) {
+            Some(root) => root,
+            None => self.state.join("runtimes").join(handler),
+        }
+    }
+
+    /// A copy safe to print or return over the API: credentials replaced by a marker.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        for auth in copy.registry.auths.values_mut() {
+            for secret in [
+                &mut auth.password,
+                &mut auth.auth,
+                &mut auth.identity_token,
+                &mut auth.registry_token,
+            ] {
+                if secret.is_some() {
+                    *secret = Some("<redacted>".to_owned());
+                }
+            }
+        }
+        copy
+    }
+}
+
+/// Severity threshold for crisp's own logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: lifecycle events.
+    Info,
+    /// Per-request detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The name used in config files and `--log-level`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "error" => Ok(Self::Error),
+            "warn" => Ok(Self::Warn),
+            "info" => Ok(Self::Info),
+            "debug" => Ok(Self::Debug),
+            "trace" => Ok(Self::Trace),
+            other => Err(format!(
+                "unknown log level `{other}`, expected one of error, warn, info, debug, trace"
+            )),
+        }
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The cgroup manager, matching kubelet's `--cgroup-driver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Cgroups created directly under /sys/fs/cgroup.
+    Cgroupfs,
+    /// Cgroups created as systemd scopes and slices.
+    Systemd,
+}
+
+/// What kind of runtime a handler drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerType {
+    /// An OCI runtime CLI (runc, crun, runsc).
+    #[default]
+    Oci,
+    /// A virtual machine per pod with an agent inside.
+    Microvm,
+}
+
+/// QEMU accelerator for the microVM handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Hardware virtualisation through /dev/kvm.
+    #[default]
+    Kvm,
+    /// QEMU's software emulation: slow, but works where KVM does not.
+    Tcg,
+}
+
+/// One `[runtimes.<name>]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeHandlerConfig {
+    /// `oci` or `microvm`.
+    #[serde(rename = "type")]
+    pub kind: HandlerType,
+    /// The runtime binary (OCI) or the VMM binary (microVM); a bare name is looked up in PATH.
+    pub path: PathBuf,
+    /// The runtime's state directory; defaults to `<state>/runtimes/<name>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Extra arguments put before every runtime subcommand (e.g. runsc's `--network=host`).
+    pub runtime_args: Vec<String>,
+    /// Whether pods of this handler join the host network namespace inside the runtime
+    /// instead of being handed the pod's netns path (old runsc builds need this).
+    pub privileged_without_host_devices: bool,
+    /// microVM: the guest kernel image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// microVM: the guest initrd holding the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// microVM: `kvm` or `tcg`.
+    pub accelerator: Accelerator,
+    /// microVM: guest memory in MiB.
+    pub memory_mib: u32,
+    /// microVM: guest vCPUs.
+    pub vcpus: u32,
+}
+
+/// The `[cni]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory scanned for `*.conflist`, `*.conf` and `*.json`, first valid by name wins.
+    pub conf_dir: PathBuf,
+    /// Directories searched, in order, for plugin binaries.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            plugin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+        }
+    }
+}
+
+/// The `[registry]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registries (`host` or `host:port`) reached over plain HTTP or unverified TLS.
+    pub insecure: Vec<String>,
+    /// Mirrors by registry host: endpoints tried in order before the registry itself.
+    pub mirrors: BTreeMap<String, MirrorConfig>,
+    /// Credentials by registry host, used when a pull brings none.
+    pub auths: BTreeMap<String, AuthConfig>,
+}
+
+/// One `[registry.mirrors."<host>"]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Base URLs (`http://host:port` or `https://host`) tried in order.
+    pub endpoints: Vec<String>,
+}
+
+/// One `[registry.auths."<host>"]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Basic-auth user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Basic-auth password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// base64 of `user:password`, as in Docker's config.json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// OAuth2 refresh token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<String>,
+    /// Bearer token sent as is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_token: Option<String>,
+}
+
+/// The `[image]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// A pull that moves no bytes for this long is aborted.
+    #[serde(with = "humantime_serde_compat")]
+    pub pull_progress_timeout: Duration,
+    /// A pull that takes longer than this in all is aborted.
+    #[serde(with = "humantime_serde_compat")]
+    pub pull_timeout: Duration,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            pull_progress_timeout: Duration::from_secs(60),
+            pull_timeout: Duration::from_secs(30 * 60),
+            max_concurrent_downloads: 3,
+        }
+    }
+}
+
+/// The `[streaming]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `ip:port` the streaming server listens on; port 0 picks a free one.
+    pub address: String,
+    /// PEM certificate; with `tls_key`, the server speaks TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// How long an Exec/Attach/PortForward URL stays valid.
+    #[serde(with = "humantime_serde_compat")]
+    pub token_timeout: Duration,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            token_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` of the Prometheus endpoint; empty turns it off.
+    pub address: String,
+}
+
+/// Durations as humantime strings (`"90s"`, `"30m"`), both ways.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"90s\" or \"5m\""
+            ))
+        })
+    }
+}
