@@ -1,0 +1,12 @@
+//! Images: references, the registry client, and pull orchestration (download, verify,
+//! hand layers to `storage` for unpacking).
+//!
+//! Owns: turning a reference such as `busybox` into `docker.io/library/busybox:latest`,
+//! talking to registries, and deciding what to fetch. Does not own: bytes at rest
+//! (`storage`) or CRI messages (`server`).
+//!
+//! Invariants: nothing fetched is used before its digest has been verified.
+//!
+//! Trusts: no registry and no manifest; every byte is checked against a digest.
+//!
+//! The pull machinery lands with the images issue; this crate is its home.

@@ -1,0 +1,17 @@
+//! Pod networking: CNI configuration discovery and plugin invocation, and the network
+//! namespaces pods live in.
+//!
+//! Owns: reading CNI network configuration lists (per the CNI spec), finding plugin
+//! binaries, and (with the pods work) running ADD/CHECK/DEL and managing pod netns.
+//! Does not own: which pods exist or when they are networked; `server` decides.
+//!
+//! Invariants: a [`NetworkConfig`] returned here parsed as a CNI conflist, names a network
+//! and at least one plugin, and every plugin binary it names exists in a plugin directory.
+//!
+//! Trusts: nothing in the CNI directory; every file is validated before use.
+
+mod cni_config;
+mod error;
+
+pub use cni_config::{NetworkConfig, PluginSearch, find_network_config};
+pub use error::CniError;

@@ -1,0 +1,14 @@
+//! Runtime handlers: what runs a pod's containers. The `oci` handler drives an OCI runtime
+//! (runc, crun, runsc) through its command line; the `microvm` handler boots a VM per pod
+//! and talks to an agent inside it.
+//!
+//! Owns: the runtime binaries, bundles and per-container monitors. Does not own: which
+//! handler a pod gets (`server` decides from configuration) or CRI types.
+//!
+//! Invariants: a handler never leaves a runtime-side container behind a failed create.
+//!
+//! Trusts: the configured runtime binaries; nothing a container prints.
+
+mod binary;
+
+pub use binary::resolve_binary;

@@ -1,0 +1,17 @@
+//! Storage for images and container filesystems: the content store (blobs by digest), the
+//! overlayfs snapshotter (one committed snapshot per layer, one writable snapshot per
+//! container) and the metadata store. Only this crate sees the embedded database.
+//!
+//! Owns: bytes on disk under the configured root, and the mounts it makes.
+//! Does not own: registries, references or CRI semantics (`image` and `server` do).
+//!
+//! Invariants: a blob is visible under its digest only once its content has been verified.
+//!
+//! Trusts: nothing in a layer; everything extracted is confined to its snapshot.
+
+mod error;
+mod mount;
+mod overlay_probe;
+
+pub use error::SnapshotError;
+pub use overlay_probe::probe_overlay;
