@@ -1,0 +1,111 @@
+//! The CRI RuntimeService. Version, Status and RuntimeConfig answer for real; the rest
+//! land with their issues.
+
+use std::sync::Arc;
+
+use cri_proto::v1 as cri;
+use tonic::{Request, Response, Status};
+
+use crate::cri::{NoStream, cri_service_impl};
+use crate::state::Daemon;
+
+/// The name crisp reports in VersionResponse.
+pub const RUNTIME_NAME: &str = "crisp";
+
+/// RuntimeService over the daemon's state.
+pub struct RuntimeService {
+    daemon: Arc<Daemon>,
+}
+
+impl RuntimeService {
+    /// The service for `daemon`.
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        Self { daemon }
+    }
+}
+
+cri_service_impl! {
+impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
+    type StreamPodSandboxesStream = NoStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = NoStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = NoStream<cri::ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = NoStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".to_owned(),
+            runtime_name: RUNTIME_NAME.to_owned(),
+            runtime_version: env!("CARGO_PKG_VERSION").to_owned(),
+            runtime_api_version: cri_proto::CRI_API_VERSION.to_owned(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let config = self.daemon.config();
+        let verbose = request.into_inner().verbose;
+        // Reading the CNI directory touches the filesystem; keep it off the runtime threads.
+        let response = tokio::task::spawn_blocking(move || super::status::status(&config, verbose))
+            .await
+            .map_err(|e| Status::internal(format!("status check failed: {e}")))?;
+        Ok(Response::new(response))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        let driver = match self.daemon.config().cgroup_driver {
+            conf::CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+            conf::CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver.into(),
+            }),
+        }))
+    }
+
+}
+unimplemented {
+        run_pod_sandbox(RunPodSandboxRequest) -> cri::RunPodSandboxResponse, "RunPodSandbox";
+        stop_pod_sandbox(StopPodSandboxRequest) -> cri::StopPodSandboxResponse, "StopPodSandbox";
+        remove_pod_sandbox(RemovePodSandboxRequest) -> cri::RemovePodSandboxResponse, "RemovePodSandbox";
+        pod_sandbox_status(PodSandboxStatusRequest) -> cri::PodSandboxStatusResponse, "PodSandboxStatus";
+        list_pod_sandbox(ListPodSandboxRequest) -> cri::ListPodSandboxResponse, "ListPodSandbox";
+        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream, "StreamPodSandboxes";
+        create_container(CreateContainerRequest) -> cri::CreateContainerResponse, "CreateContainer";
+        start_container(StartContainerRequest) -> cri::StartContainerResponse, "StartContainer";
+        stop_container(StopContainerRequest) -> cri::StopContainerResponse, "StopContainer";
+        remove_container(RemoveContainerRequest) -> cri::RemoveContainerResponse, "RemoveContainer";
+        list_containers(ListContainersRequest) -> cri::ListContainersResponse, "ListContainers";
+        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream, "StreamContainers";
+        container_status(ContainerStatusRequest) -> cri::ContainerStatusResponse, "ContainerStatus";
+        update_container_resources(UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse, "UpdateContainerResources";
+        reopen_container_log(ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse, "ReopenContainerLog";
+        exec_sync(ExecSyncRequest) -> cri::ExecSyncResponse, "ExecSync";
+        exec(ExecRequest) -> cri::ExecResponse, "Exec";
+        attach(AttachRequest) -> cri::AttachResponse, "Attach";
+        port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";
+        container_stats(ContainerStatsRequest) -> cri::ContainerStatsResponse, "ContainerStats";
+        list_container_stats(ListContainerStatsRequest) -> cri::ListContainerStatsResponse, "ListContainerStats";
+        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream, "StreamContainerStats";
+        pod_sandbox_stats(PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse, "PodSandboxStats";
+        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse, "ListPodSandboxStats";
+        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream, "StreamPodSandboxStats";
+        update_runtime_config(UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse, "UpdateRuntimeConfig";
+        checkpoint_container(CheckpointContainerRequest) -> cri::CheckpointContainerResponse, "CheckpointContainer";
+        get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream, "GetContainerEvents";
+        list_metric_descriptors(ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse, "ListMetricDescriptors";
+        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse, "ListPodSandboxMetrics";
+        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream, "StreamPodSandboxMetrics";
+        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse, "UpdatePodSandboxResources";
+}
+}

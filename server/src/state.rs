@@ -1,0 +1,38 @@
+//! The daemon's shared state, handed to every service.
+
+use std::sync::{Arc, RwLock};
+
+use conf::Config;
+
+/// What every CRI handler reads. Cheap to clone handles out of: the configuration is an
+/// `Arc` swapped whole on reload, so a request sees one consistent configuration.
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+}
+
+impl Daemon {
+    /// State for a daemon running with `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: RwLock::new(Arc::new(config)),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(guard) => Arc::clone(&guard),
+            // A writer panicked mid-swap; the Arc it left is still whole.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces the configuration (SIGHUP reload).
+    pub fn set_config(&self, config: Config) {
+        let new = Arc::new(config);
+        match self.config.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Starting the real `crispd` binary on a private socket and state directory.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_proto::v1::image_service_client::ImageServiceClient;
+use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+/// The crispd under test.
+pub fn crispd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_crispd"))
+}
+
+/// A scratch directory with a config file whose paths all point inside it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox whose config holds the base paths plus `extra` TOML.
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("crisp-test-")
+            .tempdir()
+            .expect("tempdir");
+        let sandbox = Self { dir };
+        std::fs::create_dir_all(sandbox.path("cni")).expect("cni dir");
+        sandbox.write_config(extra);
+        sandbox
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("crisp.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("state/crisp.sock")
+    }
+
+    /// Rewrites the config file: base paths, then `extra`.
+    pub fn write_config(&self, extra: &str) {
+        let base = format!(
+            "root = \"{root}\"\nstate = \"{state}\"\nlisten = \"{sock}\"\nlog_dir = \"{log}\"\n{extra}\n[cni]\nconf_dir = \"{cni}\"\n",
+            root = self.path("root").display(),
+            state = self.path("state").display(),
+            sock = self.socket().display(),
+            log = self.path("log").display(),
+            cni = self.path("cni").display(),
+        );
+        std::fs::write(self.config_path(), base).expect("write config");
+    }
+
+    /// Runs `crispd <args> --config <ours>` to completion.
+    pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = crispd()
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("run crispd");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start(&self) -> Daemon {
+        self.start_with(|_| {})
+    }
+
+    /// Starts the daemon after `tweak` has adjusted the command.
+    pub fn start_with(&self, tweak: impl FnOnce(&mut Command)) -> Daemon {
+        let mut cmd = crispd();
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("spawn crispd");
+        let mut daemon = Daemon {
+            child: Some(child),
+            socket: self.socket(),
+        };
+        daemon.wait_ready();
+        daemon
+    }
+}
+
+/// A running crispd; stopped with SIGTERM when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let mut err = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                panic!("crispd exited early with {status}: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "crispd did not listen on {} within 20s",
+            self.socket.display()
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory preconditions; the pid is our own child.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        let status = child.wait().expect("wait crispd");
+        (status, err)
+    }
+
+    pub async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
+        let channel = connect(&self.socket).await;
+        (
+            RuntimeServiceClient::new(channel.clone()),
+            ImageServiceClient::new(channel),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A channel to the CRI server on `socket`.
+pub async fn connect(socket: &Path) -> Channel {
+    critest::connect(socket).await.expect("connect to crispd")
+}
+
+/// A CNI conflist naming the real plugins installed on this machine, if any directory
+/// has them; tests that need network readiness use it.
+pub fn real_plugin_dir() -> PathBuf {
+    ["/usr/lib/cni", "/opt/cni/bin"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("bridge").exists() && d.join("host-local").exists())
+        .expect("CNI plugins (Debian's containernetworking-plugins) must be installed; `make test` installs them")
+}
