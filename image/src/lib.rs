@@ -8,5 +8,7 @@
 //! Invariants: nothing fetched is used before its digest has been verified.
 //!
 //! Trusts: no registry and no manifest; every byte is checked against a digest.
-//!
-//! The pull machinery lands with the images issue; this crate is its home.
+
+mod reference;
+
+pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, Reference, ReferenceError, parse};

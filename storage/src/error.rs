@@ -2,6 +2,54 @@
 
 use std::path::PathBuf;
 
+use crate::digest::Digest;
+
+/// A content-store problem, naming the digest or path concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    /// No committed blob has this digest.
+    #[error("blob {digest} not found in the content store")]
+    NotFound {
+        /// The digest asked for.
+        digest: Digest,
+    },
+    /// The bytes do not hash to the digest they were announced under.
+    #[error("content does not match its digest: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The announced digest.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The bytes are not as long as announced.
+    #[error("blob {digest} has {actual} bytes, but {expected} were announced")]
+    SizeMismatch {
+        /// The blob.
+        digest: Digest,
+        /// The announced size.
+        expected: u64,
+        /// The bytes received.
+        actual: u64,
+    },
+    /// A string that should be a digest is not one.
+    #[error("invalid digest `{input}`: {reason}")]
+    InvalidDigest {
+        /// What was given (truncated).
+        input: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Reading or writing the store failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A snapshotter problem, naming the path concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

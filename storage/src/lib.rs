@@ -9,9 +9,13 @@
 //!
 //! Trusts: nothing in a layer; everything extracted is confined to its snapshot.
 
+mod content;
+mod digest;
 mod error;
 mod mount;
 mod overlay_probe;
 
-pub use error::SnapshotError;
+pub use content::{BlobWriter, ContentStore};
+pub use digest::{Digest, Hasher};
+pub use error::{ContentError, SnapshotError};
 pub use overlay_probe::probe_overlay;
