@@ -74,3 +74,40 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
 }
+
+/// A layer that cannot be applied, naming the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// An entry would land outside the layer directory.
+    #[error("layer entry `{entry}` refused: {reason}")]
+    Escape {
+        /// The entry's path as written in the layer.
+        entry: String,
+        /// How it would escape.
+        reason: String,
+    },
+    /// An entry is malformed or of a kind crisp does not unpack.
+    #[error("layer entry `{entry}` is invalid: {reason}")]
+    Invalid {
+        /// The entry.
+        entry: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The layer stream is not a readable (compressed) tar.
+    #[error("layer is not a readable tar archive: {source}")]
+    Read {
+        /// The decoder's or tar reader's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing into the snapshot failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file written.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

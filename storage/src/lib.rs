@@ -14,8 +14,10 @@ mod digest;
 mod error;
 mod mount;
 mod overlay_probe;
+mod unpack;
 
 pub use content::{BlobWriter, ContentStore};
 pub use digest::{Digest, Hasher};
-pub use error::{ContentError, SnapshotError};
+pub use error::{ContentError, SnapshotError, UnpackError};
 pub use overlay_probe::probe_overlay;
+pub use unpack::{UnpackStats, apply_layer};
