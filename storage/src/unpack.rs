@@ -290,7 +290,7 @@ fn apply_entry<R: Read>(
     let is_symlink = kind == tar::EntryType::Symlink;
     if !is_symlink {
         // After chown, which clears set-id bits.
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode as u32))
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
             .map_err(io(&target))?;
     }
     for (key, value) in xattrs {
