@@ -53,6 +53,9 @@ pub enum ContentError {
 /// A snapshotter problem, naming the path concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The metadata store failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     /// A directory or file could not be created or removed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -105,6 +108,45 @@ pub enum UnpackError {
     #[error("{}: {source}", path.display())]
     Io {
         /// The file written.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A metadata-store problem.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The database failed.
+    #[error("metadata database: {0}")]
+    Db(String),
+    /// A record cannot be decoded.
+    #[error("metadata record `{key}` is unreadable: {reason}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A problem with the storage root as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The content store failed.
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    /// The snapshotter failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// Walking the root failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The directory.
         path: PathBuf,
         /// Why.
         #[source]

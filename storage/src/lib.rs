@@ -12,12 +12,18 @@
 mod content;
 mod digest;
 mod error;
+mod metadata;
 mod mount;
 mod overlay_probe;
+mod snapshot;
+mod store;
 mod unpack;
 
 pub use content::{BlobWriter, ContentStore};
 pub use digest::{Digest, Hasher};
-pub use error::{ContentError, SnapshotError, UnpackError};
+pub use error::{ContentError, MetadataError, SnapshotError, StoreError, UnpackError};
+pub use metadata::{ImageRecord, MetadataStore, SnapshotRecord};
 pub use overlay_probe::probe_overlay;
+pub use snapshot::Snapshotter;
+pub use store::{GcReport, Store, Usage};
 pub use unpack::{UnpackStats, apply_layer};
