@@ -5,6 +5,8 @@
 //! behaviour critest checks, so CI guards it without critest installed.
 //! Depends on `cri-proto` only: it never sees crisp's internals.
 
+pub mod fixture;
+
 use std::path::{Path, PathBuf};
 
 use cri_proto::v1::image_service_client::ImageServiceClient;

@@ -9,6 +9,16 @@
 //!
 //! Trusts: no registry and no manifest; every byte is checked against a digest.
 
+mod blocking;
+mod error;
+mod images;
+mod manifest;
+mod pull;
 mod reference;
+mod registry;
 
+pub use error::ImageError;
+pub use images::{ImageOptions, Images};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, Reference, ReferenceError, parse};
+pub use registry::{Credentials, RegistryOptions, is_loopback};
+pub use storage::{ImageRecord, Usage};

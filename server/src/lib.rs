@@ -15,6 +15,8 @@ pub mod cli;
 pub mod commands;
 pub mod cri;
 pub mod daemon;
+pub mod errors;
 pub mod host;
 pub mod logging;
+pub mod options;
 pub mod state;

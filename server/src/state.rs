@@ -8,13 +8,16 @@ use conf::Config;
 /// `Arc` swapped whole on reload, so a request sees one consistent configuration.
 pub struct Daemon {
     config: RwLock<Arc<Config>>,
+    /// The images on this node.
+    pub images: image::Images,
 }
 
 impl Daemon {
     /// State for a daemon running with `config`.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, images: image::Images) -> Self {
         Self {
             config: RwLock::new(Arc::new(config)),
+            images,
         }
     }
 
@@ -27,8 +30,10 @@ impl Daemon {
         }
     }
 
-    /// Replaces the configuration (SIGHUP reload).
+    /// Replaces the configuration (SIGHUP reload) and hands the live parts on.
     pub fn set_config(&self, config: Config) {
+        self.images
+            .set_registry(crate::options::registry_options(&config));
         let new = Arc::new(config);
         match self.config.write() {
             Ok(mut guard) => *guard = new,

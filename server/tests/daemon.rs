@@ -166,7 +166,7 @@ async fn verbose_status_returns_the_effective_config_without_secrets() {
 async fn other_rpcs_answer_unimplemented_with_their_name() {
     let sandbox = Sandbox::new("");
     let daemon = sandbox.start();
-    let (mut runtime, mut image) = daemon.clients().await;
+    let (mut runtime, _) = daemon.clients().await;
     let err = runtime
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
         .await
@@ -177,12 +177,12 @@ async fn other_rpcs_answer_unimplemented_with_their_name() {
         "{}",
         err.message()
     );
-    let err = image
-        .image_fs_info(cri::ImageFsInfoRequest {})
+    let err = runtime
+        .exec_sync(cri::ExecSyncRequest::default())
         .await
         .expect_err("not implemented yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ImageFsInfo"), "{}", err.message());
+    assert!(err.message().contains("ExecSync"), "{}", err.message());
 }
 
 #[test]

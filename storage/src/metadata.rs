@@ -31,6 +31,9 @@ pub struct ImageRecord {
     pub size: u64,
     /// Unix seconds of the pull.
     pub pulled_at: i64,
+    /// The image config's `User` (`uid`, `name`, `uid:gid`, ...), empty if unset.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// A committed (read-only) snapshot: one layer applied on its parent.
@@ -293,6 +296,7 @@ mod tests {
             chain_ids: vec![],
             size: 1,
             pulled_at: 0,
+            user: String::new(),
         }
     }
 

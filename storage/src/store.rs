@@ -157,6 +157,7 @@ mod tests {
                 chain_ids: vec!["sha256:keep".into()],
                 size: 0,
                 pulled_at: 0,
+                user: String::new(),
             })
             .expect("image");
         let report = store.gc().expect("gc");

@@ -17,18 +17,36 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::digest::{Digest, Hasher};
 use crate::error::UnpackError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// What applying a layer produced.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackStats {
     /// Tar entries applied.
     pub entries: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
+    /// Digest of the uncompressed tar stream: the layer's diff ID, which the image
+    /// config names and the caller must compare.
+    pub diff_id: Digest,
+}
+
+/// Passes bytes through while hashing them.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Applies the layer read from `layer` (compression sniffed from its first bytes) to
@@ -54,8 +72,15 @@ pub fn apply_layer(layer: impl Read, dest: &Path) -> Result<UnpackStats, UnpackE
 }
 
 fn apply_tar(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError> {
-    let mut archive = tar::Archive::new(reader);
-    let mut stats = UnpackStats::default();
+    let mut archive = tar::Archive::new(HashingReader {
+        inner: reader,
+        hasher: Hasher::default(),
+    });
+    let mut stats = UnpackStats {
+        entries: 0,
+        bytes: 0,
+        diff_id: Digest::of(b""),
+    };
     // Directory times are set last: creating children changes them.
     let mut dir_times = Vec::new();
     let entries = archive
@@ -73,6 +98,11 @@ fn apply_tar(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError>
     for (path, mtime) in dir_times.iter().rev() {
         set_mtime(path, *mtime, false)?;
     }
+    // The diff ID covers the whole stream, including the padding after the last entry.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .map_err(|source| UnpackError::Read { source })?;
+    stats.diff_id = rest.hasher.finish();
     Ok(stats)
 }
 

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::*;
+use crate::digest::Digest;
 
 /// Builds a tar whose entry names are written raw, so tests can make what the tar crate's
 /// builder would refuse to.
@@ -136,14 +137,19 @@ fn files_dirs_links_modes_and_owners_are_kept() {
 fn plain_and_zstd_layers_apply_too() {
     for compress in [false, true] {
         let s = scratch();
-        let tar = Layer::new().file("a", b"alpha", 0o600).bytes();
+        let tar_bytes = Layer::new().file("a", b"alpha", 0o600).bytes();
         let bytes = if compress {
-            zstd::encode_all(&tar[..], 1).expect("zstd")
+            zstd::encode_all(&tar_bytes[..], 1).expect("zstd")
         } else {
-            tar
+            tar_bytes.clone()
         };
-        apply_layer(&bytes[..], &s.layer).expect("applies");
+        let stats = apply_layer(&bytes[..], &s.layer).expect("applies");
         assert_eq!(std::fs::read(s.layer.join("a")).expect("a"), b"alpha");
+        assert_eq!(
+            stats.diff_id,
+            Digest::of(&tar_bytes),
+            "diff id is the uncompressed tar's digest"
+        );
     }
 }
 

@@ -49,9 +49,10 @@ async fn serve(
     config: conf::Config,
     levels: logging::LevelHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let images = image::Images::open(crate::options::image_options(&config)).await?;
     let listener = socket::bind(&config.listen)?;
     let socket_path = config.listen.clone();
-    let daemon = Arc::new(Daemon::new(config));
+    let daemon = Arc::new(Daemon::new(config, images));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -1,0 +1,134 @@
+//! What can go wrong with images.
+
+use std::time::Duration;
+
+use storage::{Digest, StoreError, UnpackError};
+
+use crate::reference::ReferenceError;
+
+/// A pull, lookup or removal that failed, with what a person needs to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The reference does not parse.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The registry has no such image (or tag).
+    #[error("image {reference} not found on {registry}")]
+    NotFound {
+        /// The reference pulled.
+        reference: String,
+        /// The registry or mirror asked last.
+        registry: String,
+    },
+    /// The registry refused our credentials (or wants some).
+    #[error("registry {registry} refused access to {reference}: {message}")]
+    Unauthorized {
+        /// The reference pulled.
+        reference: String,
+        /// The registry.
+        registry: String,
+        /// What it said.
+        message: String,
+    },
+    /// The registry could not be reached or answered with a server error.
+    #[error("registry {registry} is unavailable for {reference}: {message}")]
+    Unavailable {
+        /// The reference pulled.
+        reference: String,
+        /// The registry.
+        registry: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A schema 1 manifest.
+    #[error(
+        "image {reference} has a Docker schema 1 manifest, which crisp does not pull; push it again with a current client (schema 2 or OCI)"
+    )]
+    Schema1 {
+        /// The reference.
+        reference: String,
+    },
+    /// An index without an entry for this node.
+    #[error("image {reference} has no {wanted} variant (it offers: {offered})")]
+    NoMatchingPlatform {
+        /// The reference.
+        reference: String,
+        /// This node's platform.
+        wanted: String,
+        /// What the index lists.
+        offered: String,
+    },
+    /// A manifest, index or config that is malformed.
+    #[error("invalid manifest: {reason}")]
+    BadManifest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Content that does not hash to its digest.
+    #[error(
+        "{what} of {reference} is corrupt: expected {expected}, got {actual}; nothing was stored"
+    )]
+    DigestMismatch {
+        /// Which content (manifest, config, layer).
+        what: String,
+        /// The reference pulled.
+        reference: String,
+        /// The digest announced.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// A layer that tries to escape its directory or cannot be unpacked.
+    #[error("layer {layer} of {reference} was refused: {source}")]
+    BadLayer {
+        /// The layer's digest.
+        layer: Digest,
+        /// The reference pulled.
+        reference: String,
+        /// What was wrong with it.
+        #[source]
+        source: UnpackError,
+    },
+    /// No bytes arrived for too long.
+    #[error("pull of {reference} made no progress for {after:?} (downloading {blob}); aborted")]
+    Stalled {
+        /// The reference.
+        reference: String,
+        /// The blob being downloaded.
+        blob: Digest,
+        /// The configured progress timeout.
+        after: Duration,
+    },
+    /// The whole pull took too long.
+    #[error("pull of {reference} did not finish within {after:?}; aborted")]
+    Deadline {
+        /// The reference.
+        reference: String,
+        /// The configured pull timeout.
+        after: Duration,
+    },
+    /// The local store failed.
+    #[error("image store: {0}")]
+    Store(#[from] StoreError),
+    /// A blocking task failed to complete (panicked or was cancelled).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<storage::ContentError> for ImageError {
+    fn from(e: storage::ContentError) -> Self {
+        Self::Store(StoreError::Content(e))
+    }
+}
+
+impl From<storage::MetadataError> for ImageError {
+    fn from(e: storage::MetadataError) -> Self {
+        Self::Store(StoreError::Metadata(e))
+    }
+}
+
+impl From<storage::SnapshotError> for ImageError {
+    fn from(e: storage::SnapshotError) -> Self {
+        Self::Store(StoreError::Snapshot(e))
+    }
+}

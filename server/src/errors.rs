@@ -1,0 +1,26 @@
+//! Domain errors as gRPC statuses. Matches are exhaustive: a new error variant must
+//! decide its status code here.
+
+use image::ImageError;
+use tonic::Status;
+
+/// The status a failed image operation answers with.
+pub fn image_status(error: ImageError) -> Status {
+    let message = error.to_string();
+    match error {
+        ImageError::Reference(_)
+        | ImageError::Schema1 { .. }
+        | ImageError::NoMatchingPlatform { .. } => Status::invalid_argument(message),
+        ImageError::NotFound { .. } => Status::not_found(message),
+        ImageError::Unauthorized { .. } => Status::permission_denied(message),
+        ImageError::Unavailable { .. } => Status::unavailable(message),
+        ImageError::BadManifest { .. } | ImageError::BadLayer { .. } => {
+            Status::failed_precondition(message)
+        }
+        ImageError::DigestMismatch { .. } => Status::data_loss(message),
+        ImageError::Stalled { .. } | ImageError::Deadline { .. } => {
+            Status::deadline_exceeded(message)
+        }
+        ImageError::Store(_) | ImageError::Internal(_) => Status::internal(message),
+    }
+}

@@ -1,0 +1,510 @@
+//! ImageService against a real local registry (Debian's docker-registry on loopback),
+//! holding images built from busybox-static by the critest fixture.
+
+mod common;
+
+use std::path::Path;
+
+use common::Sandbox;
+use cri_proto::v1 as cri;
+use critest::fixture::{self, ImageBuilder, LayerBuilder, Registry};
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.to_owned(),
+        ..Default::default()
+    })
+}
+
+fn pull_request(image: &str) -> cri::PullImageRequest {
+    cri::PullImageRequest {
+        image: spec(image),
+        ..Default::default()
+    }
+}
+
+fn busybox() -> ImageBuilder {
+    ImageBuilder::new()
+        .layer(fixture::busybox_layer().expect("busybox-static is installed (/bin/busybox)"))
+        .cmd(&["sh"])
+}
+
+/// Files under `dir`, recursively (to prove nothing was left behind).
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() && !path.is_symlink() {
+                1 + count_files(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_list_status_and_remove_by_tag_and_by_digest() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox()
+        .layer(
+            LayerBuilder::new()
+                .file("etc/motd", b"crisp\n", 0o644)
+                .finish(),
+        )
+        .user("1002")
+        .build();
+    let manifest = fixture::push(&registry, "e2e/busybox", "1.29-2", &image).expect("push");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let name = format!("{}/e2e/busybox:1.29-2", registry.addr);
+
+    let pulled = images
+        .pull_image(pull_request(&name))
+        .await
+        .expect("pull")
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    let listed = &listed[0];
+    assert_eq!(listed.id, image.id());
+    assert_eq!(listed.repo_tags, std::slice::from_ref(&name));
+    assert_eq!(
+        listed.repo_digests,
+        [format!("{}/e2e/busybox@{manifest}", registry.addr)]
+    );
+    assert_eq!(listed.uid.as_ref().map(|u| u.value), Some(1002));
+    let layers: u64 = image.layers.iter().map(|l| l.len() as u64).sum();
+    assert_eq!(listed.size, layers + image.config.len() as u64);
+
+    // Status by tag, by ID and by digest all find it; verbose carries the config.
+    for by in [
+        name.clone(),
+        image.id(),
+        format!("{}/e2e/busybox@{manifest}", registry.addr),
+    ] {
+        let status = images
+            .image_status(cri::ImageStatusRequest {
+                image: spec(&by),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(status.image.map(|i| i.id), Some(image.id()), "{by}");
+        let info: serde_json::Value =
+            serde_json::from_str(status.info.get("info").expect("verbose info")).expect("JSON");
+        assert_eq!(info["imageSpec"]["config"]["User"], "1002");
+    }
+
+    // Pulling by digest finds the same image and adds no tag.
+    let by_digest = format!("{}/e2e/busybox@{manifest}", registry.addr);
+    let again = images
+        .pull_image(pull_request(&by_digest))
+        .await
+        .expect("pull by digest")
+        .into_inner();
+    assert_eq!(again.image_ref, image.id());
+
+    let fs = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .expect("fsinfo")
+        .into_inner();
+    let used = fs.image_filesystems[0]
+        .used_bytes
+        .as_ref()
+        .map_or(0, |u| u.value);
+    assert!(used > 900_000, "busybox-static alone is ~1 MB, got {used}");
+
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&name) })
+        .await
+        .expect("remove");
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&image.id()),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.image.is_none(), "untagged with no tag left: removed");
+    // Removing again, or something never pulled, is not an error.
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&name) })
+        .await
+        .expect("remove again");
+    // Garbage collection removed blobs and snapshots.
+    assert_eq!(count_files(&sandbox.path("root/content/blobs/sha256")), 0);
+    assert_eq!(count_files(&sandbox.path("root/snapshots")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tags_untag_one_at_a_time() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox().build();
+    for tag in ["1", "2", "3"] {
+        fixture::push(&registry, "test-image-tags", tag, &image).expect("push");
+    }
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    for tag in ["1", "2", "3"] {
+        let name = format!("{}/test-image-tags:{tag}", registry.addr);
+        images.pull_image(pull_request(&name)).await.expect("pull");
+    }
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].repo_tags.len(), 3);
+
+    let first = format!("{}/test-image-tags:1", registry.addr);
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&first),
+        })
+        .await
+        .expect("untag");
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed[0].repo_tags.len(), 2, "{:?}", listed[0].repo_tags);
+
+    // By ID, everything goes.
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&image.id()),
+        })
+        .await
+        .expect("remove");
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_download_each_blob_once() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox().build();
+    fixture::push(&registry, "shared", "a", &image).expect("push");
+    let daemon = sandbox.start();
+    let (_, images) = daemon.clients().await;
+    let name = format!("{}/shared:a", registry.addr);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut client = images.clone();
+        let request = pull_request(&name);
+        tasks.push(tokio::spawn(
+            async move { client.pull_image(request).await },
+        ));
+    }
+    for task in tasks {
+        let response = task.await.expect("task").expect("pull").into_inner();
+        assert_eq!(response.image_ref, image.id());
+    }
+    let layer = fixture::digest(&image.layers[0]);
+    assert_eq!(
+        registry.blob_gets(&layer),
+        1,
+        "the layer was downloaded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_resolves_to_linux_amd64() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let amd64 = busybox().build();
+    let arm64 = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("arch", b"arm64", 0o644).finish())
+        .arch("arm64")
+        .build();
+    fixture::push_index(&registry, "multi", "latest", &[arm64, amd64.clone()]).expect("push index");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let pulled = images
+        .pull_image(pull_request(&format!("{}/multi", registry.addr)))
+        .await
+        .expect("pull")
+        .into_inner();
+    assert_eq!(pulled.image_ref, amd64.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_serve_docker_hub_names() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox().build();
+    fixture::push(&registry, "library/busybox", "fixture", &image).expect("push");
+    // A dead mirror first: crisp moves on to the next endpoint.
+    sandbox.write_config(&format!(
+        "[registry.mirrors.\"docker.io\"]\nendpoints = [\"http://127.0.0.1:9\", \"http://{}\"]\n",
+        registry.addr
+    ));
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let pulled = images
+        .pull_image(pull_request("busybox:fixture"))
+        .await
+        .expect("pull")
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec("docker.io/library/busybox:fixture"),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(
+        status.image.map(|i| i.repo_tags),
+        Some(vec!["docker.io/library/busybox:fixture".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_required_and_used() {
+    let sandbox = Sandbox::new("");
+    let registry =
+        Registry::start(&sandbox.path("registry"), Some(("alice", "s3cret"))).expect("registry");
+    let image = busybox().build();
+    fixture::push(&registry, "private/app", "v1", &image).expect("push");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let name = format!("{}/private/app:v1", registry.addr);
+
+    let denied = images
+        .pull_image(pull_request(&name))
+        .await
+        .expect_err("no credentials");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+    let wrong = cri::PullImageRequest {
+        image: spec(&name),
+        auth: Some(cri::AuthConfig {
+            username: "alice".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = images.pull_image(wrong).await.expect_err("wrong password");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    let right = cri::PullImageRequest {
+        image: spec(&name),
+        auth: Some(cri::AuthConfig {
+            // The `auth` form: base64 of user:password.
+            auth: "YWxpY2U6czNjcmV0".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pulled = images
+        .pull_image(right)
+        .await
+        .expect("pull with credentials")
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_blob_fails_the_pull_and_registers_nothing() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox().build();
+    fixture::push(&registry, "corrupt", "v1", &image).expect("push");
+    // Flip bytes in the layer as the registry stores it (same length, wrong content).
+    let layer = fixture::digest(&image.layers[0]);
+    let path = registry.blob_data_path(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).expect("blob data");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, bytes).expect("tamper");
+
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let err = images
+        .pull_image(pull_request(&format!("{}/corrupt:v1", registry.addr)))
+        .await
+        .expect_err("corrupt layer");
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert!(err.message().contains(&layer), "{}", err.message());
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+    assert!(
+        !sandbox
+            .path("root/content/blobs/sha256")
+            .join(layer.trim_start_matches("sha256:"))
+            .exists()
+    );
+    assert_eq!(count_files(&sandbox.path("root/content/ingest")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layers_are_refused_and_touch_nothing_outside() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let outside = sandbox.path("host");
+    std::fs::create_dir_all(&outside).expect("host dir");
+    let target = outside.join("pwned");
+    let hostile = [
+        (
+            "dotdot",
+            LayerBuilder::new()
+                .file("../../../../../../../../tmp/crisp-pwned", b"x", 0o644)
+                .finish(),
+        ),
+        (
+            "symlink",
+            LayerBuilder::new()
+                .symlink("escape", outside.to_str().expect("utf8 path"))
+                .file("escape/pwned", b"x", 0o644)
+                .finish(),
+        ),
+        (
+            "hardlink",
+            LayerBuilder::new()
+                .hardlink("passwd", "../../../../../../etc/passwd")
+                .finish(),
+        ),
+    ];
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    for (name, layer) in hostile {
+        let image = ImageBuilder::new().layer(layer).build();
+        fixture::push(&registry, &format!("hostile/{name}"), "v1", &image).expect("push");
+        let err = images
+            .pull_image(pull_request(&format!(
+                "{}/hostile/{name}:v1",
+                registry.addr
+            )))
+            .await
+            .expect_err("hostile layer");
+        assert_eq!(
+            err.code(),
+            tonic::Code::FailedPrecondition,
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.message().contains("refused"),
+            "{name}: {}",
+            err.message()
+        );
+    }
+    assert!(!target.exists());
+    assert!(!Path::new("/tmp/crisp-pwned").exists());
+    assert_eq!(count_files(&outside), 0);
+    assert_eq!(
+        count_files(&sandbox.path("root/snapshots")),
+        0,
+        "no half-made snapshot"
+    );
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_references_and_missing_images_get_precise_codes() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+
+    let err = images
+        .pull_image(pull_request("Not/A/Valid:Ref!"))
+        .await
+        .expect_err("bad ref");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = images
+        .pull_image(pull_request(""))
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let err = images
+        .pull_image(pull_request(&format!("{}/nothing/here:v1", registry.addr)))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    let err = images
+        .pull_image(pull_request("127.0.0.1:9/x:y"))
+        .await
+        .expect_err("nobody listens");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec("never/pulled:1"),
+            verbose: false,
+        })
+        .await
+        .expect("status of an absent image is not an error")
+        .into_inner();
+    assert!(status.image.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_survive_a_restart() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let image = busybox().build();
+    fixture::push(&registry, "persist", "v1", &image).expect("push");
+    let name = format!("{}/persist:v1", registry.addr);
+    {
+        let daemon = sandbox.start();
+        let (_, mut images) = daemon.clients().await;
+        images.pull_image(pull_request(&name)).await.expect("pull");
+        let (status, _) = daemon.stop();
+        assert!(status.success());
+    }
+    drop(registry);
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.image.map(|i| i.id), Some(image.id()));
+}
