@@ -508,3 +508,81 @@ async fn images_survive_a_restart() {
         .into_inner();
     assert_eq!(status.image.map(|i| i.id), Some(image.id()));
 }
+
+/// Bytes that do not compress, quickly (xorshift).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_pull_leaves_a_consistent_store() {
+    let sandbox = Sandbox::new("[image]\nmax_concurrent_downloads = 1\n");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let mut builder = busybox();
+    for i in 0..4 {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .file(&format!("data/{i}"), &noise(16 << 20, i + 1), 0o644)
+                .finish(),
+        );
+    }
+    let image = builder.build();
+    fixture::push(&registry, "big", "v1", &image).expect("push");
+    let name = format!("{}/big:v1", registry.addr);
+
+    let daemon = sandbox.start();
+    let (_, images) = daemon.clients().await;
+    let mut client = images.clone();
+    let request = pull_request(&name);
+    let pull = tokio::spawn(async move { client.pull_image(request).await });
+    // Wait until the pull is under way: blobs arriving or a snapshot being built.
+    let ingest = sandbox.path("root/content/ingest");
+    let blobs = sandbox.path("root/content/blobs/sha256");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count_files(&ingest) == 0 && count_files(&blobs) < 3 {
+        assert!(std::time::Instant::now() < deadline, "pull never started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    daemon.kill();
+    let _ = pull.await;
+
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(
+        listed.is_empty(),
+        "a half-pulled image was registered: {listed:?}"
+    );
+    assert_eq!(count_files(&ingest), 0, "partial downloads were cleaned");
+    let leftovers: Vec<_> = std::fs::read_dir(sandbox.path("root/snapshots"))
+        .expect("snapshots dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "unreferenced snapshots after restart: {leftovers:?}"
+    );
+
+    // And the pull can simply be repeated.
+    let pulled = images
+        .pull_image(pull_request(&name))
+        .await
+        .expect("pull again")
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+}

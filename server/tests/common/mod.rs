@@ -151,6 +151,14 @@ impl Daemon {
         (status, err)
     }
 
+    /// SIGKILL: the daemon gets no chance to clean up (a crash).
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
         let channel = connect(&self.socket).await;
         (
