@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use oci_client::secrets::RegistryAuth;
@@ -83,7 +83,13 @@ impl Images {
         plain_http: bool,
     ) -> Result<ImageRecord, ImageError> {
         let source = Source {
-            client: registry::client(endpoint, self.progress_timeout, plain_http),
+            // The HTTP read timeout backs up our own progress timeout (which names the
+            // blob); it must not fire first.
+            client: registry::client(
+                endpoint,
+                self.progress_timeout + Duration::from_secs(5),
+                plain_http,
+            ),
             oci: registry::oci_reference(reference, endpoint),
             auth: auth.clone(),
             endpoint,

@@ -586,3 +586,117 @@ async fn kill_9_during_a_pull_leaves_a_consistent_store() {
         .into_inner();
     assert_eq!(pulled.image_ref, image.id());
 }
+
+/// A registry of our own that serves one image but stalls in the middle of its layer,
+/// to exercise the progress and overall pull timeouts.
+fn stalling_registry(image: &fixture::BuiltImage) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let manifest = image.manifest.clone();
+    let config = image.config.clone();
+    let layer = image.layers[0].clone();
+    let (config_digest, layer_digest) = (fixture::digest(&config), fixture::digest(&layer));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (manifest, config, layer) = (manifest.clone(), config.clone(), layer.clone());
+            let (config_digest, layer_digest) = (config_digest.clone(), layer_digest.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned();
+                    // Skip headers.
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let (ctype, body, stall) = if path.contains("/manifests/") {
+                        (fixture::image::OCI_MANIFEST, manifest.clone(), false)
+                    } else if path.ends_with(&config_digest) {
+                        ("application/octet-stream", config.clone(), false)
+                    } else if path.ends_with(&layer_digest) {
+                        ("application/octet-stream", layer.clone(), true)
+                    } else {
+                        ("application/json", b"{}".to_vec(), false)
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if stall {
+                        let _ = stream.write_all(&body[..body.len() / 2]);
+                        let _ = stream.flush();
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                        return;
+                    }
+                    if stream.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_download_and_a_slow_pull_are_aborted_clearly() {
+    let image = busybox().build();
+    let addr = stalling_registry(&image);
+
+    let sandbox = Sandbox::new("[image]\npull_progress_timeout = \"1s\"\n");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let err = images
+        .pull_image(pull_request(&format!("{addr}/stall:v1")))
+        .await
+        .expect_err("stalls");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("made no progress"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains(&fixture::digest(&image.layers[0])),
+        "{}",
+        err.message()
+    );
+    assert_eq!(count_files(&sandbox.path("root/content/ingest")), 0);
+    drop(daemon);
+
+    let sandbox = Sandbox::new("[image]\npull_progress_timeout = \"30s\"\npull_timeout = \"1s\"\n");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let err = images
+        .pull_image(pull_request(&format!("{addr}/stall:v1")))
+        .await
+        .expect_err("too slow");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("did not finish within"),
+        "{}",
+        err.message()
+    );
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty());
+}

@@ -1,0 +1,306 @@
+//! `crisp-bench pull [--rounds N] [--layers N] [--layer-mib N]`: pulls the same
+//! multi-layer image from a local registry with crispd and with containerd's CRI plugin
+//! (Debian's `containerd`, its own socket and root) in one run, fresh daemons and empty
+//! stores each round, and prints median pull times, their ratio and each daemon's peak
+//! RSS (VmHWM) over the pull.
+//!
+//! Needs root, `crispd` (PATH or $CRISPD), `containerd`, and `docker-registry`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cri_proto::v1 as cri;
+use critest::fixture::{self, ImageBuilder, LayerBuilder, Registry};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Options {
+    rounds: usize,
+    layers: usize,
+    layer_mib: usize,
+}
+
+fn parse_args() -> Result<Options, Error> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("pull") => {}
+        _ => {
+            return Err("usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N]".into());
+        }
+    }
+    let mut options = Options {
+        rounds: 3,
+        layers: 6,
+        layer_mib: 48,
+    };
+    while let Some(flag) = args.next() {
+        let value: usize = args.next().ok_or("flag without value")?.parse()?;
+        match flag.as_str() {
+            "--rounds" => options.rounds = value,
+            "--layers" => options.layers = value,
+            "--layer-mib" => options.layer_mib = value,
+            other => return Err(format!("unknown flag {other}").into()),
+        }
+    }
+    Ok(options)
+}
+
+/// Incompressible bytes, fast.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A daemon under test.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn wait_socket(socket: &Path, child: &mut Child) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("daemon exited early: {status}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("{} never answered", socket.display()).into())
+}
+
+fn start_crispd(dir: &Path) -> Result<Daemon, Error> {
+    let bin = std::env::var("CRISPD").unwrap_or_else(|_| "crispd".to_owned());
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("crisp.sock");
+    let config = dir.join("crisp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "root = \"{0}/root\"\nstate = \"{0}/state\"\nlisten = \"{1}\"\nlog_dir = \"{0}/log\"\nlog_level = \"warn\"\n",
+            dir.display(),
+            socket.display()
+        ),
+    )?;
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    wait_socket(&socket, &mut child)?;
+    Ok(Daemon { child, socket })
+}
+
+fn start_containerd(dir: &Path, registry: &str) -> Result<Daemon, Error> {
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version = 2
+root = "{0}/root"
+state = "{0}/state"
+[grpc]
+  address = "{1}"
+[ttrpc]
+  address = "{1}.ttrpc"
+[debug]
+  level = "warn"
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri".registry.mirrors."{2}"]
+  endpoint = ["http://{2}"]
+"#,
+            dir.display(),
+            socket.display(),
+            registry
+        ),
+    )?;
+    let mut child = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_socket(&socket, &mut child)?;
+    Ok(Daemon { child, socket })
+}
+
+async fn timed_pull(socket: &Path, image: &str) -> Result<Duration, Error> {
+    let mut clients = critest::Clients::connect(socket).await?;
+    // The CRI plugin may need a moment after its socket appears.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match clients
+            .image
+            .list_images(cri::ListImagesRequest::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let started = Instant::now();
+    clients
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(started.elapsed())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Error> {
+    let options = parse_args()?;
+    let work = tempdir()?;
+    let registry = Registry::start(&work.join("registry"), None)?;
+    let mut builder = ImageBuilder::new().layer(fixture::busybox_layer()?);
+    for i in 0..options.layers {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .file(
+                    &format!("data/{i}.bin"),
+                    &noise(options.layer_mib << 20, i as u64 + 1),
+                    0o644,
+                )
+                .finish(),
+        );
+    }
+    let image = builder.build();
+    let total: usize = image.layers.iter().map(Vec::len).sum();
+    fixture::push(&registry, "bench/big", "v1", &image)?;
+    let name = format!("{}/bench/big:v1", registry.addr);
+
+    let mut crisp_times = Vec::new();
+    let mut containerd_times = Vec::new();
+    let (mut crisp_rss, mut containerd_rss) = (0u64, 0u64);
+    for round in 0..options.rounds {
+        let dir = work.join(format!("crisp-{round}"));
+        let daemon = start_crispd(&dir)?;
+        crisp_times.push(timed_pull(&daemon.socket, &name).await?.as_secs_f64());
+        crisp_rss = crisp_rss.max(daemon.peak_rss_kib());
+        drop(daemon);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let dir = work.join(format!("containerd-{round}"));
+        let daemon = start_containerd(&dir, &registry.addr)?;
+        containerd_times.push(timed_pull(&daemon.socket, &name).await?.as_secs_f64());
+        containerd_rss = containerd_rss.max(daemon.peak_rss_kib());
+        drop(daemon);
+        unmount_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let crisp = median(&mut crisp_times);
+    let containerd = median(&mut containerd_times);
+    println!("# crisp-bench pull");
+    println!(
+        "machine: {} cores; image: {} layers, {:.0} MiB compressed; registry: docker-registry on loopback; {} rounds, fresh daemons and stores each round",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        image.layers.len(),
+        total as f64 / 1048576.0,
+        options.rounds
+    );
+    println!("| metric | crisp | containerd | crisp/containerd |");
+    println!("|---|---|---|---|");
+    println!(
+        "| pull time, median (s) | {crisp:.2} | {containerd:.2} | {:.2} |",
+        crisp / containerd
+    );
+    println!(
+        "| daemon peak RSS (MiB) | {:.1} | {:.1} | {:.2} |",
+        crisp_rss as f64 / 1024.0,
+        containerd_rss as f64 / 1024.0,
+        crisp_rss as f64 / containerd_rss.max(1) as f64
+    );
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn tempdir() -> Result<PathBuf, Error> {
+    let dir = std::env::temp_dir().join(format!("crisp-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// containerd's snapshotter may leave mounts; detach them before removing its root.
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    for line in mounts.lines().rev() {
+        if let Some(target) = line.split_whitespace().nth(1)
+            && target.starts_with(&prefix)
+        {
+            let _ = Command::new("umount").arg("-l").arg(target).status();
+        }
+    }
+}
