@@ -117,7 +117,7 @@ impl Images {
     pub async fn find(&self, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
         let store = Arc::clone(&self.store);
         let spec = spec.to_owned();
-        blocking(move || find_in(&store, &spec)).await
+        blocking(move || find_image(&store, &spec)).await
     }
 
     /// The image config blob (JSON) of a stored image.
@@ -138,7 +138,7 @@ impl Images {
         let store = Arc::clone(&self.store);
         let spec = spec.to_owned();
         blocking(move || {
-            let Some(image) = find_in(&store, &spec)? else {
+            let Some(image) = find_image(&store, &spec)? else {
                 return Ok(false);
             };
             let by_name = name_for(&spec).filter(|n| image.names.contains(n));
@@ -182,7 +182,8 @@ fn name_for(spec: &str) -> Option<String> {
     }
 }
 
-fn find_in(store: &Store, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
+/// The image an ID, name or `name@digest` points at, in `store`.
+pub fn find_image(store: &Store, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
     let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     if let Some(h) = spec.strip_prefix("sha256:")
         && hex(h)

@@ -12,13 +12,16 @@
 mod blocking;
 mod error;
 mod images;
+mod install;
+mod layout;
 mod manifest;
 mod pull;
 mod reference;
 mod registry;
 
 pub use error::ImageError;
-pub use images::{ImageOptions, Images};
+pub use images::{ImageOptions, Images, find_image};
+pub use layout::{export_layout, import_layout};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, Reference, ReferenceError, parse};
 pub use registry::{Credentials, RegistryOptions, is_loopback};
 pub use storage::{ImageRecord, Usage};

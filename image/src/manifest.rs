@@ -32,6 +32,9 @@ pub struct Descriptor {
     /// For index entries: the platform.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// Annotations (an OCI layout's index names images here).
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl Descriptor {
@@ -71,6 +74,13 @@ pub enum Fetched {
     Index(Vec<Descriptor>),
     /// An image manifest.
     Image(ImageManifest),
+}
+
+/// An OCI layout's `index.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LayoutIndex {
+    /// The images (or indexes) the layout holds.
+    pub manifests: Vec<Descriptor>,
 }
 
 /// An image manifest: config and layers.

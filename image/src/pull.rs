@@ -14,6 +14,7 @@ use storage::{ContentError, Digest, ImageRecord};
 use crate::blocking::blocking;
 use crate::error::ImageError;
 use crate::images::Images;
+use crate::install;
 use crate::manifest::{
     ACCEPTED_MANIFEST_TYPES, Descriptor, Fetched, chain_ids, parse_config, parse_manifest,
     select_platform,
@@ -195,25 +196,7 @@ impl Images {
             user: facts.user,
         };
         let store = Arc::clone(&self.store);
-        let record = blocking(move || {
-            // Keep the names (and blobs) the image already had under other references.
-            let mut record = record;
-            if let Some(old) = store.meta.image(&record.id)? {
-                for name in old.names {
-                    if !record.names.contains(&name) {
-                        record.names.push(name);
-                    }
-                }
-                for blob in old.blobs {
-                    if !record.blobs.contains(&blob) {
-                        record.blobs.push(blob);
-                    }
-                }
-            }
-            store.meta.put_image(&record)?;
-            Ok(record)
-        })
-        .await?;
+        let record = blocking(move || install::register(&store, record)).await?;
         tracing::info!(image = %reference, id = %record.id, bytes = record.size, "pulled");
         Ok(record)
     }
@@ -332,27 +315,7 @@ impl Images {
         let store = Arc::clone(&self.store);
         let (chain, diff_id, name) = (chain.to_string(), diff_id.clone(), reference.to_string());
         blocking(move || {
-            let file = store.content.open_blob(&layer)?;
-            let started = std::time::Instant::now();
-            let outcome = store.snapshots.commit_new(&chain, parent.as_deref(), |dir| {
-                let stats = storage::apply_layer(file, dir).map_err(|source| ImageError::BadLayer {
-                    layer: layer.clone(),
-                    reference: name.clone(),
-                    source,
-                })?;
-                if stats.diff_id != diff_id {
-                    return Err(ImageError::DigestMismatch {
-                        what: format!("uncompressed layer {layer}"),
-                        reference: name.clone(),
-                        expected: diff_id.clone(),
-                        actual: stats.diff_id,
-                    });
-                }
-                Ok(stats.bytes)
-            })?;
-            let record = outcome?;
-            tracing::debug!(layer = %layer, snapshot = record.id, elapsed = ?started.elapsed(), "unpacked");
-            Ok(())
+            install::unpack_layer(&store, &layer, &diff_id, &chain, parent.as_deref(), &name)
         })
         .await
     }

@@ -26,6 +26,29 @@ pub enum Command {
     Config,
     /// Check host prerequisites; exits non-zero when crisp cannot run here.
     Check,
+    /// Move images in and out as OCI image-layout archives (crispd must be stopped).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `crispd image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load every image of an OCI layout archive (tar) into the image store.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// Name for the image when the archive names none (single-image archives).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write an image (by name or ID) as an OCI layout archive.
+    Export {
+        /// The image.
+        image: String,
+        /// The archive to write.
+        file: PathBuf,
+    },
 }
 
 impl Cli {

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         None => server::daemon::run(&cli),
         Some(Command::Config) => server::commands::print_config(&cli),
         Some(Command::Check) => server::check::run(&cli),
+        Some(Command::Image(command)) => server::commands::image(&cli, command),
     };
     match result {
         Ok(code) => code,

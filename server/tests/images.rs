@@ -700,3 +700,95 @@ async fn a_stalled_download_and_a_slow_pull_are_aborted_clearly() {
         .images;
     assert!(listed.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_an_oci_layout_for_air_gapped_nodes() {
+    let source = Sandbox::new("");
+    let registry = Registry::start(&source.path("registry"), None).expect("registry");
+    let image = busybox()
+        .layer(
+            LayerBuilder::new()
+                .file("etc/motd", b"offline\n", 0o644)
+                .finish(),
+        )
+        .user("www-data")
+        .build();
+    fixture::push(&registry, "airgap/app", "v2", &image).expect("push");
+    let name = format!("{}/airgap/app:v2", registry.addr);
+    let archive = source.path("app.tar");
+    {
+        let daemon = source.start();
+        let (_, mut images) = daemon.clients().await;
+        images.pull_image(pull_request(&name)).await.expect("pull");
+        // The store is the daemon's while it runs.
+        let (status, _, stderr) =
+            source.run(&["image", "export", &name, archive.to_str().expect("utf8")]);
+        assert!(!status.success());
+        assert!(stderr.contains("already running"), "{stderr}");
+        daemon.stop();
+    }
+    let (status, stdout, stderr) =
+        source.run(&["image", "export", &name, archive.to_str().expect("utf8")]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(&image.id()), "{stdout}");
+    drop(registry);
+
+    let target = Sandbox::new("");
+    let (status, stdout, stderr) =
+        target.run(&["image", "import", archive.to_str().expect("utf8")]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(&image.id()), "{stdout}");
+    let daemon = target.start();
+    let (_, mut images) = daemon.clients().await;
+    let status = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let found = status.image.expect("imported image is there");
+    assert_eq!(found.id, image.id());
+    assert_eq!(found.username, "www-data");
+    assert_eq!(found.repo_tags, [name]);
+}
+
+#[test]
+fn a_tampered_archive_is_refused_and_registers_nothing() {
+    let sandbox = Sandbox::new("");
+    let image = busybox().build();
+    // A layout whose manifest blob is stored under a digest it does not have.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data).expect("append");
+    };
+    let claimed = fixture::digest(&image.manifest);
+    let mut forged = image.manifest.clone();
+    forged.push(b' ');
+    add(
+        &format!("blobs/sha256/{}", claimed.trim_start_matches("sha256:")),
+        &forged,
+    );
+    add(
+        "index.json",
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{claimed}","size":1}}]}}"#).as_bytes(),
+    );
+    let bytes = tar.into_inner().expect("tar");
+    let archive = sandbox.path("bad.tar");
+    std::fs::write(&archive, bytes).expect("write");
+    let (status, _, stderr) = sandbox.run(&[
+        "image",
+        "import",
+        archive.to_str().expect("utf8"),
+        "--name",
+        "x/y:z",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("corrupt"), "{stderr}");
+    assert_eq!(count_files(&sandbox.path("root/content/blobs/sha256")), 0);
+}
