@@ -13,6 +13,33 @@ pub enum CniError {
         /// Files looked at and why each was not usable.
         rejected: Vec<(PathBuf, String)>,
     },
+    /// A plugin failed (its own message, as it reported it).
+    #[error("CNI plugin {plugin} failed on {command}: {message}")]
+    Plugin {
+        /// The plugin type.
+        plugin: String,
+        /// ADD, DEL or CHECK.
+        command: String,
+        /// What it said.
+        message: String,
+    },
+    /// A plugin binary could not be run.
+    #[error("cannot run CNI plugin {}: {source}", plugin.display())]
+    Exec {
+        /// The binary.
+        plugin: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Tearing down a pod's network failed in one or more plugins.
+    #[error("CNI teardown of {container_id} failed: {}", failures.join("; "))]
+    Teardown {
+        /// The sandbox.
+        container_id: String,
+        /// Every plugin failure, in order.
+        failures: Vec<String>,
+    },
     /// The configuration directory could not be read.
     #[error("cannot read CNI configuration directory {}: {source}", dir.display())]
     ReadDir {
@@ -33,4 +60,27 @@ fn describe_rejected(rejected: &[(PathBuf, String)]) -> String {
         .map(|(path, why)| format!("{}: {why}", path.display()))
         .collect();
     format!(" ({})", parts.join("; "))
+}
+
+/// A namespace that could not be created or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// Creating or pinning failed.
+    #[error("cannot create namespace at {}: {source}", path.display())]
+    Create {
+        /// The pin path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unpinning failed.
+    #[error("cannot remove namespace at {}: {source}", path.display())]
+    Remove {
+        /// The pin path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

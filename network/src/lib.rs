@@ -11,7 +11,11 @@
 //! Trusts: nothing in the CNI directory; every file is validated before use.
 
 mod cni_config;
+mod cni_exec;
 mod error;
+mod netns;
 
 pub use cni_config::{NetworkConfig, PluginSearch, find_network_config};
-pub use error::CniError;
+pub use cni_exec::{Attached, Attachment, PortMapping, add, del, result_ips};
+pub use error::{CniError, NetnsError};
+pub use netns::{NamespaceKind, create_namespace, is_pinned, pin_path, remove_namespace};
