@@ -13,7 +13,7 @@ use crate::cni_config::{NetworkConfig, PluginSearch};
 use crate::error::CniError;
 
 /// A published port (CNI `portMappings` capability).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortMapping {
     /// Port on the host.
     pub host_port: u16,
@@ -80,7 +80,9 @@ pub fn add(
 }
 
 /// Runs DEL for the chain in reverse, past failures, reporting every one. Plugins are
-/// required to succeed on DEL of something already gone, so this is idempotent.
+/// required to succeed on DEL of something already gone, so this is idempotent. The
+/// attachment must carry the same port mappings as the ADD: portmap removes only the
+/// rules it is told about.
 pub fn del(
     network: &Value,
     plugins: &PluginSearch<'_>,

@@ -32,7 +32,7 @@ impl NamespaceKind {
         }
     }
 
-    /// The name under /proc/<pid>/ns.
+    /// The name under `/proc/<pid>/ns`.
     pub fn proc_name(self) -> &'static str {
         match self {
             Self::Net => "net",
@@ -195,6 +195,56 @@ fn loopback_up() -> std::io::Result<()> {
 /// Where a pod's pins live: `<state>/pods/<id>/ns/<kind>`.
 pub fn pin_path(pod_dir: &Path, kind: NamespaceKind) -> PathBuf {
     pod_dir.join("ns").join(kind.proc_name())
+}
+
+/// Which pinned namespace a namespaced sysctl belongs to, if it is one a pod may set.
+pub fn sysctl_namespace(key: &str) -> Option<NamespaceKind> {
+    let ipc = key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.");
+    if key.starts_with("net.") {
+        Some(NamespaceKind::Net)
+    } else if ipc {
+        Some(NamespaceKind::Ipc)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some(NamespaceKind::Uts)
+    } else {
+        None
+    }
+}
+
+/// Writes `value` to the sysctl `key` inside the namespace pinned at `pin`.
+pub fn set_sysctl(pin: &Path, key: &str, value: &str) -> Result<(), NetnsError> {
+    let fail = |source: std::io::Error| NetnsError::Create {
+        path: pin.to_owned(),
+        source,
+    };
+    let valid = !key.is_empty()
+        && key.split(['.', '/']).all(|p| !p.is_empty() && p != "..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    let kind = sysctl_namespace(key).filter(|_| valid).ok_or_else(|| {
+        fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("sysctl {key} is not a namespaced sysctl a pod may set"),
+        ))
+    })?;
+    let ns = std::fs::File::open(pin).map_err(fail)?;
+    let proc_path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = value.to_owned();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `ns` is an open namespace file; setns changes only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), kind.flag()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::fs::write(&proc_path, value.as_bytes())
+    })
+    .join()
+    .map_err(|_| fail(std::io::Error::other("sysctl thread panicked")))?
+    .map_err(fail)
 }
 
 #[cfg(test)]

@@ -19,4 +19,5 @@ pub mod errors;
 pub mod host;
 pub mod logging;
 pub mod options;
+pub mod pod;
 pub mod state;

@@ -10,14 +10,17 @@ pub struct Daemon {
     config: RwLock<Arc<Config>>,
     /// The images on this node.
     pub images: image::Images,
+    /// The pod sandboxes.
+    pub pods: crate::pod::Pods,
 }
 
 impl Daemon {
     /// State for a daemon running with `config`.
-    pub fn new(config: Config, images: image::Images) -> Self {
+    pub fn new(config: Config, images: image::Images, pods: crate::pod::Pods) -> Self {
         Self {
             config: RwLock::new(Arc::new(config)),
             images,
+            pods,
         }
     }
 

@@ -168,12 +168,12 @@ async fn other_rpcs_answer_unimplemented_with_their_name() {
     let daemon = sandbox.start();
     let (mut runtime, _) = daemon.clients().await;
     let err = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .list_containers(cri::ListContainersRequest::default())
         .await
         .expect_err("not implemented yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListPodSandbox"),
+        err.message().contains("ListContainers"),
         "{}",
         err.message()
     );

@@ -26,7 +26,9 @@ impl RuntimeService {
 
 cri_service_impl! {
 impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
-    type StreamPodSandboxesStream = NoStream<cri::StreamPodSandboxesResponse>;
+    type StreamPodSandboxesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxesResponse, Status>> + Send>,
+    >;
     type StreamContainersStream = NoStream<cri::StreamContainersResponse>;
     type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
     type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
@@ -58,6 +60,59 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(response))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let id = crate::pod::run(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        crate::pod::stop(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        crate::pod::remove(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status = crate::pod::status(&self.daemon, &request.pod_sandbox_id, request.verbose).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let items = crate::pod::list(&self.daemon, request.into_inner().filter).await;
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let items = crate::pod::list(&self.daemon, request.into_inner().filter).await;
+        let chunks: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = items
+            .chunks(500)
+            .map(|c| Ok(cri::StreamPodSandboxesResponse { pod_sandboxes: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn runtime_config(
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
@@ -75,12 +130,6 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
 
 }
 unimplemented {
-        run_pod_sandbox(RunPodSandboxRequest) -> cri::RunPodSandboxResponse, "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> cri::StopPodSandboxResponse, "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> cri::RemovePodSandboxResponse, "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> cri::PodSandboxStatusResponse, "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> cri::ListPodSandboxResponse, "ListPodSandbox";
-        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream, "StreamPodSandboxes";
         create_container(CreateContainerRequest) -> cri::CreateContainerResponse, "CreateContainer";
         start_container(StartContainerRequest) -> cri::StartContainerResponse, "StartContainer";
         stop_container(StopContainerRequest) -> cri::StopContainerResponse, "StopContainer";

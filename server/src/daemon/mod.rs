@@ -50,9 +50,10 @@ async fn serve(
     levels: logging::LevelHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let images = image::Images::open(crate::options::image_options(&config)).await?;
+    let pods = crate::pod::restore(&config).await?;
     let listener = socket::bind(&config.listen)?;
     let socket_path = config.listen.clone();
-    let daemon = Arc::new(Daemon::new(config, images));
+    let daemon = Arc::new(Daemon::new(config, images, pods));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -1,0 +1,135 @@
+//! PodSandboxStatus and ListPodSandbox.
+
+use std::collections::HashMap;
+
+use cri_proto::v1 as cri;
+use tonic::Status;
+
+use super::{NsMode, SandboxRecord};
+use crate::state::Daemon;
+
+fn cri_mode(mode: NsMode) -> i32 {
+    match mode {
+        NsMode::Pod => cri::NamespaceMode::Pod,
+        NsMode::Container => cri::NamespaceMode::Container,
+        NsMode::Node => cri::NamespaceMode::Node,
+        NsMode::Target => cri::NamespaceMode::Target,
+    }
+    .into()
+}
+
+fn state(record: &SandboxRecord) -> i32 {
+    if record.ready {
+        cri::PodSandboxState::SandboxReady.into()
+    } else {
+        cri::PodSandboxState::SandboxNotready.into()
+    }
+}
+
+fn metadata(record: &SandboxRecord) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: record.name.clone(),
+        uid: record.uid.clone(),
+        namespace: record.namespace.clone(),
+        attempt: record.attempt,
+    }
+}
+
+fn hash(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// PodSandboxStatus of `id`; NotFound for an unknown sandbox.
+pub async fn status(
+    daemon: &Daemon,
+    id: &str,
+    verbose: bool,
+) -> Result<cri::PodSandboxStatusResponse, Status> {
+    let pod = daemon
+        .pods
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+    let record = pod.record.lock().await.clone();
+    let network = (record.network_mode != NsMode::Node).then(|| cri::PodSandboxNetworkStatus {
+        ip: record.ips.first().cloned().unwrap_or_default(),
+        additional_ips: record
+            .ips
+            .iter()
+            .skip(1)
+            .map(|ip| cri::PodIp { ip: ip.clone() })
+            .collect(),
+    });
+    let mut info = HashMap::new();
+    if verbose {
+        let json = serde_json::json!({
+            "pid": 0,
+            "runtimeHandler": record.handler,
+            "stateDir": record.state_dir,
+            "netns": record.netns(),
+            "cgroupParent": record.cgroup_parent,
+            "cniResult": record.network.as_ref().map(|n| &n.result),
+            "hostname": record.hostname,
+        });
+        info.insert("info".to_owned(), json.to_string());
+    }
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(cri::PodSandboxStatus {
+            id: record.id.clone(),
+            metadata: Some(metadata(&record)),
+            state: state(&record),
+            created_at: record.created_at,
+            network,
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(cri::NamespaceOption {
+                        network: cri_mode(record.network_mode),
+                        pid: cri_mode(record.pid_mode),
+                        ipc: cri_mode(record.ipc_mode),
+                        ..Default::default()
+                    }),
+                }),
+            }),
+            labels: hash(&record.labels),
+            annotations: hash(&record.annotations),
+            runtime_handler: record.runtime_handler.clone(),
+        }),
+        info,
+        containers_statuses: Vec::new(),
+        timestamp: super::now_ns(),
+    })
+}
+
+/// ListPodSandbox with the CRI filter (ID prefix, state, labels).
+pub async fn list(daemon: &Daemon, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+    let filter = filter.unwrap_or_default();
+    let mut out = Vec::new();
+    for pod in daemon.pods.all() {
+        let record = pod.record.lock().await.clone();
+        if !filter.id.is_empty() && !record.id.starts_with(&filter.id) {
+            continue;
+        }
+        if let Some(wanted) = &filter.state
+            && wanted.state != state(&record)
+        {
+            continue;
+        }
+        if !filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| record.labels.get(k) == Some(v))
+        {
+            continue;
+        }
+        out.push(cri::PodSandbox {
+            id: record.id.clone(),
+            metadata: Some(metadata(&record)),
+            state: state(&record),
+            created_at: record.created_at,
+            labels: hash(&record.labels),
+            annotations: hash(&record.annotations),
+            runtime_handler: record.runtime_handler.clone(),
+        });
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+    out
+}

@@ -1,0 +1,372 @@
+//! Pod sandboxes: their records, the registry of live ones, and persistence.
+//!
+//! A sandbox is pinned namespaces and files, not a process: the network, IPC and UTS
+//! namespaces are bind-mounted under `<state>/pods/<id>/ns/` (see `network::netns`), so
+//! RunPodSandbox forks no infra process and starts nothing under a runtime. Containers
+//! join the pinned namespaces by path. (A PID namespace shared by the pod needs a living
+//! init; that arrives with the containers work, where the first such pod gets one.)
+//!
+//! Records are JSON files under `<root>/pods/` written atomically; they hold the CNI
+//! result, which doubles as the teardown journal: a pod's network is released (CNI DEL
+//! with the cached result) before its record forgets it, on stop, remove, or at startup.
+
+mod list;
+mod remove;
+mod run;
+mod stop;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use list::{list, status};
+pub use remove::remove;
+pub use run::run;
+pub use stop::stop;
+
+/// The on-disk format of sandbox records.
+const RECORD_VERSION: u32 = 1;
+
+/// How a pod uses a namespace (the CRI's NamespaceMode, in our own words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsMode {
+    /// Shared by the pod's containers.
+    Pod,
+    /// Each container has its own.
+    Container,
+    /// The host's.
+    Node,
+    /// Another container's (PID only).
+    Target,
+}
+
+/// The network the pod got from CNI, kept until it is released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkJournal {
+    /// The conflist ADD ran with.
+    pub network: serde_json::Value,
+    /// The chain's final result (DEL's prevResult).
+    pub result: serde_json::Value,
+    /// Pod IPs, primary first.
+    pub ips: Vec<String>,
+    /// The CNI_ARGS ADD ran with.
+    pub args: Vec<(String, String)>,
+    /// The published ports (DEL needs them to remove their rules).
+    #[serde(default)]
+    pub ports: Vec<network::PortMapping>,
+}
+
+/// Everything crisp keeps about one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// Format version.
+    pub v: u32,
+    /// 64 hex characters.
+    pub id: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Ready until stopped.
+    pub ready: bool,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The handler name as requested (empty for the default).
+    pub runtime_handler: String,
+    /// The handler that runs the pod's containers.
+    pub handler: String,
+    /// Hostname inside the pod.
+    pub hostname: String,
+    /// kubelet's log directory for the pod.
+    pub log_directory: String,
+    /// The cgroup parent kubelet asked for.
+    pub cgroup_parent: String,
+    /// Network namespace mode.
+    pub network_mode: NsMode,
+    /// PID namespace mode.
+    pub pid_mode: NsMode,
+    /// IPC namespace mode.
+    pub ipc_mode: NsMode,
+    /// The directory of pins and files under the state dir.
+    pub state_dir: PathBuf,
+    /// The CNI attachment, while the pod has one.
+    pub network: Option<NetworkJournal>,
+    /// IPs reported after the network is released (kept for status, as containerd does).
+    pub ips: Vec<String>,
+}
+
+impl SandboxRecord {
+    /// The key kubelet's retries share: name, namespace, UID and attempt.
+    pub fn name_key(&self) -> String {
+        name_key(&self.name, &self.namespace, &self.uid, self.attempt)
+    }
+
+    /// The pinned network namespace, if the pod has its own.
+    pub fn netns(&self) -> Option<PathBuf> {
+        (self.network_mode != NsMode::Node)
+            .then(|| network::pin_path(&self.state_dir, network::NamespaceKind::Net))
+    }
+}
+
+/// `name_namespace_uid_attempt`, as containerd and CRI-O reserve names.
+pub fn name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String {
+    format!("{name}_{namespace}_{uid}_{attempt}")
+}
+
+/// One live sandbox; operations on it take its lock.
+pub struct Pod {
+    /// The record, changed under the lock and written to disk before it is released.
+    pub record: tokio::sync::Mutex<SandboxRecord>,
+}
+
+/// The sandboxes this daemon knows.
+pub struct Pods {
+    records_dir: PathBuf,
+    by_id: std::sync::RwLock<HashMap<String, Arc<Pod>>>,
+    /// Per-name locks: a RunPodSandbox retried while the first is still running waits
+    /// for it and returns its sandbox instead of failing.
+    names: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Pods {
+    /// Loads the records under `<root>/pods`.
+    pub fn load(root: &Path) -> std::io::Result<(Self, Vec<SandboxRecord>)> {
+        let records_dir = root.join("pods");
+        std::fs::create_dir_all(&records_dir)?;
+        let mut loaded = Vec::new();
+        for entry in std::fs::read_dir(&records_dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                // Temp files of an interrupted write.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<SandboxRecord>(&b)) {
+                Ok(Ok(record)) if record.v == RECORD_VERSION => loaded.push(record),
+                Ok(Ok(record)) => {
+                    tracing::error!(file = %path.display(), version = record.v, "sandbox record of an unknown format; ignored")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(file = %path.display(), error = %e, "unreadable sandbox record; ignored")
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot read sandbox record")
+                }
+            }
+        }
+        let pods = Self {
+            records_dir,
+            by_id: std::sync::RwLock::new(HashMap::new()),
+            names: std::sync::Mutex::new(HashMap::new()),
+        };
+        Ok((pods, loaded))
+    }
+
+    /// Adds a record to the live set (startup and RunPodSandbox).
+    pub fn insert(&self, record: SandboxRecord) -> Arc<Pod> {
+        let id = record.id.clone();
+        let pod = Arc::new(Pod {
+            record: tokio::sync::Mutex::new(record),
+        });
+        let mut map = match self.by_id.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.insert(id, Arc::clone(&pod));
+        pod
+    }
+
+    /// The sandbox with this ID, or the only one whose ID starts with it.
+    pub fn get(&self, id: &str) -> Option<Arc<Pod>> {
+        if id.is_empty() {
+            return None;
+        }
+        let map = match self.by_id.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(pod) = map.get(id) {
+            return Some(Arc::clone(pod));
+        }
+        let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, pod)), None) => Some(Arc::clone(pod)),
+            _ => None,
+        }
+    }
+
+    /// Every live sandbox.
+    pub fn all(&self) -> Vec<Arc<Pod>> {
+        let map = match self.by_id.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.values().cloned().collect()
+    }
+
+    /// Forgets a sandbox and deletes its record file.
+    pub fn forget(&self, id: &str) -> std::io::Result<()> {
+        {
+            let mut map = match self.by_id.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            map.remove(id);
+        }
+        match std::fs::remove_file(self.records_dir.join(format!("{id}.json"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lock for one pod name.
+    pub fn name_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut names = match self.names.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        names.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(names.entry(key.to_owned()).or_default())
+    }
+
+    /// Writes a record durably (temp file, fsync, rename).
+    pub fn save(&self, record: &SandboxRecord) -> std::io::Result<()> {
+        use std::io::Write;
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        let path = self.records_dir.join(format!("{}.json", record.id));
+        let tmp = self.records_dir.join(format!("{}.tmp", record.id));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.records_dir)?.sync_all()
+    }
+}
+
+/// A new random sandbox or container ID: 64 hex characters.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // getrandom cannot fail for 32 bytes once the pool is initialised; fall back to
+        // time and pid, still unique per daemon.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        return storage::Digest::of(seed.as_bytes()).hex().to_owned();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Now, in ns since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Runs sync pod work (namespaces, CNI, files) off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, tonic::Status> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| tonic::Status::internal(format!("pod task failed: {e}")))?
+}
+
+/// Releases whatever a record still holds: the CNI attachment (journaled), the pins,
+/// the shm mount and the pod directory. Keeps going past failures and reports them all.
+/// Returns the record with what was released cleared.
+pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxRecord, Vec<String>) {
+    let mut failures = Vec::new();
+    if let Some(journal) = record.network.clone() {
+        let netns = record.netns().unwrap_or_default();
+        let attachment = network::Attachment {
+            container_id: record.id.clone(),
+            netns,
+            ifname: "eth0".to_owned(),
+            args: journal.args.clone(),
+            port_mappings: journal.ports.clone(),
+        };
+        let search = network::PluginSearch {
+            dirs: &config.cni.plugin_dirs,
+        };
+        match network::del(
+            &journal.network,
+            &search,
+            &attachment,
+            Some(&journal.result),
+        ) {
+            Ok(()) => record.network = None,
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if record.network.is_none() {
+        for kind in [
+            network::NamespaceKind::Net,
+            network::NamespaceKind::Ipc,
+            network::NamespaceKind::Uts,
+        ] {
+            if let Err(e) = network::remove_namespace(&network::pin_path(&record.state_dir, kind)) {
+                failures.push(e.to_string());
+            }
+        }
+        let shm = record.state_dir.join("shm");
+        if let Err(e) = run::unmount_shm(&shm) {
+            failures.push(format!("unmounting {}: {e}", shm.display()));
+        }
+    }
+    (record, failures)
+}
+
+/// Loads the sandbox records at startup. A pod whose namespaces are gone (the node
+/// rebooted) is NotReady, and any network it still held is released now, so IPs do not
+/// leak across reboots.
+pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
+    let root = config.root.clone();
+    let config = config.clone();
+    let (pods, records) = tokio::task::spawn_blocking(move || {
+        let (pods, records) = Pods::load(&root).map_err(|e| format!("cannot load sandboxes: {e}"))?;
+        let mut restored = Vec::new();
+        for mut record in records {
+            let pinned = record.netns().is_none_or(|ns| network::is_pinned(&ns));
+            if record.ready && !pinned {
+                tracing::warn!(id = %record.id, "sandbox lost its namespaces (reboot?); marking it NotReady");
+                record.ready = false;
+            }
+            if !record.ready && record.network.is_some() {
+                let (after, failures) = release(&config, record);
+                record = after;
+                if failures.is_empty() {
+                    tracing::info!(id = %record.id, "released the network of a stopped sandbox");
+                } else {
+                    tracing::warn!(id = %record.id, failures = ?failures, "network release failed; will retry");
+                }
+            }
+            if let Err(e) = pods.save(&record) {
+                tracing::error!(id = %record.id, error = %e, "cannot persist sandbox record");
+            }
+            restored.push(record);
+        }
+        Ok::<_, String>((pods, restored))
+    })
+    .await
+    .map_err(|e| format!("sandbox restore failed: {e}"))??;
+    let count = records.len();
+    for record in records {
+        pods.insert(record);
+    }
+    if count > 0 {
+        tracing::info!(sandboxes = count, "sandboxes restored");
+    }
+    Ok(pods)
+}

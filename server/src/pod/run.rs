@@ -1,0 +1,360 @@
+//! RunPodSandbox: namespaces, files, shm, sysctls and the CNI attachment, all undone if
+//! any step fails.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use cri_proto::v1 as cri;
+use tonic::Status;
+
+use super::{NetworkJournal, NsMode, SandboxRecord, blocking, name_key, new_id, now_ns, release};
+use crate::state::Daemon;
+
+/// Annotation older containerd setups use to ask for the untrusted-workload handler.
+const UNTRUSTED: &str = "io.kubernetes.cri.untrusted-workload";
+
+fn mode(m: i32) -> NsMode {
+    match cri::NamespaceMode::try_from(m) {
+        Ok(cri::NamespaceMode::Container) => NsMode::Container,
+        Ok(cri::NamespaceMode::Node) => NsMode::Node,
+        Ok(cri::NamespaceMode::Target) => NsMode::Target,
+        _ => NsMode::Pod,
+    }
+}
+
+/// Runs a sandbox and returns its ID.
+pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<String, Status> {
+    let config = daemon.config();
+    let pod_config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+    let meta = pod_config
+        .metadata
+        .clone()
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs config.metadata"))?;
+    for (field, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "config.metadata.{field} must not be empty"
+            )));
+        }
+    }
+    let untrusted = pod_config
+        .annotations
+        .get(UNTRUSTED)
+        .is_some_and(|v| v == "true");
+    let handler = config
+        .handler_name(&request.runtime_handler, untrusted)
+        .to_owned();
+    if !config.runtimes.contains_key(&handler) {
+        let known: Vec<&str> = config.runtimes.keys().map(String::as_str).collect();
+        return Err(Status::invalid_argument(format!(
+            "runtime handler `{handler}` is not configured; configured handlers: {}",
+            known.join(", ")
+        )));
+    }
+
+    // kubelet retries a RunPodSandbox that outlived its deadline: the retry waits for the
+    // first and gets its sandbox.
+    let key = name_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
+    let lock = daemon.pods.name_lock(&key);
+    let _held = lock.lock().await;
+    for pod in daemon.pods.all() {
+        let record = pod.record.lock().await;
+        if record.name_key() == key {
+            tracing::info!(pod = %key, id = %record.id, "RunPodSandbox for an existing sandbox; returning it");
+            return Ok(record.id.clone());
+        }
+    }
+
+    let linux = pod_config.linux.clone().unwrap_or_default();
+    let ns = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let id = new_id();
+    let network_mode = mode(ns.network);
+    let record = SandboxRecord {
+        v: super::RECORD_VERSION,
+        id: id.clone(),
+        name: meta.name.clone(),
+        uid: meta.uid.clone(),
+        namespace: meta.namespace.clone(),
+        attempt: meta.attempt,
+        ready: true,
+        created_at: now_ns(),
+        labels: pod_config.labels.clone().into_iter().collect(),
+        annotations: pod_config.annotations.clone().into_iter().collect(),
+        runtime_handler: request.runtime_handler.clone(),
+        handler,
+        hostname: pod_config.hostname.clone(),
+        log_directory: pod_config.log_directory.clone(),
+        cgroup_parent: linux.cgroup_parent.clone(),
+        network_mode,
+        pid_mode: mode(ns.pid),
+        ipc_mode: mode(ns.ipc),
+        state_dir: config.state.join("pods").join(&id),
+        network: None,
+        ips: Vec::new(),
+    };
+    let ports: Vec<network::PortMapping> = pod_config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| network::PortMapping {
+            host_port: u16::try_from(p.host_port).unwrap_or(0),
+            container_port: u16::try_from(p.container_port).unwrap_or(0),
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_owned(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect();
+    if ports
+        .iter()
+        .any(|p| p.host_port == 0 || p.container_port == 0)
+    {
+        return Err(Status::invalid_argument(
+            "port mappings need ports between 1 and 65535",
+        ));
+    }
+    let sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+    let dns = pod_config.dns_config.clone();
+
+    let setup_config = config.clone();
+    let record = blocking(move || {
+        let mut record = record;
+        match setup(&setup_config, &mut record, &ports, &sysctls, dns.as_ref()) {
+            Ok(()) => Ok(record),
+            Err(status) => {
+                let (_, failures) = release(&setup_config, record.clone());
+                if !failures.is_empty() {
+                    tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");
+                }
+                let _ = std::fs::remove_dir_all(&record.state_dir);
+                Err(status)
+            }
+        }
+    })
+    .await?;
+    if let Err(e) = daemon.pods.save(&record) {
+        let (_, _) = blocking({
+            let config = config.clone();
+            let record = record.clone();
+            move || Ok(release(&config, record))
+        })
+        .await?;
+        let _ = std::fs::remove_dir_all(&record.state_dir);
+        return Err(Status::internal(format!(
+            "cannot persist sandbox {id}: {e}"
+        )));
+    }
+    tracing::info!(pod = %key, id = %id, ips = ?record.ips, "sandbox ready");
+    daemon.pods.insert(record);
+    Ok(id)
+}
+
+/// The sync part. On error `record` holds what was made so far, for cleanup.
+fn setup(
+    config: &conf::Config,
+    record: &mut SandboxRecord,
+    ports: &[network::PortMapping],
+    sysctls: &BTreeMap<String, String>,
+    dns: Option<&cri::DnsConfig>,
+) -> Result<(), Status> {
+    use network::NamespaceKind as Kind;
+    macro_rules! attempt {
+        ($e:expr, $status:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err($status(e.to_string())),
+            }
+        };
+    }
+    attempt!(std::fs::create_dir_all(&record.state_dir), Status::internal);
+    let host_network = record.network_mode == NsMode::Node;
+    let hostname = if host_network || record.hostname.is_empty() {
+        host_hostname()
+    } else {
+        record.hostname.clone()
+    };
+    if !host_network {
+        let netns = network::pin_path(&record.state_dir, Kind::Net);
+        attempt!(
+            network::create_namespace(Kind::Net, &netns, None),
+            Status::internal
+        );
+        let uts = network::pin_path(&record.state_dir, Kind::Uts);
+        attempt!(
+            network::create_namespace(Kind::Uts, &uts, Some(&hostname)),
+            Status::internal
+        );
+    }
+    if record.ipc_mode != NsMode::Node {
+        let ipc = network::pin_path(&record.state_dir, Kind::Ipc);
+        attempt!(
+            network::create_namespace(Kind::Ipc, &ipc, None),
+            Status::internal
+        );
+        attempt!(mount_shm(&record.state_dir.join("shm")), Status::internal);
+    }
+    for (key, value) in sysctls {
+        let Some(kind) = network::sysctl_namespace(key) else {
+            return Err(Status::invalid_argument(format!(
+                "sysctl {key} is not namespaced; a pod cannot set it"
+            )));
+        };
+        let own = match kind {
+            Kind::Net | Kind::Uts => !host_network,
+            Kind::Ipc => record.ipc_mode != NsMode::Node,
+        };
+        if !own {
+            return Err(Status::invalid_argument(format!(
+                "sysctl {key} would change the host: the pod shares the host's namespace"
+            )));
+        }
+        let pin = network::pin_path(&record.state_dir, kind);
+        attempt!(
+            network::set_sysctl(&pin, key, value),
+            Status::invalid_argument
+        );
+    }
+    attempt!(
+        std::fs::write(record.state_dir.join("hostname"), format!("{hostname}\n")),
+        Status::internal
+    );
+    attempt!(
+        std::fs::write(record.state_dir.join("resolv.conf"), resolv_conf(dns)),
+        Status::internal
+    );
+
+    if !host_network {
+        let network_config = attempt!(crate::host::network_config(config), |m: String| {
+            Status::failed_precondition(format!("network plugin is not ready: {m}"))
+        });
+        let args = vec![
+            ("K8S_POD_NAMESPACE".to_owned(), record.namespace.clone()),
+            ("K8S_POD_NAME".to_owned(), record.name.clone()),
+            ("K8S_POD_INFRA_CONTAINER_ID".to_owned(), record.id.clone()),
+            ("K8S_POD_UID".to_owned(), record.uid.clone()),
+        ];
+        let attachment = network::Attachment {
+            container_id: record.id.clone(),
+            netns: network::pin_path(&record.state_dir, Kind::Net),
+            ifname: "eth0".to_owned(),
+            args: args.clone(),
+            port_mappings: ports.to_vec(),
+        };
+        let search = network::PluginSearch {
+            dirs: &config.cni.plugin_dirs,
+        };
+        let attached = attempt!(
+            network::add(&network_config, &search, &attachment),
+            Status::unavailable
+        );
+        let ips: Vec<String> = attached.ips.iter().map(ToString::to_string).collect();
+        record.ips = ips.clone();
+        record.network = Some(NetworkJournal {
+            network: attached.network,
+            result: attached.result,
+            ips,
+            args,
+            ports: ports.to_vec(),
+        });
+    }
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(ip) = record.ips.first() {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    attempt!(
+        std::fs::write(record.state_dir.join("hosts"), hosts),
+        Status::internal
+    );
+    Ok(())
+}
+
+fn host_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// resolv.conf from the pod's DNS config, or the host's when it names none.
+fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
+    match dns {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut out = String::new();
+            if !d.searches.is_empty() {
+                out.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for server in &d.servers {
+                out.push_str(&format!("nameserver {server}\n"));
+            }
+            if !d.options.is_empty() {
+                out.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            out
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+/// The pod's /dev/shm: a 64 MiB tmpfs, as Docker and containerd size it.
+fn mount_shm(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    let target = c_path(path)?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
+    let rc = unsafe {
+        libc::mount(
+            c"shm".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=1777,size=65536k".as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmounts the pod's /dev/shm if mounted; absent is fine.
+pub fn unmount_shm(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let target = c_path(path)?;
+    // SAFETY: `target` is a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    std::fs::remove_dir(path).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+}

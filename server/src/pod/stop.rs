@@ -1,0 +1,35 @@
+//! StopPodSandbox: release the network (journaled) and the pins. Idempotent: an unknown
+//! ID or an already stopped pod succeeds.
+
+use tonic::Status;
+
+use super::{blocking, release};
+use crate::state::Daemon;
+
+/// Stops the sandbox `id`.
+pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
+    let Some(pod) = daemon.pods.get(id) else {
+        return Ok(());
+    };
+    let mut record = pod.record.lock().await;
+    let config = daemon.config();
+    let before = record.clone();
+    let (mut after, failures) = blocking(move || Ok(release(&config, before))).await?;
+    after.ready = false;
+    daemon
+        .pods
+        .save(&after)
+        .map_err(|e| Status::internal(format!("cannot persist sandbox {}: {e}", after.id)))?;
+    *record = after;
+    if failures.is_empty() {
+        tracing::info!(id = %record.id, "sandbox stopped");
+        Ok(())
+    } else {
+        // The journal keeps what is left; the next stop, remove or restart retries it.
+        Err(Status::unavailable(format!(
+            "sandbox {} stopped, but releasing it failed (will be retried): {}",
+            record.id,
+            failures.join("; ")
+        )))
+    }
+}

@@ -1,0 +1,536 @@
+//! Pod sandboxes through the real crispd with Debian's CNI plugins (bridge, host-local,
+//! portmap, loopback) on a bridge and subnet of each test's own.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::Sandbox;
+use cri_proto::v1 as cri;
+
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// A sandbox whose CNI config puts pods on a private bridge and /24.
+struct Net {
+    sandbox: Sandbox,
+    bridge: String,
+    subnet_prefix: String,
+}
+
+impl Net {
+    fn new(extra_plugin: &str) -> Self {
+        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        let tag = (std::process::id() % 1000) * 10 + n;
+        let bridge = format!("crp{tag}");
+        let third = 100 + (tag % 150);
+        let subnet_prefix = format!("10.{third}.{}.", n + 1);
+        let sandbox = Sandbox::new("");
+        let conflist = format!(
+            r#"{{"cniVersion":"1.0.0","name":"test","plugins":[
+                {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"hairpinMode":true,
+                  "ipam":{{"type":"host-local","dataDir":"{ipam}","routes":[{{"dst":"0.0.0.0/0"}}],"ranges":[[{{"subnet":"{subnet_prefix}0/24"}}]]}}}},
+                {{"type":"portmap","capabilities":{{"portMappings":true}}}},
+                {{"type":"loopback"}}{extra_plugin}]}}"#,
+            ipam = sandbox.path("ipam").display(),
+        );
+        std::fs::write(sandbox.path("cni/10-test.conflist"), conflist).expect("conflist");
+        Self {
+            sandbox,
+            bridge,
+            subnet_prefix,
+        }
+    }
+
+    fn allocations(&self) -> usize {
+        std::fs::read_dir(self.sandbox.path("ipam/test"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<std::net::IpAddr>()
+                            .is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn veths(&self) -> usize {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("master {} ", self.bridge)))
+            .count()
+    }
+
+    fn mounts(&self) -> usize {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let state = self.sandbox.path("state").display().to_string();
+        mounts.lines().filter(|l| l.contains(&state)).count()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_owned(),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        log_directory: "/tmp".to_owned(),
+        labels: [("app".to_owned(), name.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+fn run_request(config: cri::PodSandboxConfig) -> cri::RunPodSandboxRequest {
+    cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    }
+}
+
+fn netns_of(state: &Path, id: &str) -> PathBuf {
+    state.join("pods").join(id).join("ns/net")
+}
+
+/// Runs `f` on a thread that has joined the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let file = std::fs::File::open(netns).expect("open netns");
+    std::thread::spawn(move || {
+        // SAFETY: `file` is an open namespace file; setns changes only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+async fn status(
+    client: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> cri::PodSandboxStatus {
+    client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("status body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_addresses_reach_each_other_and_publish_ports() {
+    let net = Net::new("");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let veths_before = net.veths();
+
+    let mut web = pod_config("web");
+    web.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp.into(),
+        container_port: 8080,
+        host_port: 28080 + (std::process::id() % 1000) as i32,
+        host_ip: String::new(),
+    }];
+    let host_port = web.port_mappings[0].host_port;
+    let a = runtime
+        .run_pod_sandbox(run_request(web))
+        .await
+        .expect("run web")
+        .into_inner()
+        .pod_sandbox_id;
+    let b = runtime
+        .run_pod_sandbox(run_request(pod_config("client")))
+        .await
+        .expect("run client")
+        .into_inner()
+        .pod_sandbox_id;
+
+    let (sa, sb) = (
+        status(&mut runtime, &a).await,
+        status(&mut runtime, &b).await,
+    );
+    assert_eq!(sa.state, i32::from(cri::PodSandboxState::SandboxReady));
+    let ip_a = sa.network.expect("network").ip;
+    let ip_b = sb.network.expect("network").ip;
+    assert!(ip_a.starts_with(&net.subnet_prefix), "{ip_a}");
+    assert_ne!(ip_a, ip_b);
+
+    // The reported address is the one on eth0 in the pod's namespace.
+    let state = net.sandbox.path("state");
+    let addrs = in_netns(&netns_of(&state, &a), || {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "addr", "show", "eth0"])
+            .output()
+            .expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .join()
+    .expect("thread");
+    assert!(addrs.contains(&format!("{ip_a}/24")), "{addrs}");
+
+    // A server in pod A, reached from pod B directly and from the host by the port.
+    let server = in_netns(&netns_of(&state, &a), || {
+        let listener = std::net::TcpListener::bind("0.0.0.0:8080").expect("bind in pod");
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.write_all(b"hello from pod A\n").expect("write");
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let target = format!("{ip_a}:8080");
+    let from_b = in_netns(&netns_of(&state, &b), move || {
+        let mut s = std::net::TcpStream::connect(&target).expect("pod B reaches pod A");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(from_b, "hello from pod A\n");
+
+    let host_ip = host_address();
+    let mut s = std::net::TcpStream::connect((host_ip.as_str(), host_port as u16))
+        .expect("host port reaches the pod");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    assert_eq!(text, "hello from pod A\n");
+    server.join().expect("server");
+
+    // Stop and remove leave nothing: no veth, IP, mount, pin, iptables rule or files.
+    for id in [&a, &b] {
+        runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .expect("stop");
+        runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .expect("stop twice");
+        runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .expect("remove");
+        runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .expect("remove twice");
+    }
+    assert_eq!(net.veths(), veths_before, "veths left");
+    assert_eq!(net.allocations(), 0, "IPs left");
+    assert_eq!(net.mounts(), 0, "mounts left");
+    assert!(
+        std::fs::read_dir(state.join("pods"))
+            .expect("pods dir")
+            .next()
+            .is_none(),
+        "pod dirs left"
+    );
+    let rules = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .expect("iptables");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(!rules.contains(&a), "portmap rules left: {rules}");
+    let listed = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(listed.is_empty());
+}
+
+/// A global address of this host (portmap publishes on the host's addresses).
+fn host_address() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("crp") && !l.contains("crisp0") && !l.contains("cni"))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.split('/').next())
+        .next()
+        .unwrap_or("127.0.0.1")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cni_plugin_leaves_nothing_behind() {
+    let net = Net::new(r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#);
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let err = runtime
+        .run_pod_sandbox(run_request(pod_config("doomed")))
+        .await
+        .expect_err("tuning fails");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("tuning"), "{}", err.message());
+    assert_eq!(net.allocations(), 0);
+    assert_eq!(net.veths(), 0);
+    assert_eq!(net.mounts(), 0);
+    let pods = net.sandbox.path("state/pods");
+    assert!(
+        std::fs::read_dir(&pods)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    );
+    let listed = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(listed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_unknown_ids_are_fine_to_stop() {
+    let net = Net::new("");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let err = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("x")),
+            runtime_handler: "kata".to_owned(),
+        })
+        .await
+        .expect_err("unknown handler");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("configured handlers: runc"),
+        "{}",
+        err.message()
+    );
+
+    let mut nameless = pod_config("x");
+    nameless.metadata.as_mut().expect("metadata").name.clear();
+    let err = runtime
+        .run_pod_sandbox(run_request(nameless))
+        .await
+        .expect_err("no name");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let mut host_sysctl = pod_config("x");
+    host_sysctl.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [("kernel.panic".to_owned(), "1".to_owned())].into(),
+        ..Default::default()
+    });
+    let err = runtime
+        .run_pod_sandbox(run_request(host_sysctl))
+        .await
+        .expect_err("host sysctl");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(net.mounts(), 0, "refused pods leave no pins");
+
+    let unknown = "0".repeat(64);
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: unknown.clone(),
+        })
+        .await
+        .expect("stop unknown");
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: unknown.clone(),
+        })
+        .await
+        .expect("remove unknown");
+    let err = runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: unknown,
+            verbose: false,
+        })
+        .await
+        .expect_err("status of unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_filters_sysctls_and_host_network() {
+    let net = Net::new("");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+
+    let mut tuned = pod_config("tuned");
+    tuned.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "0".to_owned(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let first = runtime
+        .run_pod_sandbox(run_request(tuned.clone()))
+        .await
+        .expect("run")
+        .into_inner()
+        .pod_sandbox_id;
+    // kubelet's retry of the same pod gets the same sandbox.
+    let again = runtime
+        .run_pod_sandbox(run_request(tuned))
+        .await
+        .expect("retry")
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(first, again);
+    let value = in_netns(&netns_of(&net.sandbox.path("state"), &first), || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").expect("sysctl")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(value.trim(), "0");
+
+    let mut host = pod_config("hostnet");
+    host.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let host_id = runtime
+        .run_pod_sandbox(run_request(host))
+        .await
+        .expect("host network")
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(
+        status(&mut runtime, &host_id).await.network.is_none(),
+        "host-network pods skip CNI"
+    );
+    assert_eq!(net.allocations(), 1);
+
+    let only_tuned = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: [("app".to_owned(), "tuned".to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert_eq!(only_tuned.len(), 1);
+    assert_eq!(only_tuned[0].id, first);
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: first.clone(),
+        })
+        .await
+        .expect("stop");
+    let ready = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady.into(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert_eq!(
+        ready.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        [host_id.as_str()]
+    );
+    let by_prefix = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                id: first[..12].to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert_eq!(by_prefix.len(), 1);
+    for id in [first, host_id] {
+        runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .expect("remove");
+    }
+    assert_eq!(net.mounts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_outlives_a_killed_daemon_and_can_be_torn_down_after() {
+    let net = Net::new("");
+    let id = {
+        let daemon = net.sandbox.start();
+        let (mut runtime, _) = daemon.clients().await;
+        let id = runtime
+            .run_pod_sandbox(run_request(pod_config("survivor")))
+            .await
+            .expect("run")
+            .into_inner()
+            .pod_sandbox_id;
+        daemon.kill();
+        id
+    };
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let s = status(&mut runtime, &id).await;
+    assert_eq!(s.state, i32::from(cri::PodSandboxState::SandboxReady));
+    assert!(
+        s.network
+            .expect("network")
+            .ip
+            .starts_with(&net.subnet_prefix)
+    );
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop");
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .expect("remove");
+    assert_eq!(net.allocations(), 0);
+    assert_eq!(net.veths(), 0);
+    assert_eq!(net.mounts(), 0);
+}
