@@ -10,5 +10,9 @@
 //! Trusts: the configured runtime binaries; nothing a container prints.
 
 mod binary;
+mod error;
+mod oci;
 
 pub use binary::resolve_binary;
+pub use error::HandlerError;
+pub use oci::{ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, RuntimeState, exit_status};

@@ -1,0 +1,370 @@
+//! `crisp-monitor`: the per-container monitor (the role conmon and containerd's shim play).
+//!
+//! crispd starts one per container. It detaches into its own session, makes itself the
+//! child subreaper, runs `<runtime> create` with the container's stdout and stderr on
+//! pipes it owns, reports `ok <pid>` (or `error <message>`) on fd 3, and then:
+//! copies the container's output to the CRI log file in kubelet's format
+//! (`<RFC3339Nano> <stream> <P|F> <text>`), reopens that file on SIGUSR1 (log rotation),
+//! and when the container's init exits writes `<exit code>\n<finished ns>\n` to the exit
+//! file (temp + rename). It does not depend on crispd: containers outlive the daemon.
+//!
+//! Small on purpose: std and libc only, one thread, no allocation in the steady state
+//! beyond the line buffers.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+#[derive(Default)]
+struct Args {
+    runtime: PathBuf,
+    root: PathBuf,
+    id: String,
+    bundle: PathBuf,
+    log_path: PathBuf,
+    exit_file: PathBuf,
+    runtime_args: Vec<OsString>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args::default();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{} needs a value", flag.to_string_lossy()))?;
+        match flag.to_str() {
+            Some("--runtime") => args.runtime = value.into(),
+            Some("--root") => args.root = value.into(),
+            Some("--id") => args.id = value.to_string_lossy().into_owned(),
+            Some("--bundle") => args.bundle = value.into(),
+            Some("--log-path") => args.log_path = value.into(),
+            Some("--exit-file") => args.exit_file = value.into(),
+            Some("--runtime-arg") => args.runtime_args.push(value),
+            _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
+        }
+    }
+    if args.id.is_empty()
+        || args.bundle.as_os_str().is_empty()
+        || args.runtime.as_os_str().is_empty()
+    {
+        return Err("--runtime, --id and --bundle are required".to_owned());
+    }
+    Ok(args)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The sync channel to crispd, inherited as fd 3 (absent when run by hand).
+fn report(line: &str) {
+    // SAFETY: fd 3 is either the inherited pipe or invalid; write fails harmlessly then.
+    unsafe {
+        libc::write(3, line.as_ptr().cast(), line.len());
+        libc::close(3);
+    }
+}
+
+/// The last error runc wrote to its JSON log.
+fn runtime_error(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let level_error =
+                l.contains("\"level\":\"error\"") || l.contains("\"level\":\"fatal\"");
+            if !level_error {
+                return None;
+            }
+            let start = l.find("\"msg\":\"")? + 7;
+            let rest = &l[start..];
+            let end = rest.find("\",\"")?.min(rest.len());
+            Some(rest[..end].replace("\\\"", "\"").replace("\\n", " "))
+        })
+        .unwrap_or_else(|| text.lines().last().unwrap_or("no error message").to_owned())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            report(&format!("error bad arguments: {e}\n"));
+            eprintln!("crisp-monitor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // SAFETY: setsid and prctl take no pointers; the handler only stores an atomic.
+    unsafe {
+        libc::setsid();
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("error {e}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let runtime_log = args.bundle.join("runtime.log");
+    let pid_file = args.bundle.join("container.pid");
+    let status = Command::new(&args.runtime)
+        .args(&args.runtime_args)
+        .arg("--root")
+        .arg(&args.root)
+        .arg("--log")
+        .arg(&runtime_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))?;
+    if !status.success() {
+        return Err(format!(
+            "{} create failed: {}",
+            args.runtime.display(),
+            runtime_error(&runtime_log)
+        ));
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .map_err(|e| format!("reading {}: {e}", pid_file.display()))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad pid file: {e}"))?;
+    report(&format!("ok {pid}\n"));
+    // Nothing of crispd's stays open here.
+    if let Ok(null) = File::open("/dev/null") {
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+    let mut log = LogWriter::open(&args.log_path);
+    let code = pump(pid, out_r, err_r, &mut log, &args.log_path);
+    write_exit(&args.exit_file, code);
+    Ok(())
+}
+
+/// Copies both streams to the log until they close and the container's init is gone;
+/// returns its exit code (128 + signal for a signal death).
+fn pump(pid: i32, out: OwnedFd, err: OwnedFd, log: &mut LogWriter, log_path: &Path) -> i32 {
+    let mut streams = [
+        Some((File::from(out), "stdout", Vec::new())),
+        Some((File::from(err), "stderr", Vec::new())),
+    ];
+    let mut exit: Option<i32> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            *log = LogWriter::open(log_path);
+        }
+        reap(pid, &mut exit);
+        let open: Vec<usize> = (0..2).filter(|i| streams[*i].is_some()).collect();
+        if open.is_empty() {
+            break;
+        }
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .filter_map(|i| streams[*i].as_ref())
+            .map(|(f, _, _)| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if n <= 0 {
+            // Timeout or EINTR (SIGUSR1): loop to handle reopen and reaping. Pipes held
+            // open by a container's own children must not keep us past its exit forever.
+            if exit.is_some() && n == 0 {
+                break;
+            }
+            continue;
+        }
+        for (slot, pfd) in open.iter().zip(&fds) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let Some((file, stream, partial)) = streams[*slot].as_mut() else {
+                continue;
+            };
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    if !partial.is_empty() {
+                        log.line(stream, 'F', partial);
+                        partial.clear();
+                    }
+                    streams[*slot] = None;
+                }
+                Ok(k) => emit(log, stream, partial, &buf[..k]),
+            }
+        }
+    }
+    for (_, stream, partial) in streams.iter_mut().flatten() {
+        if !partial.is_empty() {
+            log.line(stream, 'F', partial);
+        }
+    }
+    while exit.is_none() {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            exit = Some(decode(status));
+        } else if r < 0 {
+            exit = Some(255);
+        }
+    }
+    exit.unwrap_or(255)
+}
+
+/// Reaps every exited child (we are a subreaper); notes the container's own status.
+fn reap(pid: i32, exit: &mut Option<i32>) {
+    loop {
+        let mut status = 0;
+        // SAFETY: as above, non-blocking.
+        let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if r <= 0 {
+            return;
+        }
+        if r == pid {
+            *exit = Some(decode(status));
+        }
+    }
+}
+
+fn decode(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// Splits `data` into lines: full ones tagged F; a line longer than 16 KiB is written in
+/// P pieces, as kubelet's reader expects.
+fn emit(log: &mut LogWriter, stream: &str, partial: &mut Vec<u8>, data: &[u8]) {
+    const MAX_LINE: usize = 16 * 1024;
+    for chunk in data.split_inclusive(|b| *b == b'\n') {
+        if let Some(line) = chunk.strip_suffix(b"\n") {
+            partial.extend_from_slice(line);
+            log.line(stream, 'F', partial);
+            partial.clear();
+        } else {
+            partial.extend_from_slice(chunk);
+            while partial.len() >= MAX_LINE {
+                let rest = partial.split_off(MAX_LINE);
+                log.line(stream, 'P', partial);
+                *partial = rest;
+            }
+        }
+    }
+}
+
+struct LogWriter {
+    file: Option<File>,
+}
+
+impl LogWriter {
+    fn open(path: &Path) -> Self {
+        if path.as_os_str().is_empty() {
+            return Self { file: None };
+        }
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Self {
+            file: OpenOptions::new().create(true).append(true).open(path).ok(),
+        }
+    }
+
+    fn line(&mut self, stream: &str, tag: char, text: &[u8]) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let mut out = Vec::with_capacity(text.len() + 48);
+        out.extend_from_slice(rfc3339_nano(now()).as_bytes());
+        out.extend_from_slice(format!(" {stream} {tag} ").as_bytes());
+        out.extend_from_slice(text);
+        out.push(b'\n');
+        let _ = file.write_all(&out);
+    }
+}
+
+fn now() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// UTC `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (days-to-civil after Howard Hinnant).
+fn rfc3339_nano((secs, nanos): (i64, u32)) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn write_exit(path: &Path, code: i32) {
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    let (secs, nanos) = now();
+    let finished = secs * 1_000_000_000 + i64::from(nanos);
+    let tmp = path.with_extension("tmp");
+    if let Ok(mut f) = File::create(&tmp) {
+        let _ = writeln!(f, "{code}\n{finished}");
+        let _ = f.sync_all();
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

@@ -1,0 +1,61 @@
+//! What can go wrong driving a runtime.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A runtime-handler failure, naming the container.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The runtime has no such container.
+    #[error("container {id} not found at the runtime")]
+    NotFound {
+        /// The container.
+        id: String,
+    },
+    /// The runtime refused or failed an operation (its own message).
+    #[error("{handler} {operation} {id} failed: {message}")]
+    Runtime {
+        /// The handler name.
+        handler: String,
+        /// create, start, kill, delete, ...
+        operation: String,
+        /// The container.
+        id: String,
+        /// What the runtime said.
+        message: String,
+    },
+    /// The monitor misbehaved.
+    #[error("monitor of {id}: {message}")]
+    Monitor {
+        /// The container.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A binary could not be started.
+    #[error("cannot run {}: {source}", binary.display())]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An exec ran past its timeout.
+    #[error("exec in {id} timed out after {after:?}")]
+    Timeout {
+        /// The container.
+        id: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Bundle files could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,359 @@
+//! The `oci` handler: an OCI runtime (runc, crun, runsc) driven through its command line,
+//! one `crisp-monitor` per container owning the container's stdio and exit status.
+//!
+//! Bundle layout (one directory per container, chosen by the caller): `config.json`,
+//! `runtime.log` (the runtime's JSON log), `container.pid`, `exit` (written by the
+//! monitor when the container's init exits: code, then finish time in ns).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{Process, Spec};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::error::HandlerError;
+
+/// One configured OCI runtime.
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    /// The handler's name (for messages).
+    pub name: String,
+    /// The runtime binary.
+    pub binary: PathBuf,
+    /// Its state directory (`--root`).
+    pub root: PathBuf,
+    /// Global arguments put before every subcommand.
+    pub runtime_args: Vec<String>,
+    /// The monitor binary.
+    pub monitor: PathBuf,
+}
+
+/// What the runtime reports of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    /// `created`, `running`, `stopped`, `paused`.
+    pub status: String,
+    /// The init process, 0 once stopped.
+    pub pid: u32,
+}
+
+/// How a container's init ended, as its monitor recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code (128 + signal for a signal death).
+    pub code: i32,
+    /// When, in ns since the epoch.
+    pub finished_at: i64,
+}
+
+/// ExecSync's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code of the command.
+    pub exit_code: i32,
+    /// Its stdout (capped).
+    pub stdout: Vec<u8>,
+    /// Its stderr (capped).
+    pub stderr: Vec<u8>,
+}
+
+/// Cap on ExecSync output per stream (kubelet's is 16 MiB).
+pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+impl OciRuntime {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.runtime_args).arg("--root").arg(&self.root);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, what: &str, id: &str, args: &[&str]) -> Result<Vec<u8>, HandlerError> {
+        let output = self
+            .command()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| HandlerError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            return Ok(output.stdout);
+        }
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        if message.contains("does not exist") || message.contains("not found") {
+            return Err(HandlerError::NotFound { id: id.to_owned() });
+        }
+        Err(HandlerError::Runtime {
+            handler: self.name.clone(),
+            operation: what.to_owned(),
+            id: id.to_owned(),
+            message,
+        })
+    }
+
+    /// Writes the bundle's config.json and creates the container under a new monitor.
+    /// Returns the init's pid. On failure the runtime holds no container of this ID.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &Spec,
+        log_path: &Path,
+    ) -> Result<u32, HandlerError> {
+        let io = |source: std::io::Error| HandlerError::Io {
+            path: bundle.to_owned(),
+            source,
+        };
+        tokio::fs::create_dir_all(bundle).await.map_err(io)?;
+        tokio::fs::create_dir_all(&self.root).await.map_err(io)?;
+        let json = serde_json::to_vec(spec).map_err(|e| io(std::io::Error::other(e)))?;
+        tokio::fs::write(bundle.join("config.json"), json)
+            .await
+            .map_err(io)?;
+
+        let (sync_r, sync_w) = pipe().map_err(io)?;
+        let mut cmd = Command::new(&self.monitor);
+        cmd.arg("--runtime")
+            .arg(&self.binary)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--id")
+            .arg(id)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--log-path")
+            .arg(log_path)
+            .arg("--exit-file")
+            .arg(bundle.join("exit"));
+        for arg in &self.runtime_args {
+            cmd.arg("--runtime-arg").arg(arg);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let raw = sync_w.as_raw_fd();
+        // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it
+        // puts the sync pipe on fd 3, where the monitor reports.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(raw, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+            binary: self.monitor.clone(),
+            source,
+        })?;
+        drop(sync_w);
+        let mut line = String::new();
+        let mut reader = tokio::fs::File::from_std(std::fs::File::from(sync_r));
+        reader.read_to_string(&mut line).await.map_err(io)?;
+        // The monitor stays running for the container's life; reap it in the background
+        // if it exits while we still hold it.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ok ") {
+            return pid.parse().map_err(|_| HandlerError::Monitor {
+                id: id.to_owned(),
+                message: format!("bad report `{line}`"),
+            });
+        }
+        // Make sure nothing is left at the runtime.
+        let _ = self.run("delete", id, &["delete", "--force", id]).await;
+        let message = line.strip_prefix("error ").unwrap_or(line).to_owned();
+        Err(HandlerError::Runtime {
+            handler: self.name.clone(),
+            operation: "create".to_owned(),
+            id: id.to_owned(),
+            message: if message.is_empty() {
+                "the monitor exited without reporting".to_owned()
+            } else {
+                message
+            },
+        })
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), HandlerError> {
+        self.run("start", id, &["start", id]).await.map(|_| ())
+    }
+
+    /// Sends `signal` to the init (or to every process with `all`).
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError> {
+        let signal = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, signal.as_str()]);
+        match self.run("kill", id, &args).await {
+            // Already gone is what a kill wants.
+            Err(HandlerError::Runtime { message, .. })
+                if message.contains("not running")
+                    || message.contains("process already finished") =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Deletes the container at the runtime; an unknown container is not an error.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), HandlerError> {
+        let args: &[&str] = if force {
+            &["delete", "--force", id]
+        } else {
+            &["delete", id]
+        };
+        match self.run("delete", id, args).await {
+            Ok(_) | Err(HandlerError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The runtime's view of a container, `None` if it has none.
+    pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
+        match self.run("state", id, &["state", id]).await {
+            Ok(out) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out).map_err(|e| HandlerError::Runtime {
+                        handler: self.name.clone(),
+                        operation: "state".to_owned(),
+                        id: id.to_owned(),
+                        message: format!("unreadable state: {e}"),
+                    })?;
+                Ok(Some(RuntimeState {
+                    status: v["status"].as_str().unwrap_or_default().to_owned(),
+                    pid: v["pid"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok())
+                        .unwrap_or(0),
+                }))
+            }
+            Err(HandlerError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `process` in the container and collects its output, killing it at `timeout`.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        bundle: &Path,
+        process: &Process,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, HandlerError> {
+        let io = |source: std::io::Error| HandlerError::Io {
+            path: bundle.to_owned(),
+            source,
+        };
+        let spec_path = bundle.join(format!(
+            "exec-{}.json",
+            std::process::id() as u64 * 1_000_000 + u64::from(rand_u32())
+        ));
+        let json = serde_json::to_vec(process).map_err(|e| io(std::io::Error::other(e)))?;
+        tokio::fs::write(&spec_path, json).await.map_err(io)?;
+        let pid_path = spec_path.with_extension("pid");
+        let mut child = self
+            .command()
+            .arg("exec")
+            .arg("--process")
+            .arg(&spec_path)
+            .arg("--pid-file")
+            .arg(&pid_path)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| HandlerError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let collect = async {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let read_out = async {
+                if let Some(s) = stdout.as_mut() {
+                    let _ = s.take(MAX_EXEC_OUTPUT as u64).read_to_end(&mut out).await;
+                }
+            };
+            let read_err = async {
+                if let Some(s) = stderr.as_mut() {
+                    let _ = s.take(MAX_EXEC_OUTPUT as u64).read_to_end(&mut err).await;
+                }
+            };
+            tokio::join!(read_out, read_err);
+            let status = child.wait().await;
+            (status, out, err)
+        };
+        let result = match timeout {
+            Some(t) if !t.is_zero() => tokio::time::timeout(t, collect).await.ok(),
+            _ => Some(collect.await),
+        };
+        let _ = tokio::fs::remove_file(&spec_path).await;
+        let exec_pid = tokio::fs::read_to_string(&pid_path).await.ok();
+        let _ = tokio::fs::remove_file(&pid_path).await;
+        let Some((status, stdout, stderr)) = result else {
+            // Dropping `collect` killed runc exec, but the process it started lives on in
+            // the container: kill it too, so a timed-out probe leaves nothing behind.
+            if let Some(pid) = exec_pid
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+            {
+                // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            return Err(HandlerError::Timeout {
+                id: id.to_owned(),
+                after: timeout.unwrap_or_default(),
+            });
+        };
+        let status = status.map_err(io)?;
+        use std::os::unix::process::ExitStatusExt;
+        let exit_code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Ok(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// The exit the monitor recorded in `bundle`, if the container has exited.
+pub fn exit_status(bundle: &Path) -> Option<ExitStatus> {
+    let text = std::fs::read_to_string(bundle.join("exit")).ok()?;
+    let mut lines = text.lines();
+    let code = lines.next()?.trim().parse().ok()?;
+    let finished_at = lines.next()?.trim().parse().ok()?;
+    Some(ExitStatus { code, finished_at })
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn rand_u32() -> u32 {
+    let mut v = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into `v`.
+    unsafe { libc::getrandom(v.as_mut_ptr().cast(), 4, 0) };
+    u32::from_le_bytes(v) % 1_000_000
+}
