@@ -166,6 +166,11 @@ impl Images {
         blocking(move || store.usage().map_err(ImageError::from)).await
     }
 
+    /// The store, for the snapshots containers mount.
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
+    }
+
     /// The storage root's path (the image filesystem ImageFsInfo reports).
     pub fn root(&self) -> PathBuf {
         self.store.root().to_path_buf()

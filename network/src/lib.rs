@@ -19,6 +19,6 @@ pub use cni_config::{NetworkConfig, PluginSearch, find_network_config};
 pub use cni_exec::{Attached, Attachment, PortMapping, add, del, result_ips};
 pub use error::{CniError, NetnsError};
 pub use netns::{
-    NamespaceKind, create_namespace, is_pinned, pin_path, remove_namespace, set_sysctl,
-    sysctl_namespace,
+    NamespaceKind, create_namespace, is_pinned, pin_path, pin_process_namespace, remove_namespace,
+    set_sysctl, sysctl_namespace,
 };

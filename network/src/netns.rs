@@ -21,6 +21,8 @@ pub enum NamespaceKind {
     Ipc,
     /// Hostname and domain name.
     Uts,
+    /// Process IDs (pinned from a living init: see [`pin_process_namespace`]).
+    Pid,
 }
 
 impl NamespaceKind {
@@ -29,6 +31,7 @@ impl NamespaceKind {
             Self::Net => libc::CLONE_NEWNET,
             Self::Ipc => libc::CLONE_NEWIPC,
             Self::Uts => libc::CLONE_NEWUTS,
+            Self::Pid => libc::CLONE_NEWPID,
         }
     }
 
@@ -38,6 +41,7 @@ impl NamespaceKind {
             Self::Net => "net",
             Self::Ipc => "ipc",
             Self::Uts => "uts",
+            Self::Pid => "pid",
         }
     }
 }
@@ -85,6 +89,31 @@ pub fn create_namespace(
     .join()
     .map_err(|_| fail(std::io::Error::other("namespace thread panicked")))?;
     if let Err(e) = result {
+        let _ = std::fs::remove_file(path);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// Pins the namespace of `kind` that process `pid` is in at `path` (a PID namespace
+/// needs a living init, so it is pinned from one rather than created here).
+pub fn pin_process_namespace(kind: NamespaceKind, pid: u32, path: &Path) -> Result<(), NetnsError> {
+    let fail = |source: std::io::Error| NetnsError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(fail)?;
+    let source = CString::new(format!("/proc/{pid}/ns/{}", kind.proc_name()))
+        .map_err(|_| fail(std::io::Error::other("ns path")))?;
+    let target = c_path(path)?;
+    if let Err(e) = bind_mount(&source, &target) {
         let _ = std::fs::remove_file(path);
         return Err(fail(e));
     }

@@ -116,7 +116,6 @@ impl OciRuntime {
             .await
             .map_err(io)?;
 
-        let (sync_r, sync_w) = pipe().map_err(io)?;
         let mut cmd = Command::new(&self.monitor);
         cmd.arg("--runtime")
             .arg(&self.binary)
@@ -133,33 +132,7 @@ impl OciRuntime {
         for arg in &self.runtime_args {
             cmd.arg("--runtime-arg").arg(arg);
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let raw = sync_w.as_raw_fd();
-        // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it
-        // puts the sync pipe on fd 3, where the monitor reports.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(raw, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
-            binary: self.monitor.clone(),
-            source,
-        })?;
-        drop(sync_w);
-        let mut line = String::new();
-        let mut reader = tokio::fs::File::from_std(std::fs::File::from(sync_r));
-        reader.read_to_string(&mut line).await.map_err(io)?;
-        // The monitor stays running for the container's life; reap it in the background
-        // if it exits while we still hold it.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        let line = spawn_reporting(cmd, &self.monitor).await?;
         let line = line.trim();
         if let Some(pid) = line.strip_prefix("ok ") {
             return pid.parse().map_err(|_| HandlerError::Monitor {
@@ -329,6 +302,57 @@ impl OciRuntime {
             stdout,
             stderr,
         })
+    }
+}
+
+/// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
+/// process may keep running (a monitor does); it is reaped in the background.
+async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, HandlerError> {
+    let io = |source: std::io::Error| HandlerError::Io {
+        path: binary.to_owned(),
+        source,
+    };
+    let (sync_r, sync_w) = pipe().map_err(io)?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let raw = sync_w.as_raw_fd();
+    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts
+    // the sync pipe on fd 3, where the child reports.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+        binary: binary.to_owned(),
+        source,
+    })?;
+    drop(sync_w);
+    let mut line = String::new();
+    let mut reader = tokio::fs::File::from_std(std::fs::File::from(sync_r));
+    reader.read_to_string(&mut line).await.map_err(io)?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(line.trim().to_owned())
+}
+
+/// Starts the init of a pod's shared PID namespace (`crisp-monitor --pause`) and returns
+/// its pid. It outlives crispd; kill it with SIGKILL when the pod stops.
+pub async fn spawn_pause(monitor: &Path) -> Result<u32, HandlerError> {
+    let mut cmd = Command::new(monitor);
+    cmd.arg("--pause");
+    let line = spawn_reporting(cmd, monitor).await?;
+    match line.strip_prefix("ok ").and_then(|p| p.parse().ok()) {
+        Some(pid) => Ok(pid),
+        None => Err(HandlerError::Monitor {
+            id: "pod PID namespace".to_owned(),
+            message: line.strip_prefix("error ").unwrap_or(&line).to_owned(),
+        }),
     }
 }
 

@@ -24,3 +24,15 @@ pub fn image_status(error: ImageError) -> Status {
         ImageError::Store(_) | ImageError::Internal(_) => Status::internal(message),
     }
 }
+
+/// The status a failed runtime operation answers with.
+pub fn handler_status(error: runtime_handlers::HandlerError) -> Status {
+    use runtime_handlers::HandlerError as E;
+    let message = error.to_string();
+    match error {
+        E::NotFound { .. } => Status::not_found(message),
+        E::Timeout { .. } => Status::deadline_exceeded(message),
+        E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
+        E::Spawn { .. } | E::Io { .. } => Status::internal(message),
+    }
+}

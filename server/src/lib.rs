@@ -13,6 +13,7 @@
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod errors;

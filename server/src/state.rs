@@ -12,15 +12,23 @@ pub struct Daemon {
     pub images: image::Images,
     /// The pod sandboxes.
     pub pods: crate::pod::Pods,
+    /// The containers.
+    pub containers: crate::container::Containers,
 }
 
 impl Daemon {
     /// State for a daemon running with `config`.
-    pub fn new(config: Config, images: image::Images, pods: crate::pod::Pods) -> Self {
+    pub fn new(
+        config: Config,
+        images: image::Images,
+        pods: crate::pod::Pods,
+        containers: crate::container::Containers,
+    ) -> Self {
         Self {
             config: RwLock::new(Arc::new(config)),
             images,
             pods,
+            containers,
         }
     }
 

@@ -168,21 +168,21 @@ async fn other_rpcs_answer_unimplemented_with_their_name() {
     let daemon = sandbox.start();
     let (mut runtime, _) = daemon.clients().await;
     let err = runtime
-        .list_containers(cri::ListContainersRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .expect_err("not implemented yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListContainers"),
+        err.message().contains("ContainerStats"),
         "{}",
         err.message()
     );
     let err = runtime
-        .exec_sync(cri::ExecSyncRequest::default())
+        .exec(cri::ExecRequest::default())
         .await
         .expect_err("not implemented yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{}", err.message());
+    assert!(err.message().contains("Exec"), "{}", err.message());
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod error;
 mod metadata;
 mod mount;
 mod overlay_probe;
+mod rootfs;
 mod snapshot;
 mod store;
 mod unpack;

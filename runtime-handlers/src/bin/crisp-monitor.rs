@@ -101,7 +101,56 @@ fn runtime_error(log: &Path) -> String {
         .unwrap_or_else(|| text.lines().last().unwrap_or("no error message").to_owned())
 }
 
+/// `crisp-monitor --pause`: the init of a pod's shared PID namespace. The helper
+/// unshares the PID namespace, forks that init (pid 1 there: it only reaps orphans),
+/// reports `ok <pid>` on fd 3 and exits, leaving the init to its new parent.
+fn pause_main() -> ExitCode {
+    // SAFETY: setsid and unshare take no pointers. This process is single-threaded here.
+    unsafe { libc::setsid() };
+    // SAFETY: as above.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        report(&format!(
+            "error unshare(CLONE_NEWPID): {}\n",
+            std::io::Error::last_os_error()
+        ));
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: single-threaded, so fork is safe; the child only calls async-signal-safe
+    // functions (dup2, open, waitpid, pause).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        report(&format!(
+            "error fork: {}\n",
+            std::io::Error::last_os_error()
+        ));
+        return ExitCode::FAILURE;
+    }
+    if pid == 0 {
+        // SAFETY: plain descriptor and wait calls on our own process.
+        unsafe {
+            libc::close(3);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+            }
+            loop {
+                let mut status = 0;
+                if libc::waitpid(-1, &mut status, 0) < 0 {
+                    libc::pause();
+                }
+            }
+        }
+    }
+    report(&format!("ok {pid}\n"));
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
+        return pause_main();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -29,7 +29,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     type StreamPodSandboxesStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxesResponse, Status>> + Send>,
     >;
-    type StreamContainersStream = NoStream<cri::StreamContainersResponse>;
+    type StreamContainersStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamContainersResponse, Status>> + Send>,
+    >;
     type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
     type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
     type GetContainerEventsStream = NoStream<cri::ContainerEventResponse>;
@@ -113,6 +115,76 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let container_id = crate::container::create(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        crate::container::start(&self.daemon, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        crate::container::stop(&self.daemon, &request.container_id, request.timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        crate::container::remove(&self.daemon, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status = crate::container::status(&self.daemon, &request.container_id, request.verbose).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let containers = crate::container::list(&self.daemon, request.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let items = crate::container::list(&self.daemon, request.into_inner().filter).await;
+        let chunks: Vec<Result<cri::StreamContainersResponse, Status>> = items
+            .chunks(500)
+            .map(|c| Ok(cri::StreamContainersResponse { containers: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let response = crate::container::exec_sync(&self.daemon, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
     async fn runtime_config(
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
@@ -130,16 +202,8 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
 
 }
 unimplemented {
-        create_container(CreateContainerRequest) -> cri::CreateContainerResponse, "CreateContainer";
-        start_container(StartContainerRequest) -> cri::StartContainerResponse, "StartContainer";
-        stop_container(StopContainerRequest) -> cri::StopContainerResponse, "StopContainer";
-        remove_container(RemoveContainerRequest) -> cri::RemoveContainerResponse, "RemoveContainer";
-        list_containers(ListContainersRequest) -> cri::ListContainersResponse, "ListContainers";
-        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream, "StreamContainers";
-        container_status(ContainerStatusRequest) -> cri::ContainerStatusResponse, "ContainerStatus";
         update_container_resources(UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse, "UpdateContainerResources";
         reopen_container_log(ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse, "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> cri::ExecSyncResponse, "ExecSync";
         exec(ExecRequest) -> cri::ExecResponse, "Exec";
         attach(AttachRequest) -> cri::AttachResponse, "Attach";
         port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";

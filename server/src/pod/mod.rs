@@ -103,6 +103,9 @@ pub struct SandboxRecord {
     pub network: Option<NetworkJournal>,
     /// IPs reported after the network is released (kept for status, as containerd does).
     pub ips: Vec<String>,
+    /// The init of the pod's shared PID namespace (PID mode POD), 0 if none.
+    #[serde(default)]
+    pub pause_pid: u32,
 }
 
 impl SandboxRecord {
@@ -310,11 +313,17 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
             Err(e) => failures.push(e.to_string()),
         }
     }
+    if record.pause_pid > 0 {
+        let pin = network::pin_path(&record.state_dir, network::NamespaceKind::Pid);
+        kill_pause(record.pause_pid, &pin);
+        record.pause_pid = 0;
+    }
     if record.network.is_none() {
         for kind in [
             network::NamespaceKind::Net,
             network::NamespaceKind::Ipc,
             network::NamespaceKind::Uts,
+            network::NamespaceKind::Pid,
         ] {
             if let Err(e) = network::remove_namespace(&network::pin_path(&record.state_dir, kind)) {
                 failures.push(e.to_string());
@@ -369,4 +378,21 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
         tracing::info!(sandboxes = count, "sandboxes restored");
     }
     Ok(pods)
+}
+
+/// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
+/// namespace is the pinned one): a pid reused after a reboot is left alone.
+fn kill_pause(pid: u32, pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (
+        std::fs::metadata(format!("/proc/{pid}/ns/pid")),
+        std::fs::metadata(pin),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    if same {
+        // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
 }

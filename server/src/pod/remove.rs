@@ -11,6 +11,8 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
         return Ok(());
     };
     super::stop(daemon, id).await?;
+    let pod_id = pod.record.lock().await.id.clone();
+    crate::container::remove_all_in_pod(daemon, &pod_id).await?;
     let record = pod.record.lock().await;
     if let Err(e) = std::fs::remove_dir_all(&record.state_dir)
         && e.kind() != std::io::ErrorKind::NotFound

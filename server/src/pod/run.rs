@@ -103,7 +103,14 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         state_dir: config.state.join("pods").join(&id),
         network: None,
         ips: Vec::new(),
+        pause_pid: 0,
     };
+    let mut record = record;
+    if record.pid_mode == NsMode::Pod {
+        record.pause_pid = runtime_handlers::spawn_pause(&crate::container::monitor_binary())
+            .await
+            .map_err(crate::errors::handler_status)?;
+    }
     let ports: Vec<network::PortMapping> = pod_config
         .port_mappings
         .iter()
@@ -182,6 +189,13 @@ fn setup(
         };
     }
     attempt!(std::fs::create_dir_all(&record.state_dir), Status::internal);
+    if record.pause_pid > 0 {
+        let pin = network::pin_path(&record.state_dir, Kind::Pid);
+        attempt!(
+            network::pin_process_namespace(Kind::Pid, record.pause_pid, &pin),
+            Status::internal
+        );
+    }
     let host_network = record.network_mode == NsMode::Node;
     let hostname = if host_network || record.hostname.is_empty() {
         host_hostname()
@@ -217,6 +231,7 @@ fn setup(
         let own = match kind {
             Kind::Net | Kind::Uts => !host_network,
             Kind::Ipc => record.ipc_mode != NsMode::Node,
+            Kind::Pid => false,
         };
         if !own {
             return Err(Status::invalid_argument(format!(

@@ -11,6 +11,8 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
     let Some(pod) = daemon.pods.get(id) else {
         return Ok(());
     };
+    let pod_id = pod.record.lock().await.id.clone();
+    crate::container::stop_all_in_pod(daemon, &pod_id).await?;
     let mut record = pod.record.lock().await;
     let config = daemon.config();
     let before = record.clone();

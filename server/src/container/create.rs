@@ -1,0 +1,243 @@
+//! CreateContainer: rootfs, identity, OCI spec, and the container created under its
+//! monitor; everything undone on failure.
+
+use cri_proto::v1 as cri;
+use tonic::Status;
+
+use super::spec::{self, ImageDefaults, SpecInput};
+use super::{ContainerRecord, MountRecord, RECORD_VERSION, runtime_for, user};
+use crate::errors::{handler_status, image_status};
+use crate::pod::{blocking, new_id, now_ns};
+use crate::state::Daemon;
+
+/// Creates a container in a pod and returns its ID.
+pub async fn create(
+    daemon: &Daemon,
+    request: cri::CreateContainerRequest,
+) -> Result<String, Status> {
+    let config = daemon.config();
+    let container = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+    let meta = container
+        .metadata
+        .clone()
+        .filter(|m| !m.name.is_empty())
+        .ok_or_else(|| Status::invalid_argument("config.metadata.name must not be empty"))?;
+    if container.tty || container.stdin {
+        return Err(Status::unimplemented(
+            "TTY and stdin containers arrive with crisp's streaming support; this crisp cannot create them yet",
+        ));
+    }
+    let pod = daemon.pods.get(&request.pod_sandbox_id).ok_or_else(|| {
+        Status::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
+    })?;
+    let pod = pod.record.lock().await.clone();
+    if !pod.ready {
+        return Err(Status::failed_precondition(format!(
+            "pod sandbox {} is not ready",
+            pod.id
+        )));
+    }
+    for c in daemon.containers.all() {
+        let r = c.record.lock().await;
+        if r.pod_id == pod.id && r.name == meta.name && r.attempt == meta.attempt {
+            return Err(Status::already_exists(format!(
+                "container name {} (attempt {}) is already used by {} in pod {}",
+                meta.name, meta.attempt, r.id, pod.id
+            )));
+        }
+    }
+    let image_name = container
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| Status::invalid_argument("config.image.image must name an image"))?;
+    let image = daemon
+        .images
+        .find(&image_name)
+        .await
+        .map_err(image_status)?
+        .ok_or_else(|| {
+            Status::not_found(format!("image {image_name} is not present; pull it first"))
+        })?;
+    let image_config = daemon.images.config(&image).await.map_err(image_status)?;
+    let defaults = ImageDefaults::from_config(&image_config);
+    let runtime = runtime_for(&config, &pod.handler)?;
+
+    let id = new_id();
+    let bundle = config.state.join("containers").join(&id);
+    let log_path = if pod.log_directory.is_empty() || container.log_path.is_empty() {
+        String::new()
+    } else {
+        std::path::Path::new(&pod.log_directory)
+            .join(&container.log_path)
+            .display()
+            .to_string()
+    };
+    let mut record = ContainerRecord {
+        v: RECORD_VERSION,
+        id: id.clone(),
+        pod_id: pod.id.clone(),
+        name: meta.name.clone(),
+        attempt: meta.attempt,
+        image: image_name.clone(),
+        image_id: image.id.clone(),
+        image_ref: image
+            .names
+            .iter()
+            .find(|n| n.contains('@'))
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        labels: container.labels.clone().into_iter().collect(),
+        annotations: container.annotations.clone().into_iter().collect(),
+        created_at: now_ns(),
+        started_at: 0,
+        log_path: log_path.clone(),
+        handler: pod.handler.clone(),
+        bundle: bundle.clone(),
+        mounts: container
+            .mounts
+            .iter()
+            .map(|m| MountRecord {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+            })
+            .collect(),
+        stop_signal: stop_signal(&container, &defaults),
+        process: serde_json::Value::Null,
+        chain_ids: image.chain_ids.clone(),
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+
+    // Rootfs, identity and spec are filesystem work.
+    let store = daemon.images.store();
+    let prepared = {
+        let record = record.clone();
+        let pod = pod.clone();
+        let driver = config.cgroup_driver;
+        let container = container.clone();
+        blocking(move || {
+            let rootfs = record.rootfs();
+            store
+                .snapshots
+                .mount_rootfs(&record.id, &record.chain_ids, &rootfs)
+                .map_err(|e| Status::internal(format!("preparing the rootfs: {e}")))?;
+            let built = (|| {
+                let security = container
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.clone())
+                    .unwrap_or_default();
+                let identity = user::resolve(
+                    &rootfs,
+                    &defaults.user,
+                    security.run_as_user.as_ref().map(|u| u.value),
+                    &security.run_as_username,
+                    security.run_as_group.as_ref().map(|g| g.value),
+                    &security.supplemental_groups,
+                )?;
+                let args = spec::process_args(&container, &defaults)?;
+                let hostname = if pod.hostname.is_empty() {
+                    pod.name.clone()
+                } else {
+                    pod.hostname.clone()
+                };
+                let env = spec::process_env(&container, &defaults, &hostname);
+                let cwd = [
+                    container.working_dir.as_str(),
+                    defaults.working_dir.as_str(),
+                ]
+                .into_iter()
+                .find(|d| !d.is_empty())
+                .unwrap_or("/")
+                .to_owned();
+                let input = SpecInput {
+                    id: &record.id,
+                    pod: &pod,
+                    rootfs: &rootfs,
+                    identity: &identity,
+                    args,
+                    env,
+                    cwd,
+                    cgroup_driver: driver,
+                };
+                let spec = spec::build(&container, &input)?;
+                Ok::<_, Status>((spec, identity))
+            })();
+            if built.is_err() {
+                let _ = store.snapshots.release_rootfs(&record.id, &rootfs, true);
+                let _ = std::fs::remove_dir_all(&record.bundle);
+            }
+            built
+        })
+        .await?
+    };
+    let (spec_json, identity) = prepared;
+    record.process = spec_json["process"].clone();
+    record.uid = identity.uid;
+    record.gid = identity.gid;
+    record.groups = identity.groups.clone();
+    let oci: oci_spec::runtime::Spec = serde_json::from_value(spec_json)
+        .map_err(|e| Status::internal(format!("OCI spec: {e}")))?;
+
+    let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
+        let _ = daemon
+            .images
+            .store()
+            .snapshots
+            .release_rootfs(&record.id, &record.rootfs(), true);
+        let _ = std::fs::remove_dir_all(&record.bundle);
+    };
+    if let Err(e) = runtime
+        .create(&id, &bundle, &oci, std::path::Path::new(&log_path))
+        .await
+    {
+        cleanup(daemon, &record);
+        return Err(handler_status(e));
+    }
+    if let Err(e) = daemon.containers.save(&record) {
+        let _ = runtime.delete(&id, true).await;
+        cleanup(daemon, &record);
+        return Err(Status::internal(format!(
+            "cannot persist container {id}: {e}"
+        )));
+    }
+    tracing::info!(id = %id, pod = %pod.id, name = %meta.name, image = %image_name, "container created");
+    daemon.containers.insert(record);
+    Ok(id)
+}
+
+/// The signal StopContainer sends first: the request's, the image's, else SIGTERM.
+fn stop_signal(container: &cri::ContainerConfig, image: &ImageDefaults) -> i32 {
+    let requested = cri::Signal::try_from(container.stop_signal)
+        .ok()
+        .filter(|s| *s != cri::Signal::RuntimeDefault)
+        .map(|s| s.as_str_name().to_owned());
+    let name = requested.unwrap_or_else(|| image.stop_signal.clone());
+    signal_number(&name).unwrap_or(libc::SIGTERM)
+}
+
+fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let name = name.trim_start_matches("SIG");
+    Some(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
+}

@@ -1,0 +1,159 @@
+//! StartContainer, StopContainer, RemoveContainer, and the pod-wide stop and remove.
+
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+
+use super::{ContainerRecord, State, runtime_for};
+use crate::errors::handler_status;
+use crate::pod::now_ns;
+use crate::state::Daemon;
+
+/// Starts a created container.
+pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
+    let container = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    let mut record = container.record.lock().await;
+    if record.state() != State::Created {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not in the created state",
+            record.id
+        )));
+    }
+    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    runtime.start(&record.id).await.map_err(handler_status)?;
+    record.started_at = now_ns();
+    daemon
+        .containers
+        .save(&record)
+        .map_err(|e| Status::internal(format!("cannot persist container {}: {e}", record.id)))?;
+    tracing::info!(id = %record.id, "container started");
+    Ok(())
+}
+
+async fn wait_exit(record: &ContainerRecord, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if matches!(record.state(), State::Exited { .. }) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends the stop signal, waits up to `timeout`, then kills every process.
+async fn stop_record(
+    daemon: &Daemon,
+    record: &mut ContainerRecord,
+    timeout: Duration,
+) -> Result<(), Status> {
+    if matches!(record.state(), State::Exited { .. }) {
+        return Ok(());
+    }
+    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    if record.state() == State::Created {
+        // Never started: its init waits in runc; killing it ends the container.
+        runtime
+            .kill(&record.id, libc::SIGKILL, false)
+            .await
+            .map_err(handler_status)?;
+    } else if !timeout.is_zero() {
+        runtime
+            .kill(&record.id, record.stop_signal, false)
+            .await
+            .map_err(handler_status)?;
+        if wait_exit(record, timeout).await {
+            return Ok(());
+        }
+    }
+    runtime
+        .kill(&record.id, libc::SIGKILL, true)
+        .await
+        .map_err(handler_status)?;
+    if !wait_exit(record, Duration::from_secs(10)).await {
+        return Err(Status::deadline_exceeded(format!(
+            "container {} did not exit 10s after SIGKILL",
+            record.id
+        )));
+    }
+    tracing::info!(id = %record.id, "container stopped");
+    Ok(())
+}
+
+/// StopContainer: an unknown ID succeeds, as the CRI requires.
+pub async fn stop(daemon: &Daemon, id: &str, timeout_secs: i64) -> Result<(), Status> {
+    let Some(container) = daemon.containers.get(id) else {
+        return Ok(());
+    };
+    let mut record = container.record.lock().await;
+    let timeout = Duration::from_secs(u64::try_from(timeout_secs).unwrap_or(0));
+    stop_record(daemon, &mut record, timeout).await
+}
+
+/// RemoveContainer: kills a running container first (as the CRI requires), deletes it
+/// at the runtime, unmounts and discards its rootfs. An unknown ID succeeds.
+pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
+    let Some(container) = daemon.containers.get(id) else {
+        return Ok(());
+    };
+    let mut record = container.record.lock().await;
+    stop_record(daemon, &mut record, Duration::ZERO).await?;
+    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    runtime
+        .delete(&record.id, true)
+        .await
+        .map_err(handler_status)?;
+    let store = daemon.images.store();
+    let (cid, rootfs, bundle) = (record.id.clone(), record.rootfs(), record.bundle.clone());
+    crate::pod::blocking(move || {
+        store
+            .snapshots
+            .release_rootfs(&cid, &rootfs, true)
+            .map_err(|e| Status::internal(format!("releasing the rootfs of {cid}: {e}")))?;
+        match std::fs::remove_dir_all(&bundle) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Status::internal(format!(
+                "removing {}: {e}",
+                bundle.display()
+            ))),
+            _ => Ok(()),
+        }
+    })
+    .await?;
+    daemon
+        .containers
+        .forget(&record.id)
+        .map_err(|e| Status::internal(format!("cannot delete the record of {}: {e}", record.id)))?;
+    tracing::info!(id = %record.id, "container removed");
+    Ok(())
+}
+
+/// Kills every container of a pod (StopPodSandbox).
+pub async fn stop_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
+    for c in daemon.containers.all() {
+        let mut record = c.record.lock().await;
+        if record.pod_id == pod_id {
+            stop_record(daemon, &mut record, Duration::ZERO).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every container of a pod (RemovePodSandbox).
+pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
+    let mut ids = Vec::new();
+    for c in daemon.containers.all() {
+        let record = c.record.lock().await;
+        if record.pod_id == pod_id {
+            ids.push(record.id.clone());
+        }
+    }
+    for id in ids {
+        remove(daemon, &id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! ContainerStatus and ListContainers.
+
+use std::collections::HashMap;
+
+use cri_proto::v1 as cri;
+use tonic::Status;
+
+use super::{ContainerRecord, State};
+use crate::state::Daemon;
+
+fn cri_state(state: State) -> i32 {
+    match state {
+        State::Created => cri::ContainerState::ContainerCreated,
+        State::Running => cri::ContainerState::ContainerRunning,
+        State::Exited { .. } => cri::ContainerState::ContainerExited,
+    }
+    .into()
+}
+
+fn hash(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn image_spec(record: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: record.image.clone(),
+        ..Default::default()
+    }
+}
+
+/// ContainerStatus of `id`; NotFound for an unknown container.
+pub async fn status(
+    daemon: &Daemon,
+    id: &str,
+    verbose: bool,
+) -> Result<cri::ContainerStatusResponse, Status> {
+    let container = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    let record = container.record.lock().await.clone();
+    let state = record.state();
+    let (exit_code, finished_at, reason) = match state {
+        State::Exited { code, finished_at } => (
+            code,
+            finished_at,
+            if code == 0 { "Completed" } else { "Error" },
+        ),
+        _ => (0, 0, ""),
+    };
+    let mut info = HashMap::new();
+    if verbose {
+        let json = serde_json::json!({
+            "sandboxID": record.pod_id,
+            "runtimeHandler": record.handler,
+            "bundle": record.bundle,
+            "rootfs": record.rootfs(),
+            "process": record.process,
+        });
+        info.insert("info".to_owned(), json.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(cri::ContainerStatus {
+            id: record.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: record.name.clone(),
+                attempt: record.attempt,
+            }),
+            state: cri_state(state),
+            created_at: record.created_at,
+            started_at: record.started_at,
+            finished_at,
+            exit_code,
+            image: Some(image_spec(&record)),
+            image_ref: record.image_ref.clone(),
+            reason: reason.to_owned(),
+            message: String::new(),
+            labels: hash(&record.labels),
+            annotations: hash(&record.annotations),
+            mounts: record
+                .mounts
+                .iter()
+                .map(|m| cri::Mount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    propagation: m.propagation,
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: record.log_path.clone(),
+            resources: None,
+            image_id: record.image_id.clone(),
+            user: Some(cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: i64::from(record.uid),
+                    gid: i64::from(record.gid),
+                    supplemental_groups: std::iter::once(record.gid)
+                        .chain(record.groups.iter().copied())
+                        .map(i64::from)
+                        .collect(),
+                }),
+            }),
+            stop_signal: 0,
+        }),
+        info,
+    })
+}
+
+/// ListContainers with the CRI filter (ID prefix, state, pod, labels).
+pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+    let filter = filter.unwrap_or_default();
+    let mut out = Vec::new();
+    for c in daemon.containers.all() {
+        let record = c.record.lock().await.clone();
+        if !filter.id.is_empty() && !record.id.starts_with(&filter.id) {
+            continue;
+        }
+        if !filter.pod_sandbox_id.is_empty() && !record.pod_id.starts_with(&filter.pod_sandbox_id) {
+            continue;
+        }
+        let state = cri_state(record.state());
+        if filter.state.as_ref().is_some_and(|s| s.state != state) {
+            continue;
+        }
+        if !filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| record.labels.get(k) == Some(v))
+        {
+            continue;
+        }
+        out.push(cri::Container {
+            id: record.id.clone(),
+            pod_sandbox_id: record.pod_id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: record.name.clone(),
+                attempt: record.attempt,
+            }),
+            image: Some(image_spec(&record)),
+            image_ref: record.image_ref.clone(),
+            state,
+            created_at: record.created_at,
+            labels: hash(&record.labels),
+            annotations: hash(&record.annotations),
+            image_id: record.image_id.clone(),
+        });
+    }
+    out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    out
+}

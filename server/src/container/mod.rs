@@ -1,0 +1,277 @@
+//! Containers: records, the registry of known ones, and their state as the runtime and
+//! monitor report it.
+//!
+//! A container's bundle (config.json, the monitor's exit file) lives in
+//! `<state>/containers/<id>/`, its rootfs is mounted at `<bundle>/rootfs`, its writable
+//! layer is kept by the snapshotter under the storage root, and its record is a JSON
+//! file under `<root>/containers/` written atomically.
+
+mod create;
+mod exec;
+mod lifecycle;
+mod list;
+mod spec;
+mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use create::create;
+pub use exec::exec_sync;
+pub use lifecycle::{remove, remove_all_in_pod, start, stop, stop_all_in_pod};
+pub use list::{list, status};
+
+const RECORD_VERSION: u32 = 1;
+
+/// A bind mount as requested, kept for ContainerStatus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// Path in the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// CRI propagation value.
+    pub propagation: i32,
+}
+
+/// Everything crisp keeps about one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Format version.
+    pub v: u32,
+    /// 64 hex characters.
+    pub id: String,
+    /// The sandbox it belongs to.
+    pub pod_id: String,
+    /// Container name within the pod.
+    pub name: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The image as requested.
+    pub image: String,
+    /// The image ID (config digest).
+    pub image_id: String,
+    /// The image reference ContainerStatus reports (repo digest when known).
+    pub image_ref: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Creation time (ns).
+    pub created_at: i64,
+    /// Start time (ns), 0 until started.
+    pub started_at: i64,
+    /// The kubelet log file (absolute), empty if none.
+    pub log_path: String,
+    /// The handler running it.
+    pub handler: String,
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Mounts, for status.
+    pub mounts: Vec<MountRecord>,
+    /// The signal StopContainer sends first.
+    pub stop_signal: i32,
+    /// The process template ExecSync starts from (env, user, cwd), as OCI JSON.
+    pub process: serde_json::Value,
+    /// The image's layer chain (for the rootfs).
+    pub chain_ids: Vec<String>,
+    /// Uid the process runs as.
+    pub uid: u32,
+    /// Gid the process runs as.
+    pub gid: u32,
+    /// Supplemental groups.
+    pub groups: Vec<u32>,
+}
+
+impl ContainerRecord {
+    /// Where the rootfs is mounted.
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+}
+
+/// The lifecycle state, derived from what the runtime and monitor left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Created, not started.
+    Created,
+    /// Its init runs.
+    Running,
+    /// Its init exited.
+    Exited {
+        /// Exit code.
+        code: i32,
+        /// When (ns).
+        finished_at: i64,
+    },
+}
+
+impl ContainerRecord {
+    /// The state now: the monitor's exit file wins; else started or not.
+    pub fn state(&self) -> State {
+        match runtime_handlers::exit_status(&self.bundle) {
+            Some(exit) => State::Exited {
+                code: exit.code,
+                finished_at: exit.finished_at,
+            },
+            None if self.started_at > 0 => State::Running,
+            None => State::Created,
+        }
+    }
+}
+
+/// One known container; operations take its lock.
+pub struct Container {
+    /// The record.
+    pub record: tokio::sync::Mutex<ContainerRecord>,
+}
+
+/// The containers this daemon knows.
+pub struct Containers {
+    records_dir: PathBuf,
+    by_id: std::sync::RwLock<HashMap<String, Arc<Container>>>,
+}
+
+impl Containers {
+    /// Loads the records under `<root>/containers-meta`.
+    pub fn load(root: &Path) -> std::io::Result<Self> {
+        let records_dir = root.join("containers-meta");
+        std::fs::create_dir_all(&records_dir)?;
+        let mut map = HashMap::new();
+        for entry in std::fs::read_dir(&records_dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<ContainerRecord>(&b)) {
+                Ok(Ok(r)) if r.v == RECORD_VERSION => {
+                    map.insert(
+                        r.id.clone(),
+                        Arc::new(Container {
+                            record: tokio::sync::Mutex::new(r),
+                        }),
+                    );
+                }
+                _ => {
+                    tracing::error!(file = %path.display(), "unreadable container record; ignored")
+                }
+            }
+        }
+        Ok(Self {
+            records_dir,
+            by_id: std::sync::RwLock::new(map),
+        })
+    }
+
+    /// Adds a container.
+    pub fn insert(&self, record: ContainerRecord) {
+        let mut map = match self.by_id.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.insert(
+            record.id.clone(),
+            Arc::new(Container {
+                record: tokio::sync::Mutex::new(record),
+            }),
+        );
+    }
+
+    /// The container with this ID, or the only one whose ID starts with it.
+    pub fn get(&self, id: &str) -> Option<Arc<Container>> {
+        if id.is_empty() {
+            return None;
+        }
+        let map = match self.by_id.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(c) = map.get(id) {
+            return Some(Arc::clone(c));
+        }
+        let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, c)), None) => Some(Arc::clone(c)),
+            _ => None,
+        }
+    }
+
+    /// Every container.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        let map = match self.by_id.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        map.values().cloned().collect()
+    }
+
+    /// Forgets a container and deletes its record.
+    pub fn forget(&self, id: &str) -> std::io::Result<()> {
+        {
+            let mut map = match self.by_id.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            map.remove(id);
+        }
+        match std::fs::remove_file(self.records_dir.join(format!("{id}.json"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a record durably (temp file, fsync, rename).
+    pub fn save(&self, record: &ContainerRecord) -> std::io::Result<()> {
+        use std::io::Write;
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        let tmp = self.records_dir.join(format!("{}.tmp", record.id));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.records_dir.join(format!("{}.json", record.id)))?;
+        std::fs::File::open(&self.records_dir)?.sync_all()
+    }
+}
+
+/// The OCI runtime for a handler name, built from configuration.
+pub fn runtime_for(
+    config: &conf::Config,
+    handler: &str,
+) -> Result<runtime_handlers::OciRuntime, tonic::Status> {
+    let h = config.runtimes.get(handler).ok_or_else(|| {
+        tonic::Status::failed_precondition(format!(
+            "runtime handler `{handler}` is no longer configured"
+        ))
+    })?;
+    if h.kind != conf::HandlerType::Oci {
+        return Err(tonic::Status::unimplemented(format!(
+            "runtime handler `{handler}` is of type microvm, which this crisp cannot run yet"
+        )));
+    }
+    let binary =
+        crate::host::runtime_binary(config, handler).map_err(tonic::Status::failed_precondition)?;
+    Ok(runtime_handlers::OciRuntime {
+        name: handler.to_owned(),
+        binary,
+        root: config.runtime_root(handler),
+        runtime_args: h.runtime_args.clone(),
+        monitor: monitor_binary(),
+    })
+}
+
+/// The monitor: beside crispd, else on PATH.
+pub(crate) fn monitor_binary() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("crisp-monitor")))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| runtime_handlers::resolve_binary(Path::new("crisp-monitor")))
+        .unwrap_or_else(|| PathBuf::from("crisp-monitor"))
+}

@@ -1,0 +1,542 @@
+//! The CRI container config and the image config merged into an OCI runtime spec, the
+//! way kubelet expects: command/args against Entrypoint/Cmd, env merged by key, the pod's
+//! namespaces joined by path, the pod's hosts/resolv.conf/hostname/shm bind-mounted.
+
+use std::path::Path;
+
+use cri_proto::v1 as cri;
+use serde_json::{Value, json};
+use tonic::Status;
+
+use super::user::Identity;
+use crate::pod::{NsMode, SandboxRecord};
+
+/// Docker's default capability set, which containerd and CRI-O also grant.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the kernel knows (for privileged containers and `ALL`).
+fn all_caps() -> Vec<String> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    const NAMES: &[&str] = &[
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES
+        .iter()
+        .take(last as usize + 1)
+        .map(|n| format!("CAP_{n}"))
+        .collect()
+}
+
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The image config fields a container inherits.
+#[derive(Debug, Default, Clone)]
+pub struct ImageDefaults {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env` (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`.
+    pub user: String,
+    /// `StopSignal`.
+    pub stop_signal: String,
+}
+
+impl ImageDefaults {
+    /// From an image config blob.
+    pub fn from_config(config: &[u8]) -> Self {
+        let v: Value = serde_json::from_slice(config).unwrap_or(Value::Null);
+        let c = &v["config"];
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
+            user: c["User"].as_str().unwrap_or_default().to_owned(),
+            stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// The process arguments kubelet means: `command` replaces Entrypoint (and drops Cmd);
+/// `args` replaces Cmd.
+pub fn process_args(
+    request: &cri::ContainerConfig,
+    image: &ImageDefaults,
+) -> Result<Vec<String>, Status> {
+    let (entry, args) = if request.command.is_empty() {
+        let args = if request.args.is_empty() {
+            image.cmd.clone()
+        } else {
+            request.args.clone()
+        };
+        (image.entrypoint.clone(), args)
+    } else {
+        (request.command.clone(), request.args.clone())
+    };
+    let all: Vec<String> = entry.into_iter().chain(args).collect();
+    if all.is_empty() {
+        return Err(Status::invalid_argument(
+            "no command: the request has neither command nor args and the image has no Entrypoint or Cmd",
+        ));
+    }
+    Ok(all)
+}
+
+/// Image env, then the request's, merged by key (the request wins).
+pub fn process_env(
+    request: &cri::ContainerConfig,
+    image: &ImageDefaults,
+    hostname: &str,
+) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(key, _)| key == k) {
+        Some(slot) => slot.1 = v.to_owned(),
+        None => env.push((k.to_owned(), v.to_owned())),
+    };
+    set(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    for kv in &image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k, v);
+    }
+    set("HOSTNAME", hostname);
+    for kv in &request.envs {
+        set(&kv.key, &String::from_utf8_lossy(&kv.value));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
+    let all = all_caps();
+    let mut caps: Vec<String> = if security.privileged {
+        all.clone()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect()
+    };
+    let norm = |c: &str| {
+        let c = c.to_ascii_uppercase();
+        if c.starts_with("CAP_") {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    if let Some(requested) = &security.capabilities {
+        if requested
+            .drop_capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("ALL"))
+        {
+            caps.clear();
+        }
+        for c in &requested.drop_capabilities {
+            let c = norm(c);
+            caps.retain(|x| *x != c);
+        }
+        if requested
+            .add_capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case("ALL"))
+        {
+            caps = all;
+        } else {
+            for c in &requested.add_capabilities {
+                let c = norm(c);
+                if !caps.contains(&c) {
+                    caps.push(c);
+                }
+            }
+        }
+    }
+    caps
+}
+
+/// crispd's own oom_score_adj: a container may not ask for less (CAP_SYS_RESOURCE).
+fn own_oom_score_adj() -> i64 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Everything the spec needs besides the request.
+pub struct SpecInput<'a> {
+    /// The container ID.
+    pub id: &'a str,
+    /// The pod.
+    pub pod: &'a SandboxRecord,
+    /// The mounted rootfs.
+    pub rootfs: &'a Path,
+    /// Who the process runs as.
+    pub identity: &'a Identity,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// The cgroup driver.
+    pub cgroup_driver: conf::CgroupDriver,
+}
+
+/// Builds the OCI spec as JSON (validated by deserializing it into oci-spec's type).
+pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Value, Status> {
+    let linux = request.linux.clone().unwrap_or_default();
+    let security = linux.security_context.clone().unwrap_or_default();
+    let resources = linux.resources.clone().unwrap_or_default();
+    let pod = input.pod;
+    let caps = caps(&security);
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if security.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    if pod.ipc_mode == NsMode::Node {
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]}));
+    } else {
+        let shm = pod.state_dir.join("shm");
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rprivate", "rw"]}));
+    }
+    let requested: Vec<&str> = request
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
+    for file in ["hosts", "resolv.conf", "hostname"] {
+        let dest = format!("/etc/{file}");
+        if !requested.contains(&dest.as_str()) {
+            let source = pod.state_dir.join(file);
+            let ro = if security.readonly_rootfs { "ro" } else { "rw" };
+            mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", ro]}));
+        }
+    }
+    for m in &request.mounts {
+        if m.container_path.is_empty() || !m.container_path.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "mount destination `{}` must be an absolute path",
+                m.container_path
+            )));
+        }
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(Status::unimplemented(
+                "image volumes are not supported by crisp yet",
+            ));
+        }
+        let host = Path::new(&m.host_path);
+        if !host.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "mount source `{}` must be an absolute path",
+                m.host_path
+            )));
+        }
+        if !host.exists() {
+            // As containerd does: a missing host path becomes an empty directory.
+            std::fs::create_dir_all(host).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "cannot create mount source {}: {e}",
+                    host.display()
+                ))
+            })?;
+        }
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        let mut options = vec!["rbind", propagation, if m.readonly { "ro" } else { "rw" }];
+        if m.recursive_read_only {
+            return Err(Status::unimplemented(
+                "recursive read-only mounts are not supported by crisp yet",
+            ));
+        }
+        options.retain(|o| !o.is_empty());
+        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options}));
+    }
+
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match pod.pid_mode {
+        NsMode::Node => {}
+        NsMode::Pod => {
+            namespaces.push(json!({"type": "pid", "path": network::pin_path(&pod.state_dir, network::NamespaceKind::Pid)}));
+        }
+        _ => {
+            let mode = security.namespace_options.as_ref().map(|n| n.pid);
+            match mode.map(cri::NamespaceMode::try_from) {
+                Some(Ok(cri::NamespaceMode::Node)) => {}
+                Some(Ok(cri::NamespaceMode::Target | cri::NamespaceMode::Pod)) => {
+                    return Err(Status::unimplemented(
+                        "sharing another container's PID namespace is not supported by crisp yet",
+                    ));
+                }
+                _ => namespaces.push(json!({"type": "pid"})),
+            }
+        }
+    }
+    if pod.network_mode != NsMode::Node {
+        let ns = |k| network::pin_path(&pod.state_dir, k);
+        namespaces.push(json!({"type": "network", "path": ns(network::NamespaceKind::Net)}));
+        namespaces.push(json!({"type": "uts", "path": ns(network::NamespaceKind::Uts)}));
+    }
+    if pod.ipc_mode != NsMode::Node {
+        namespaces.push(json!({"type": "ipc", "path": network::pin_path(&pod.state_dir, network::NamespaceKind::Ipc)}));
+    }
+
+    let cgroups_path = match input.cgroup_driver {
+        conf::CgroupDriver::Cgroupfs => {
+            let parent = if pod.cgroup_parent.is_empty() {
+                "/crisp"
+            } else {
+                pod.cgroup_parent.as_str()
+            };
+            format!("{}/crisp-{}", parent.trim_end_matches('/'), input.id)
+        }
+        conf::CgroupDriver::Systemd => {
+            let parent = if pod.cgroup_parent.is_empty() {
+                "system.slice"
+            } else {
+                pod.cgroup_parent.as_str()
+            };
+            format!("{parent}:crisp:{}", input.id)
+        }
+    };
+    let mut linux_resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut cpu = serde_json::Map::new();
+    if resources.cpu_shares > 0 {
+        cpu.insert("shares".into(), resources.cpu_shares.into());
+    }
+    if resources.cpu_quota > 0 {
+        cpu.insert("quota".into(), resources.cpu_quota.into());
+    }
+    if resources.cpu_period > 0 {
+        cpu.insert("period".into(), resources.cpu_period.into());
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), resources.cpuset_cpus.clone().into());
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), resources.cpuset_mems.clone().into());
+    }
+    if !cpu.is_empty() {
+        linux_resources["cpu"] = Value::Object(cpu);
+    }
+    if resources.memory_limit_in_bytes > 0 {
+        let mut memory = json!({"limit": resources.memory_limit_in_bytes});
+        if resources.memory_swap_limit_in_bytes > 0 {
+            memory["swap"] = resources.memory_swap_limit_in_bytes.into();
+        }
+        linux_resources["memory"] = memory;
+    }
+    let oom = resources.oom_score_adj.max(own_oom_score_adj());
+
+    let masked: Vec<String> = if security.privileged {
+        Vec::new()
+    } else if security.masked_paths.is_empty() {
+        MASKED.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        security.masked_paths.clone()
+    };
+    let readonly: Vec<String> = if security.privileged {
+        Vec::new()
+    } else if security.readonly_paths.is_empty() {
+        READONLY.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        security.readonly_paths.clone()
+    };
+
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": input.identity.uid, "gid": input.identity.gid, "additionalGids": input.identity.groups},
+            "args": input.args,
+            "env": input.env,
+            "cwd": input.cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": security.no_new_privs,
+            "oomScoreAdj": oom,
+        },
+        "root": {"path": input.rootfs, "readonly": security.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": pod.id,
+            "io.kubernetes.cri.container-name": request.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        },
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path,
+            "resources": linux_resources,
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
+        },
+    });
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+        .map_err(|e| Status::internal(format!("built an invalid OCI spec: {e}")))?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: b"request".to_vec(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn image() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["cmd-arg".into()],
+            env: vec!["A=image".into(), "B=image".into(), "PATH=/image/bin".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_and_args_merge_like_kubelet_expects() {
+        let img = image();
+        assert_eq!(
+            process_args(&request(&[], &[]), &img).expect("ok"),
+            ["/entry", "cmd-arg"]
+        );
+        assert_eq!(
+            process_args(&request(&[], &["x"]), &img).expect("ok"),
+            ["/entry", "x"]
+        );
+        assert_eq!(
+            process_args(&request(&["/bin/sh"], &[]), &img).expect("ok"),
+            ["/bin/sh"]
+        );
+        assert_eq!(
+            process_args(&request(&["/bin/sh"], &["-c", "y"]), &img).expect("ok"),
+            ["/bin/sh", "-c", "y"]
+        );
+        assert!(process_args(&request(&[], &[]), &ImageDefaults::default()).is_err());
+    }
+
+    #[test]
+    fn env_merges_by_key_with_the_request_winning() {
+        let env = process_env(&request(&[], &[]), &image(), "pod-a");
+        assert_eq!(
+            env,
+            ["PATH=/image/bin", "A=request", "B=image", "HOSTNAME=pod-a"]
+        );
+    }
+
+    #[test]
+    fn capabilities_follow_add_and_drop() {
+        let mut security = cri::LinuxContainerSecurityContext::default();
+        assert!(caps(&security).contains(&"CAP_CHOWN".to_owned()));
+        security.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        assert_eq!(caps(&security), ["CAP_NET_ADMIN"]);
+    }
+}

@@ -1,0 +1,142 @@
+//! Container root filesystems: a writable upper layer per container over an image's
+//! committed snapshots, mounted with overlayfs.
+//!
+//! Layout: `<root>/containers/<id>/{upper,work}` holds what the container writes (so it
+//! survives reboots, as kubelet expects of a container's writable layer); the merged
+//! view is mounted at a path the caller chooses (under the state dir).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::SnapshotError;
+use crate::mount::{mount_overlay, unmount};
+use crate::snapshot::Snapshotter;
+
+/// The kernel refuses mount options longer than a page.
+const PAGE: usize = 4096;
+
+impl Snapshotter {
+    fn writable_dir(&self, id: &str) -> PathBuf {
+        self.root()
+            .parent()
+            .unwrap_or_else(|| self.root())
+            .join("containers")
+            .join(id)
+    }
+
+    /// Creates the writable layer of container `id` over the image whose layer chain is
+    /// `chain_ids` (bottom first) and mounts the merged rootfs at `target`.
+    pub fn mount_rootfs(
+        &self,
+        id: &str,
+        chain_ids: &[String],
+        target: &Path,
+    ) -> Result<(), SnapshotError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { path, source }
+        };
+        let mut lowers = Vec::with_capacity(chain_ids.len());
+        for chain in chain_ids.iter().rev() {
+            let record = self.committed(chain)?.ok_or_else(|| SnapshotError::Io {
+                path: self.root().join(chain),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("image layer {chain} is not unpacked"),
+                ),
+            })?;
+            lowers.push(self.fs_dir(&record).display().to_string());
+        }
+        let dir = self.writable_dir(id);
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work, &target.to_path_buf()] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        // overlayfs needs at least two layers when there is no upper; with an upper, one
+        // lower suffices. An image with no layers gets an empty lower.
+        if lowers.is_empty() {
+            let empty = dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(io(&empty))?;
+            lowers.push(empty.display().to_string());
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if options.len() >= PAGE {
+            return Err(SnapshotError::Mount {
+                kind: "overlay",
+                target: target.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} layers make mount options longer than a page",
+                        chain_ids.len()
+                    ),
+                ),
+            });
+        }
+        mount_overlay(target, &options).map_err(|source| SnapshotError::Mount {
+            kind: "overlay",
+            target: target.to_owned(),
+            source,
+        })
+    }
+
+    /// Unmounts a container's rootfs (if mounted) and, with `discard`, deletes its
+    /// writable layer. Missing pieces are not errors.
+    pub fn release_rootfs(
+        &self,
+        id: &str,
+        target: &Path,
+        discard: bool,
+    ) -> Result<(), SnapshotError> {
+        if target.exists() {
+            match unmount(target) {
+                Ok(()) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINVAL)
+                        || e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(SnapshotError::Mount {
+                        kind: "overlay",
+                        target: target.to_owned(),
+                        source,
+                    });
+                }
+            }
+            let _ = std::fs::remove_dir(target);
+        }
+        if discard {
+            let dir = self.writable_dir(id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(SnapshotError::Io { path: dir, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes and inodes in a container's writable layer.
+    pub fn writable_usage(&self, id: &str) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let mut stack = vec![self.writable_dir(id).join("upper")];
+        let (mut bytes, mut inodes) = (0, 0);
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                inodes += 1;
+                bytes += meta.blocks() * 512;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        (bytes, inodes)
+    }
+}
