@@ -6,84 +6,9 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::Sandbox;
+use common::Net;
 use cri_proto::v1 as cri;
-
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-
-/// A sandbox whose CNI config puts pods on a private bridge and /24.
-struct Net {
-    sandbox: Sandbox,
-    bridge: String,
-    subnet_prefix: String,
-}
-
-impl Net {
-    fn new(extra_plugin: &str) -> Self {
-        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
-        let tag = (std::process::id() % 1000) * 10 + n;
-        let bridge = format!("crp{tag}");
-        let third = 100 + (tag % 150);
-        let subnet_prefix = format!("10.{third}.{}.", n + 1);
-        let sandbox = Sandbox::new("");
-        let conflist = format!(
-            r#"{{"cniVersion":"1.0.0","name":"test","plugins":[
-                {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"hairpinMode":true,
-                  "ipam":{{"type":"host-local","dataDir":"{ipam}","routes":[{{"dst":"0.0.0.0/0"}}],"ranges":[[{{"subnet":"{subnet_prefix}0/24"}}]]}}}},
-                {{"type":"portmap","capabilities":{{"portMappings":true}}}},
-                {{"type":"loopback"}}{extra_plugin}]}}"#,
-            ipam = sandbox.path("ipam").display(),
-        );
-        std::fs::write(sandbox.path("cni/10-test.conflist"), conflist).expect("conflist");
-        Self {
-            sandbox,
-            bridge,
-            subnet_prefix,
-        }
-    }
-
-    fn allocations(&self) -> usize {
-        std::fs::read_dir(self.sandbox.path("ipam/test"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .parse::<std::net::IpAddr>()
-                            .is_ok()
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
-    fn veths(&self) -> usize {
-        let out = std::process::Command::new("ip")
-            .args(["-o", "link"])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains(&format!("master {} ", self.bridge)))
-            .count()
-    }
-
-    fn mounts(&self) -> usize {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-        let state = self.sandbox.path("state").display().to_string();
-        mounts.lines().filter(|l| l.contains(&state)).count()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {

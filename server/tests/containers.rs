@@ -1,0 +1,392 @@
+//! Containers through the real crispd: runc, crisp-monitor, CNI, and a busybox image
+//! pulled from the local registry fixture.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Net};
+use cri_proto::v1 as cri;
+use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use critest::fixture::{self, ImageBuilder, Registry};
+use tonic::transport::Channel;
+
+struct Setup {
+    net: Net,
+    _registry: Registry,
+    image: String,
+}
+
+fn setup() -> Setup {
+    let net = Net::new("");
+    let registry = Registry::start(&net.sandbox.path("registry"), None).expect("registry");
+    let image = ImageBuilder::new()
+        .layer(fixture::busybox_layer().expect("busybox-static"))
+        .cmd(&["sh"])
+        .build();
+    fixture::push(&registry, "busybox", "test", &image).expect("push");
+    let name = format!("{}/busybox:test", registry.addr);
+    Setup {
+        net,
+        _registry: registry,
+        image: name,
+    }
+}
+
+async fn ready(s: &Setup, daemon: &Daemon) -> (RuntimeServiceClient<Channel>, String) {
+    let (runtime, mut images) = daemon.clients().await;
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: s.image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let mut rt = runtime.clone();
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(s)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    (runtime, pod)
+}
+
+fn pod_config(s: &Setup) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "app".into(),
+            uid: "uid-app".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "app-host".into(),
+        log_directory: s.net.sandbox.path("logs").display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container(s: &Setup, name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: s.image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        envs: vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: b"hi".to_vec(),
+        }],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    s: &Setup,
+    pod: &str,
+    config: cri::ContainerConfig,
+) -> String {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config(s)),
+    })
+    .await
+    .expect("create")
+    .into_inner()
+    .container_id
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("status")
+    .into_inner()
+    .status
+    .expect("status body")
+}
+
+async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == i32::from(cri::ContainerState::ContainerExited) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn monitors_of(id: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let script = "echo hello $GREETING; hostname; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
+    let id = create(&mut rt, &s, &pod, container(&s, "web", script)).await;
+    assert_eq!(
+        status(&mut rt, &id).await.state,
+        i32::from(cri::ContainerState::ContainerCreated)
+    );
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let err = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("start twice");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, i32::from(cri::ContainerState::ContainerRunning));
+    assert!(st.started_at >= st.created_at);
+    assert!(st.image_id.starts_with("sha256:"), "{}", st.image_id);
+    assert!(st.image_ref.contains("@sha256:"), "{}", st.image_ref);
+
+    let exec = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out $GREETING; echo err >&2; exit 4".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(
+        (
+            exec.exit_code,
+            exec.stdout.as_slice(),
+            exec.stderr.as_slice()
+        ),
+        (4, &b"out hi\n"[..], &b"err\n"[..])
+    );
+
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 10,
+    })
+    .await
+    .expect("stop");
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, i32::from(cri::ContainerState::ContainerExited));
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "SIGTERM trap ran"
+    );
+    let log = std::fs::read_to_string(s.net.sandbox.path("logs/web.log")).expect("log file");
+    assert!(log.contains(" stdout F hello hi\n"), "{log}");
+    assert!(log.contains(" stdout F app-host\n"), "{log}");
+    assert!(log.contains(" stdout F bye\n"), "{log}");
+
+    let err = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
+        .await
+        .expect_err("exec in a stopped container");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("remove");
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("remove twice");
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("stop unknown");
+    let err = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(monitors_of(&id), 0, "monitor left running");
+    assert!(
+        !s.net
+            .sandbox
+            .path(&format!("state/containers/{id}"))
+            .exists(),
+        "bundle left"
+    );
+    assert!(
+        !s.net
+            .sandbox
+            .path(&format!("root/containers/{id}"))
+            .exists(),
+        "writable layer left"
+    );
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    assert_eq!(s.net.mounts(), 0, "mounts left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_survive_a_daemon_that_was_down_when_the_container_exited() {
+    let s = setup();
+    let (id, pod) = {
+        let daemon = s.net.sandbox.start();
+        let (mut rt, pod) = ready(&s, &daemon).await;
+        let id = create(&mut rt, &s, &pod, container(&s, "job", "sleep 1; exit 5")).await;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+        daemon.kill();
+        (id, pod)
+    };
+    // The container finishes while crispd is down; its monitor records the exit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let daemon = s.net.sandbox.start();
+    let (mut rt, _) = daemon.clients().await;
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (5, "Error"));
+    assert!(st.finished_at > st.started_at);
+    let listed = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerExited.into(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1);
+    // Removing the pod removes its containers.
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    let left = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert!(left.is_empty());
+    assert_eq!(s.net.mounts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+
+    let mut missing_image = container(&s, "x", "true");
+    missing_image.image = Some(cri::ImageSpec {
+        image: "never/pulled:1".into(),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(missing_image),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("image not present");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: "f".repeat(64),
+            config: Some(container(&s, "x", "true")),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("no such pod");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let id = create(&mut rt, &s, &pod, container(&s, "long", "sleep 1000")).await;
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container(&s, "long", "true")),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("same name and attempt");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    let st = status(&mut rt, &id).await;
+    assert_eq!(st.state, i32::from(cri::ContainerState::ContainerExited));
+    assert_eq!(st.exit_code, 137);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    assert_eq!(monitors_of(&id), 0);
+    assert_eq!(s.net.mounts(), 0);
+}
