@@ -1,10 +1,17 @@
-//! `crisp-bench pull [--rounds N] [--layers N] [--layer-mib N]`: pulls the same
-//! multi-layer image from a local registry with crispd and with containerd's CRI plugin
-//! (Debian's `containerd`, its own socket and root) in one run, fresh daemons and empty
-//! stores each round, and prints median pull times, their ratio and each daemon's peak
-//! RSS (VmHWM) over the pull.
+//! Benchmarks crisp against containerd's CRI plugin (Debian's `containerd`, its own
+//! socket, root and config) in one run, and prints tables of ratios.
 //!
-//! Needs root, `crispd` (PATH or $CRISPD), `containerd`, and `docker-registry`.
+//! - `crisp-bench pull [--rounds N] [--layers N] [--layer-mib N]`: the same multi-layer
+//!   image pulled from a local registry, fresh daemons and stores each round: median
+//!   time and peak RSS (VmHWM).
+//! - `crisp-bench pods [--count N]`: RunPodSandbox, StopPodSandbox, RemovePodSandbox
+//!   latencies (sequential medians), the same with 8 clients at once (wall time per pod),
+//!   daemon RSS idle and with 10 pods, and the RSS of the per-pod processes (containerd:
+//!   shim + pause; crisp: none unless the pod shares a PID namespace). Same CNI conflist
+//!   (bridge + host-local + portmap + loopback) for both.
+//!
+//! Needs root, `crispd` and `crisp-monitor` (PATH or $CRISPD's directory), `containerd`,
+//! `docker-registry` and the CNI plugins.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,26 +20,32 @@ use std::time::{Duration, Instant};
 use cri_proto::v1 as cri;
 use critest::fixture::{self, ImageBuilder, LayerBuilder, Registry};
 
-type Error = Box<dyn std::error::Error>;
+pub(crate) type Error = Box<dyn std::error::Error>;
 
 struct Options {
+    command: String,
     rounds: usize,
     layers: usize,
     layer_mib: usize,
+    count: usize,
 }
 
 fn parse_args() -> Result<Options, Error> {
     let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("pull") => {}
+    let command = match args.next().as_deref() {
+        Some(c @ ("pull" | "pods")) => c.to_owned(),
         _ => {
-            return Err("usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N]".into());
+            return Err(
+                "usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N] | crisp-bench pods [--count N]".into(),
+            );
         }
-    }
+    };
     let mut options = Options {
+        command,
         rounds: 3,
         layers: 6,
         layer_mib: 48,
+        count: 40,
     };
     while let Some(flag) = args.next() {
         let value: usize = args.next().ok_or("flag without value")?.parse()?;
@@ -40,6 +53,7 @@ fn parse_args() -> Result<Options, Error> {
             "--rounds" => options.rounds = value,
             "--layers" => options.layers = value,
             "--layer-mib" => options.layer_mib = value,
+            "--count" => options.count = value,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -61,9 +75,9 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A daemon under test.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
 }
 
 impl Daemon {
@@ -115,6 +129,10 @@ fn wait_socket(socket: &Path, child: &mut Child) -> Result<(), Error> {
 }
 
 fn start_crispd(dir: &Path) -> Result<Daemon, Error> {
+    start_crispd_with(dir, "")
+}
+
+pub(crate) fn start_crispd_with(dir: &Path, extra: &str) -> Result<Daemon, Error> {
     let bin = std::env::var("CRISPD").unwrap_or_else(|_| "crispd".to_owned());
     std::fs::create_dir_all(dir)?;
     let socket = dir.join("crisp.sock");
@@ -122,7 +140,7 @@ fn start_crispd(dir: &Path) -> Result<Daemon, Error> {
     std::fs::write(
         &config,
         format!(
-            "root = \"{0}/root\"\nstate = \"{0}/state\"\nlisten = \"{1}\"\nlog_dir = \"{0}/log\"\nlog_level = \"warn\"\n",
+            "root = \"{0}/root\"\nstate = \"{0}/state\"\nlisten = \"{1}\"\nlog_dir = \"{0}/log\"\nlog_level = \"warn\"\n{extra}",
             dir.display(),
             socket.display()
         ),
@@ -139,6 +157,14 @@ fn start_crispd(dir: &Path) -> Result<Daemon, Error> {
 }
 
 fn start_containerd(dir: &Path, registry: &str) -> Result<Daemon, Error> {
+    start_containerd_with(dir, registry, "")
+}
+
+pub(crate) fn start_containerd_with(
+    dir: &Path,
+    registry: &str,
+    extra: &str,
+) -> Result<Daemon, Error> {
     std::fs::create_dir_all(dir)?;
     let socket = dir.join("containerd.sock");
     let config = dir.join("config.toml");
@@ -158,10 +184,12 @@ state = "{0}/state"
   address = ""
 [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{2}"]
   endpoint = ["http://{2}"]
+{3}
 "#,
             dir.display(),
             socket.display(),
-            registry
+            registry,
+            extra
         ),
     )?;
     let mut child = Command::new("containerd")
@@ -207,7 +235,7 @@ async fn timed_pull(socket: &Path, image: &str) -> Result<Duration, Error> {
     Ok(started.elapsed())
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -222,6 +250,9 @@ fn median(values: &mut [f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let options = parse_args()?;
+    if options.command == "pods" {
+        return pods::run(options.count).await;
+    }
     let work = tempdir()?;
     let registry = Registry::start(&work.join("registry"), None)?;
     let mut builder = ImageBuilder::new().layer(fixture::busybox_layer()?);
@@ -286,14 +317,14 @@ async fn main() -> Result<(), Error> {
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf, Error> {
+pub(crate) fn tempdir() -> Result<PathBuf, Error> {
     let dir = std::env::temp_dir().join(format!("crisp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
 
 /// containerd's snapshotter may leave mounts; detach them before removing its root.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let prefix = dir.display().to_string();
     for line in mounts.lines().rev() {
@@ -304,3 +335,5 @@ fn unmount_under(dir: &Path) {
         }
     }
 }
+
+mod pods;
