@@ -440,7 +440,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         security.readonly_paths.clone()
     };
 
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -454,10 +454,13 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         },
         "root": {"path": input.rootfs, "readonly": security.readonly_rootfs},
         "mounts": mounts,
+        // No `io.kubernetes.cri.container-type`/`sandbox-id` annotations: runsc reads them
+        // as "join the sandbox container", and crisp pods have none; each runsc container
+        // gets its own gVisor sandbox in the pod's namespaces.
         "annotations": {
-            "io.kubernetes.cri.container-type": "container",
-            "io.kubernetes.cri.sandbox-id": pod.id,
             "io.kubernetes.cri.container-name": request.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            "io.kubernetes.cri.sandbox-name": pod.name,
+            "io.kubernetes.cri.sandbox-namespace": pod.namespace,
         },
         "linux": {
             "namespaces": namespaces,
@@ -467,6 +470,11 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             "readonlyPaths": readonly,
         },
     });
+    if pod.network_mode != NsMode::Node && !pod.hostname.is_empty() {
+        // The pod's UTS namespace already has it; runtimes that do not share it (runsc
+        // sandboxes) need it spelled out.
+        spec["hostname"] = pod.hostname.clone().into();
+    }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| Status::internal(format!("built an invalid OCI spec: {e}")))?;
     Ok(spec)
