@@ -249,6 +249,7 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
         .expect_err("gone");
     assert_eq!(err.code(), tonic::Code::NotFound);
     assert_eq!(monitors_of(&id), 0, "monitor left running");
+    assert_eq!(cgroups_of(&id), Vec::<String>::new(), "cgroups left");
     assert!(
         !s.net
             .sandbox
@@ -570,4 +571,27 @@ async fn the_untrusted_workload_annotation_picks_the_untrusted_handler() {
     })
     .await
     .expect("remove");
+}
+
+/// Cgroup directories (v1 controllers or the unified tree) still named after `id`.
+fn cgroups_of(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if path.to_string_lossy().contains(id) {
+                found.push(path.display().to_string());
+            } else if path.components().count() < 7 {
+                stack.push(path);
+            }
+        }
+    }
+    found
 }

@@ -98,6 +98,27 @@ async fn pods_get_addresses_reach_each_other_and_publish_ports() {
         status(&mut runtime, &a).await,
         status(&mut runtime, &b).await,
     );
+    // The default PID mode (POD) gives each pod an init for its PID namespace.
+    let mut pauses = Vec::new();
+    for id in [&a, &b] {
+        let info = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .info;
+        let info: serde_json::Value =
+            serde_json::from_str(info.get("info").expect("verbose info")).expect("json");
+        let pid = info["pid"].as_u64().expect("pid");
+        assert!(
+            pid > 0 && Path::new(&format!("/proc/{pid}")).exists(),
+            "pause {pid} runs"
+        );
+        pauses.push(pid);
+    }
     assert_eq!(sa.state, i32::from(cri::PodSandboxState::SandboxReady));
     let ip_a = sa.network.expect("network").ip;
     let ip_b = sb.network.expect("network").ip;
@@ -174,6 +195,13 @@ async fn pods_get_addresses_reach_each_other_and_publish_ports() {
             .expect("remove twice");
     }
     assert_eq!(net.veths(), veths_before, "veths left");
+    for pid in pauses {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "pause {pid} left running: {stat}"
+        );
+    }
     assert_eq!(net.allocations(), 0, "IPs left");
     assert_eq!(net.mounts(), 0, "mounts left");
     assert!(

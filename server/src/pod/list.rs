@@ -62,7 +62,7 @@ pub async fn status(
     let mut info = HashMap::new();
     if verbose {
         let json = serde_json::json!({
-            "pid": 0,
+            "pid": record.pause_pid,
             "runtimeHandler": record.handler,
             "stateDir": record.state_dir,
             "netns": record.netns(),
