@@ -33,8 +33,11 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Waits for the monitor's exit record, polling fast at first (a killed container
+/// usually exits within milliseconds) and backing off to 20 ms.
 async fn wait_exit(record: &ContainerRecord, within: Duration) -> bool {
     let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
     loop {
         if matches!(record.state(), State::Exited { .. }) {
             return true;
@@ -42,7 +45,8 @@ async fn wait_exit(record: &ContainerRecord, within: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

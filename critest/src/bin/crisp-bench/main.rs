@@ -9,6 +9,9 @@
 //!   daemon RSS idle and with 10 pods, and the RSS of the per-pod processes (containerd:
 //!   shim + pause; crisp: none unless the pod shares a PID namespace). Same CNI conflist
 //!   (bridge + host-local + portmap + loopback) for both.
+//! - `crisp-bench containers [--count N]`: CreateContainer+StartContainer, ExecSync and
+//!   StopContainer+RemoveContainer latency (medians) in one pod, and the RSS each
+//!   container adds in helper processes (crisp-monitor vs containerd's shim).
 //!
 //! Needs root, `crispd` and `crisp-monitor` (PATH or $CRISPD's directory), `containerd`,
 //! `docker-registry` and the CNI plugins.
@@ -33,10 +36,10 @@ struct Options {
 fn parse_args() -> Result<Options, Error> {
     let mut args = std::env::args().skip(1);
     let command = match args.next().as_deref() {
-        Some(c @ ("pull" | "pods")) => c.to_owned(),
+        Some(c @ ("pull" | "pods" | "containers")) => c.to_owned(),
         _ => {
             return Err(
-                "usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N] | crisp-bench pods [--count N]".into(),
+                "usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N] | crisp-bench pods|containers [--count N]".into(),
             );
         }
     };
@@ -250,8 +253,10 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let options = parse_args()?;
-    if options.command == "pods" {
-        return pods::run(options.count).await;
+    match options.command.as_str() {
+        "pods" => return pods::run(options.count).await,
+        "containers" => return containers::run(options.count.min(20)).await,
+        _ => {}
     }
     let work = tempdir()?;
     let registry = Registry::start(&work.join("registry"), None)?;
@@ -336,4 +341,5 @@ pub(crate) fn unmount_under(dir: &Path) {
     }
 }
 
+mod containers;
 mod pods;

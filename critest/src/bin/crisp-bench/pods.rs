@@ -12,7 +12,7 @@ use crate::{
 
 const PAUSE: &str = "pause:bench";
 
-fn conflist(dir: &Path, bridge: &str) -> Result<std::path::PathBuf, Error> {
+pub(crate) fn conflist(dir: &Path, bridge: &str) -> Result<std::path::PathBuf, Error> {
     let conf = dir.join("net.d");
     std::fs::create_dir_all(&conf)?;
     std::fs::write(
@@ -29,7 +29,7 @@ fn conflist(dir: &Path, bridge: &str) -> Result<std::path::PathBuf, Error> {
     Ok(conf)
 }
 
-fn pod(i: usize) -> cri::PodSandboxConfig {
+pub(crate) fn pod(i: usize) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: format!("bench-{i}"),

@@ -1,0 +1,232 @@
+//! `crisp-bench containers`: container create+start, ExecSync and stop+remove latency in
+//! one pod, crisp vs containerd, plus the RSS of the per-container processes.
+
+use std::time::{Duration, Instant};
+
+use cri_proto::v1 as cri;
+use critest::fixture::{self, ImageBuilder, Registry};
+
+use crate::{
+    Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
+};
+
+struct Figures {
+    create_start: f64,
+    exec: f64,
+    stop_remove: f64,
+    per_container_rss: u64,
+}
+
+fn rss_of_matching(marker: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+async fn measure(
+    daemon: &Daemon,
+    image: &str,
+    count: usize,
+    helper: &str,
+    pause: Option<&str>,
+) -> Result<Figures, Error> {
+    let mut clients = critest::Clients::connect(&daemon.socket).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while clients
+        .runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            return Err("daemon never answered".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for img in std::iter::once(image).chain(pause) {
+        clients
+            .image
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: img.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let pod_config = crate::pods::pod(0);
+    let rt = &mut clients.runtime;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let config = |i: usize| cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: format!("c{i}"),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    let (mut create_start, mut exec, mut stop_remove) = (Vec::new(), Vec::new(), Vec::new());
+    let before = rss_of_matching(helper);
+    let mut kept = Vec::new();
+    for i in 0..count {
+        let t = Instant::now();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config(i)),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        create_start.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let out = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        exec.push(t.elapsed().as_secs_f64() * 1000.0);
+        if out.exit_code != 0 {
+            return Err(format!("exec exited {}", out.exit_code).into());
+        }
+        kept.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_container_rss = rss_of_matching(helper).saturating_sub(before) / count.max(1) as u64;
+    for id in kept {
+        let t = Instant::now();
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+        rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await?;
+        stop_remove.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    Ok(Figures {
+        create_start: median(&mut create_start),
+        exec: median(&mut exec),
+        stop_remove: median(&mut stop_remove),
+        per_container_rss,
+    })
+}
+
+pub async fn run(count: usize) -> Result<(), Error> {
+    let work = tempdir()?;
+    let registry = Registry::start(&work.join("registry"), None)?;
+    let busybox = ImageBuilder::new()
+        .layer(fixture::busybox_layer()?)
+        .cmd(&["sh"])
+        .build();
+    fixture::push(&registry, "bench/busybox", "1", &busybox)?;
+    let pause = ImageBuilder::new()
+        .layer(fixture::busybox_layer()?)
+        .entrypoint(&["/bin/sleep", "2147483647"])
+        .build();
+    fixture::push(&registry, "pause", "bench", &pause)?;
+    let image = format!("{}/bench/busybox:1", registry.addr);
+    let pause_ref = format!("{}/pause:bench", registry.addr);
+
+    let crisp_dir = work.join("crisp");
+    let conf = crate::pods::conflist(&crisp_dir, "crbench2")?;
+    let crisp = start_crispd_with(
+        &crisp_dir,
+        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
+    )?;
+    let c = measure(&crisp, &image, count, "crisp-monitor", None).await?;
+    drop(crisp);
+    unmount_under(&crisp_dir);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crbench2"])
+        .status();
+
+    let ctd_dir = work.join("containerd");
+    let conf = crate::pods::conflist(&ctd_dir, "crbench3")?;
+    let extra = format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_ref}\"\n  restrict_oom_score_adj = true\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
+        conf.display()
+    );
+    let ctd = start_containerd_with(&ctd_dir, &registry.addr, &extra)?;
+    let d = measure(&ctd, &image, count, "containerd-shim", Some(&pause_ref)).await?;
+    drop(ctd);
+    unmount_under(&ctd_dir);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crbench3"])
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("# crisp-bench containers");
+    println!(
+        "machine: {} cores; {count} busybox containers (`sleep 1000`) in one pod, medians; runc",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!("| metric | crisp | containerd | crisp/containerd |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, a: f64, b: f64, unit: &str| {
+        println!(
+            "| {name} ({unit}) | {a:.1} | {b:.1} | {:.2} |",
+            a / b.max(f64::MIN_POSITIVE)
+        );
+    };
+    row(
+        "CreateContainer+StartContainer",
+        c.create_start,
+        d.create_start,
+        "ms",
+    );
+    row("ExecSync `true`", c.exec, d.exec, "ms");
+    row(
+        "StopContainer+RemoveContainer",
+        c.stop_remove,
+        d.stop_remove,
+        "ms",
+    );
+    row(
+        "per-container helper RSS (crisp-monitor / shim growth)",
+        c.per_container_rss as f64 / 1024.0,
+        d.per_container_rss as f64 / 1024.0,
+        "MiB",
+    );
+    Ok(())
+}
