@@ -225,9 +225,6 @@ pub struct RuntimeHandlerConfig {
     pub root: Option<PathBuf>,
     /// Extra arguments put before every runtime subcommand (e.g. runsc's `--network=host`).
     pub runtime_args: Vec<String>,
-    /// Whether pods of this handler join the host network namespace inside the runtime
-    /// instead of being handed the pod's netns path (old runsc builds need this).
-    pub privileged_without_host_devices: bool,
     /// microVM: the guest kernel image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,

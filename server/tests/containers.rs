@@ -375,6 +375,17 @@ async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
     })
     .await
     .expect("start");
+    let (_, mut images) = daemon.clients().await;
+    let err = images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: s.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("image in use");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })

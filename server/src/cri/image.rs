@@ -187,6 +187,18 @@ impl cri::image_service_server::ImageService for ImageService {
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let spec = spec_of(request.into_inner().image)?;
+        if let Some(image) = self.daemon.images.find(&spec).await.map_err(image_status)? {
+            // Its layers are the lower layers of these containers' root filesystems.
+            for c in self.daemon.containers.all() {
+                let record = c.record.lock().await;
+                if record.image_id == image.id {
+                    return Err(Status::failed_precondition(format!(
+                        "image {spec} is in use by container {}; remove the container first",
+                        record.id
+                    )));
+                }
+            }
+        }
         self.daemon
             .images
             .remove(&spec)
