@@ -56,3 +56,10 @@ pub fn register(store: &Store, mut record: ImageRecord) -> Result<ImageRecord, I
     store.meta.put_image(&record)?;
     Ok(record)
 }
+
+/// Now, in seconds since the epoch (an image's pull time).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -165,9 +165,7 @@ fn install_manifest(
             blobs,
             chain_ids: chains.iter().map(Digest::to_string).collect(),
             size,
-            pulled_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            pulled_at: install::now_secs(),
             user: facts.user,
         },
     )

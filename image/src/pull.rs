@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use oci_client::secrets::RegistryAuth;
@@ -190,9 +190,7 @@ impl Images {
             blobs,
             chain_ids: chains.iter().map(Digest::to_string).collect(),
             size,
-            pulled_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            pulled_at: install::now_secs(),
             user: facts.user,
         };
         let store = Arc::clone(&self.store);

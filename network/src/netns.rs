@@ -64,14 +64,7 @@ pub fn create_namespace(
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(fail)?;
+    pin_file(path).map_err(fail)?;
     let target = c_path(path)?;
     let hostname = hostname.map(str::to_owned);
     let result = std::thread::spawn(move || -> std::io::Result<()> {
@@ -102,14 +95,7 @@ pub fn pin_process_namespace(kind: NamespaceKind, pid: u32, path: &Path) -> Resu
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(fail)?;
+    pin_file(path).map_err(fail)?;
     let source = CString::new(format!("/proc/{pid}/ns/{}", kind.proc_name()))
         .map_err(|_| fail(std::io::Error::other("ns path")))?;
     let target = c_path(path)?;
@@ -118,6 +104,19 @@ pub fn pin_process_namespace(kind: NamespaceKind, pid: u32, path: &Path) -> Resu
         return Err(fail(e));
     }
     Ok(())
+}
+
+/// Creates the empty file a namespace is bind-mounted onto; an existing one is an
+/// error, so two pods never share a pin by accident.
+fn pin_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map(drop)
 }
 
 /// Unpins and deletes the namespace at `path`. A missing pin is not an error.

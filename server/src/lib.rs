@@ -21,4 +21,5 @@ pub mod host;
 pub mod logging;
 pub mod options;
 pub mod pod;
+pub mod records;
 pub mod state;

@@ -6,6 +6,7 @@ use cri_proto::v1 as cri;
 use tonic::Status;
 
 use super::{ContainerRecord, State};
+use crate::records::to_hash_map;
 use crate::state::Daemon;
 
 fn cri_state(state: State) -> i32 {
@@ -15,10 +16,6 @@ fn cri_state(state: State) -> i32 {
         State::Exited { .. } => cri::ContainerState::ContainerExited,
     }
     .into()
-}
-
-fn hash(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn image_spec(record: &ContainerRecord) -> cri::ImageSpec {
@@ -75,8 +72,8 @@ pub async fn status(
             image_ref: record.image_ref.clone(),
             reason: reason.to_owned(),
             message: String::new(),
-            labels: hash(&record.labels),
-            annotations: hash(&record.annotations),
+            labels: to_hash_map(&record.labels),
+            annotations: to_hash_map(&record.annotations),
             mounts: record
                 .mounts
                 .iter()
@@ -141,8 +138,8 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
             image_ref: record.image_ref.clone(),
             state,
             created_at: record.created_at,
-            labels: hash(&record.labels),
-            annotations: hash(&record.annotations),
+            labels: to_hash_map(&record.labels),
+            annotations: to_hash_map(&record.annotations),
             image_id: record.image_id.clone(),
         });
     }

@@ -13,9 +13,8 @@ mod list;
 mod spec;
 mod user;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -125,118 +124,30 @@ impl ContainerRecord {
     }
 }
 
-/// One known container; operations take its lock.
-pub struct Container {
-    /// The record.
-    pub record: tokio::sync::Mutex<ContainerRecord>,
+impl crate::records::Record for ContainerRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.v
+    }
+    const VERSION: u32 = RECORD_VERSION;
 }
+
+/// One known container; operations take its lock.
+pub type Container = crate::records::Entry<ContainerRecord>;
 
 /// The containers this daemon knows.
-pub struct Containers {
-    records_dir: PathBuf,
-    by_id: std::sync::RwLock<HashMap<String, Arc<Container>>>,
-}
+pub type Containers = crate::records::Records<ContainerRecord>;
 
-impl Containers {
-    /// Loads the records under `<root>/containers-meta`.
-    pub fn load(root: &Path) -> std::io::Result<Self> {
-        let records_dir = root.join("containers-meta");
-        std::fs::create_dir_all(&records_dir)?;
-        let mut map = HashMap::new();
-        for entry in std::fs::read_dir(&records_dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            match std::fs::read(&path).map(|b| serde_json::from_slice::<ContainerRecord>(&b)) {
-                Ok(Ok(r)) if r.v == RECORD_VERSION => {
-                    map.insert(
-                        r.id.clone(),
-                        Arc::new(Container {
-                            record: tokio::sync::Mutex::new(r),
-                        }),
-                    );
-                }
-                _ => {
-                    tracing::error!(file = %path.display(), "unreadable container record; ignored")
-                }
-            }
-        }
-        Ok(Self {
-            records_dir,
-            by_id: std::sync::RwLock::new(map),
-        })
+/// Loads the container records under `<root>/containers-meta`. The monitors kept the
+/// containers going while crispd was away; their exit files tell what happened.
+pub fn load(root: &Path) -> std::io::Result<Containers> {
+    let (containers, found) = crate::records::Records::open(&root.join("containers-meta"))?;
+    for record in found {
+        containers.insert(record);
     }
-
-    /// Adds a container.
-    pub fn insert(&self, record: ContainerRecord) {
-        let mut map = match self.by_id.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        map.insert(
-            record.id.clone(),
-            Arc::new(Container {
-                record: tokio::sync::Mutex::new(record),
-            }),
-        );
-    }
-
-    /// The container with this ID, or the only one whose ID starts with it.
-    pub fn get(&self, id: &str) -> Option<Arc<Container>> {
-        if id.is_empty() {
-            return None;
-        }
-        let map = match self.by_id.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(c) = map.get(id) {
-            return Some(Arc::clone(c));
-        }
-        let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, c)), None) => Some(Arc::clone(c)),
-            _ => None,
-        }
-    }
-
-    /// Every container.
-    pub fn all(&self) -> Vec<Arc<Container>> {
-        let map = match self.by_id.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        map.values().cloned().collect()
-    }
-
-    /// Forgets a container and deletes its record.
-    pub fn forget(&self, id: &str) -> std::io::Result<()> {
-        {
-            let mut map = match self.by_id.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            map.remove(id);
-        }
-        match std::fs::remove_file(self.records_dir.join(format!("{id}.json"))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Writes a record durably (temp file, fsync, rename).
-    pub fn save(&self, record: &ContainerRecord) -> std::io::Result<()> {
-        use std::io::Write;
-        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        let tmp = self.records_dir.join(format!("{}.tmp", record.id));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.records_dir.join(format!("{}.json", record.id)))?;
-        std::fs::File::open(&self.records_dir)?.sync_all()
-    }
+    Ok(containers)
 }
 
 /// The OCI runtime for a handler name, built from configuration.

@@ -51,8 +51,8 @@ async fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let images = image::Images::open(crate::options::image_options(&config)).await?;
     let pods = crate::pod::restore(&config).await?;
-    let containers = crate::container::Containers::load(&config.root)
-        .map_err(|e| format!("cannot load containers: {e}"))?;
+    let containers =
+        crate::container::load(&config.root).map_err(|e| format!("cannot load containers: {e}"))?;
     let listener = socket::bind(&config.listen)?;
     let socket_path = config.listen.clone();
     let daemon = Arc::new(Daemon::new(config, images, pods, containers));

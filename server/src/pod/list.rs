@@ -6,6 +6,7 @@ use cri_proto::v1 as cri;
 use tonic::Status;
 
 use super::{NsMode, SandboxRecord};
+use crate::records::to_hash_map;
 use crate::state::Daemon;
 
 fn cri_mode(mode: NsMode) -> i32 {
@@ -33,10 +34,6 @@ fn metadata(record: &SandboxRecord) -> cri::PodSandboxMetadata {
         namespace: record.namespace.clone(),
         attempt: record.attempt,
     }
-}
-
-fn hash(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// PodSandboxStatus of `id`; NotFound for an unknown sandbox.
@@ -89,8 +86,8 @@ pub async fn status(
                     }),
                 }),
             }),
-            labels: hash(&record.labels),
-            annotations: hash(&record.annotations),
+            labels: to_hash_map(&record.labels),
+            annotations: to_hash_map(&record.annotations),
             runtime_handler: record.runtime_handler.clone(),
         }),
         info,
@@ -125,8 +122,8 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::PodSandboxFilter>) -> Vec
             metadata: Some(metadata(&record)),
             state: state(&record),
             created_at: record.created_at,
-            labels: hash(&record.labels),
-            annotations: hash(&record.annotations),
+            labels: to_hash_map(&record.labels),
+            annotations: to_hash_map(&record.annotations),
             runtime_handler: record.runtime_handler.clone(),
         });
     }

@@ -126,110 +126,61 @@ pub fn name_key(name: &str, namespace: &str, uid: &str, attempt: u32) -> String 
     format!("{name}_{namespace}_{uid}_{attempt}")
 }
 
-/// One live sandbox; operations on it take its lock.
-pub struct Pod {
-    /// The record, changed under the lock and written to disk before it is released.
-    pub record: tokio::sync::Mutex<SandboxRecord>,
+impl crate::records::Record for SandboxRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn version(&self) -> u32 {
+        self.v
+    }
+    const VERSION: u32 = RECORD_VERSION;
 }
+
+/// One live sandbox; operations on it take its lock.
+pub type Pod = crate::records::Entry<SandboxRecord>;
 
 /// The sandboxes this daemon knows.
 pub struct Pods {
-    records_dir: PathBuf,
-    by_id: std::sync::RwLock<HashMap<String, Arc<Pod>>>,
+    records: crate::records::Records<SandboxRecord>,
     /// Per-name locks: a RunPodSandbox retried while the first is still running waits
     /// for it and returns its sandbox instead of failing.
     names: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pods {
-    /// Loads the records under `<root>/pods`.
+    /// Loads the records under `<root>/pods` (not yet live: see [`restore`]).
     pub fn load(root: &Path) -> std::io::Result<(Self, Vec<SandboxRecord>)> {
-        let records_dir = root.join("pods");
-        std::fs::create_dir_all(&records_dir)?;
-        let mut loaded = Vec::new();
-        for entry in std::fs::read_dir(&records_dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                // Temp files of an interrupted write.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            match std::fs::read(&path).map(|b| serde_json::from_slice::<SandboxRecord>(&b)) {
-                Ok(Ok(record)) if record.v == RECORD_VERSION => loaded.push(record),
-                Ok(Ok(record)) => {
-                    tracing::error!(file = %path.display(), version = record.v, "sandbox record of an unknown format; ignored")
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(file = %path.display(), error = %e, "unreadable sandbox record; ignored")
-                }
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "cannot read sandbox record")
-                }
-            }
-        }
+        let (records, found) = crate::records::Records::open(&root.join("pods"))?;
         let pods = Self {
-            records_dir,
-            by_id: std::sync::RwLock::new(HashMap::new()),
+            records,
             names: std::sync::Mutex::new(HashMap::new()),
         };
-        Ok((pods, loaded))
+        Ok((pods, found))
     }
 
     /// Adds a record to the live set (startup and RunPodSandbox).
     pub fn insert(&self, record: SandboxRecord) -> Arc<Pod> {
-        let id = record.id.clone();
-        let pod = Arc::new(Pod {
-            record: tokio::sync::Mutex::new(record),
-        });
-        let mut map = match self.by_id.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        map.insert(id, Arc::clone(&pod));
-        pod
+        self.records.insert(record)
     }
 
     /// The sandbox with this ID, or the only one whose ID starts with it.
     pub fn get(&self, id: &str) -> Option<Arc<Pod>> {
-        if id.is_empty() {
-            return None;
-        }
-        let map = match self.by_id.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(pod) = map.get(id) {
-            return Some(Arc::clone(pod));
-        }
-        let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
-        match (matches.next(), matches.next()) {
-            (Some((_, pod)), None) => Some(Arc::clone(pod)),
-            _ => None,
-        }
+        self.records.get(id)
     }
 
     /// Every live sandbox.
     pub fn all(&self) -> Vec<Arc<Pod>> {
-        let map = match self.by_id.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        map.values().cloned().collect()
+        self.records.all()
     }
 
     /// Forgets a sandbox and deletes its record file.
     pub fn forget(&self, id: &str) -> std::io::Result<()> {
-        {
-            let mut map = match self.by_id.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            map.remove(id);
-        }
-        match std::fs::remove_file(self.records_dir.join(format!("{id}.json"))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.records.forget(id)
+    }
+
+    /// Writes a record durably.
+    pub fn save(&self, record: &SandboxRecord) -> std::io::Result<()> {
+        self.records.save(record)
     }
 
     /// The lock for one pod name.
@@ -240,19 +191,6 @@ impl Pods {
         };
         names.retain(|_, l| Arc::strong_count(l) > 1);
         Arc::clone(names.entry(key.to_owned()).or_default())
-    }
-
-    /// Writes a record durably (temp file, fsync, rename).
-    pub fn save(&self, record: &SandboxRecord) -> std::io::Result<()> {
-        use std::io::Write;
-        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        let path = self.records_dir.join(format!("{}.json", record.id));
-        let tmp = self.records_dir.join(format!("{}.tmp", record.id));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.records_dir)?.sync_all()
     }
 }
 

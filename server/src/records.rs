@@ -1,0 +1,135 @@
+//! The registry behind pods and containers: records kept in memory behind per-record
+//! locks and on disk as one JSON file each, written atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A record kind: how to name it and which format version it carries.
+pub trait Record: Serialize + DeserializeOwned + Send + 'static {
+    /// The ID (file name and map key).
+    fn id(&self) -> &str;
+    /// The record's format version.
+    fn version(&self) -> u32;
+    /// The version this code writes and reads.
+    const VERSION: u32;
+}
+
+/// One entry; operations on it take its lock.
+pub struct Entry<T> {
+    /// The record, changed under the lock and saved before the lock is released.
+    pub record: tokio::sync::Mutex<T>,
+}
+
+/// Records by ID, mirrored in `dir`.
+pub struct Records<T> {
+    dir: PathBuf,
+    by_id: std::sync::RwLock<HashMap<String, Arc<Entry<T>>>>,
+}
+
+impl<T: Record> Records<T> {
+    /// Opens `dir`, returning the records found there (not yet inserted: callers check
+    /// them against the host first). Unreadable files are reported and skipped.
+    pub fn open(dir: &Path) -> std::io::Result<(Self, Vec<T>)> {
+        std::fs::create_dir_all(dir)?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                // The temp file of an interrupted write.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<T>(&b)) {
+                Ok(Ok(record)) if record.version() == T::VERSION => found.push(record),
+                Ok(Ok(record)) => {
+                    tracing::error!(file = %path.display(), version = record.version(), "record of an unknown format; ignored");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(file = %path.display(), error = %e, "unreadable record; ignored")
+                }
+                Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot read record"),
+            }
+        }
+        let records = Self {
+            dir: dir.to_owned(),
+            by_id: std::sync::RwLock::new(HashMap::new()),
+        };
+        Ok((records, found))
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Entry<T>>>> {
+        match self.by_id.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Entry<T>>>> {
+        match self.by_id.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Adds a record to the live set.
+    pub fn insert(&self, record: T) -> Arc<Entry<T>> {
+        let id = record.id().to_owned();
+        let entry = Arc::new(Entry {
+            record: tokio::sync::Mutex::new(record),
+        });
+        self.map_mut().insert(id, Arc::clone(&entry));
+        entry
+    }
+
+    /// The record with this ID, or the only one whose ID starts with it (crictl and
+    /// operators use truncated IDs).
+    pub fn get(&self, id: &str) -> Option<Arc<Entry<T>>> {
+        if id.is_empty() {
+            return None;
+        }
+        let map = self.map();
+        if let Some(entry) = map.get(id) {
+            return Some(Arc::clone(entry));
+        }
+        let mut matches = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some((_, entry)), None) => Some(Arc::clone(entry)),
+            _ => None,
+        }
+    }
+
+    /// Every live record.
+    pub fn all(&self) -> Vec<Arc<Entry<T>>> {
+        self.map().values().cloned().collect()
+    }
+
+    /// Forgets a record and deletes its file.
+    pub fn forget(&self, id: &str) -> std::io::Result<()> {
+        self.map_mut().remove(id);
+        match std::fs::remove_file(self.dir.join(format!("{id}.json"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a record durably: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&self, record: &T) -> std::io::Result<()> {
+        use std::io::Write;
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!("{}.tmp", record.id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(format!("{}.json", record.id())))?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// Labels and annotations as the CRI messages carry them.
+pub fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
