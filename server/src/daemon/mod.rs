@@ -49,6 +49,11 @@ async fn serve(
     config: conf::Config,
     levels: logging::LevelHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Handlers first: a SIGTERM that arrives once the socket answers must stop us
+    // gracefully, not kill us with the default action.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let images = image::Images::open(crate::options::image_options(&config)).await?;
     let pods = crate::pod::restore(&config).await?;
     let containers =
@@ -57,9 +62,6 @@ async fn serve(
     let socket_path = config.listen.clone();
     let daemon = Arc::new(Daemon::new(config, images, pods, containers));
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
 
     let reload_daemon = Arc::clone(&daemon);
