@@ -16,5 +16,6 @@ mod oci;
 pub use binary::resolve_binary;
 pub use error::HandlerError;
 pub use oci::{
-    ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, RuntimeState, exit_status, spawn_pause,
+    ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
+    spawn_pause,
 };

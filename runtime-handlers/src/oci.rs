@@ -59,6 +59,26 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Resource limits changed on a running container (`runc update`); `None` leaves one as
+/// it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceUpdate {
+    /// CPU shares (relative weight).
+    pub cpu_shares: Option<u64>,
+    /// CFS quota in microseconds per period.
+    pub cpu_quota: Option<i64>,
+    /// CFS period in microseconds.
+    pub cpu_period: Option<u64>,
+    /// CPUs allowed (`0-1`).
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes allowed.
+    pub cpuset_mems: Option<String>,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory plus swap limit in bytes.
+    pub memory_swap: Option<i64>,
+}
+
 /// Cap on ExecSync output per stream (kubelet's is 16 MiB).
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 
@@ -215,6 +235,70 @@ impl OciRuntime {
             Err(HandlerError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Applies new resource limits to a running container.
+    pub async fn update(&self, id: &str, update: &ResourceUpdate) -> Result<(), HandlerError> {
+        let mut args: Vec<String> = vec!["update".into()];
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(format!("--{name}={v}"));
+            }
+        };
+        flag("cpu-share", update.cpu_shares.map(|v| v.to_string()));
+        flag("cpu-quota", update.cpu_quota.map(|v| v.to_string()));
+        flag("cpu-period", update.cpu_period.map(|v| v.to_string()));
+        flag("cpuset-cpus", update.cpuset_cpus.clone());
+        flag("cpuset-mems", update.cpuset_mems.clone());
+        flag("memory", update.memory.map(|v| v.to_string()));
+        flag("memory-swap", update.memory_swap.map(|v| v.to_string()));
+        args.push(id.to_owned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run("update", id, &refs).await.map(|_| ())
+    }
+
+    /// Asks the container's monitor to reopen the log file (after kubelet rotated it).
+    /// The monitor is the parent of the container's init (it is the subreaper that
+    /// adopted it); it is checked to be this container's monitor before it is signalled.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {
+        let state = self
+            .state(id)
+            .await?
+            .ok_or_else(|| HandlerError::NotFound { id: id.to_owned() })?;
+        if state.pid == 0 {
+            return Err(HandlerError::Monitor {
+                id: id.to_owned(),
+                message: "the container is not running".to_owned(),
+            });
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", state.pid)).unwrap_or_default();
+        // Fields after the command name: state, then ppid.
+        let ppid: i32 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        let ours = cmdline.windows(id.len()).any(|w| w == id.as_bytes())
+            && String::from_utf8_lossy(&cmdline).contains("crisp-monitor");
+        if ppid <= 1 || !ours {
+            return Err(HandlerError::Monitor {
+                id: id.to_owned(),
+                message: "cannot find the container's monitor".to_owned(),
+            });
+        }
+        // SAFETY: kill takes no pointers; the pid was checked to be this container's monitor.
+        if unsafe { libc::kill(ppid, libc::SIGUSR1) } != 0 {
+            return Err(HandlerError::Monitor {
+                id: id.to_owned(),
+                message: format!(
+                    "signalling the monitor: {}",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Runs `process` in the container and collects its output, killing it at `timeout`.

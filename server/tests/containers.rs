@@ -606,3 +606,118 @@ fn cgroups_of(id: &str) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_reopened_after_rotation() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let id = create(
+        &mut rt,
+        &s,
+        &pod,
+        container(
+            &s,
+            "ticker",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+        ),
+    )
+    .await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let log = s.net.sandbox.path("logs/ticker.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("tick 1\n")
+    {
+        assert!(Instant::now() < deadline, "no output");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // kubelet's rotation: rename, then ask the runtime to reopen.
+    std::fs::rename(&log, log.with_extension("log.1")).expect("rotate");
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("reopen");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = std::fs::read_to_string(&log).unwrap_or_default();
+        if fresh.lines().count() >= 2 {
+            assert!(
+                fresh.lines().all(|l| l.contains(" stdout F tick ")),
+                "{fresh}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new log file stayed empty");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rotated = std::fs::read_to_string(log.with_extension("log.1")).expect("rotated file");
+    assert!(rotated.contains("tick 0\n"));
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    let err = rt
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id })
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+/// A cgroup file of the container, v1 controller or unified, if it has one.
+fn cgroup_file(id: &str, v1: &str, v2: &str) -> Option<String> {
+    cgroups_of(id).into_iter().find_map(|dir| {
+        [format!("{dir}/{v1}"), format!("{dir}/{v2}")]
+            .into_iter()
+            .find_map(|f| std::fs::read_to_string(f).ok())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_are_applied_at_creation_and_updated_live() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let mut config = container(&s, "limited", "sleep 1000");
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut rt, &s, &pod, config).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let limit = cgroup_file(&id, "memory.limit_in_bytes", "memory.max").expect("memory cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("update");
+    let limit = cgroup_file(&id, "memory.limit_in_bytes", "memory.max").expect("memory cgroup");
+    assert_eq!(limit.trim(), (96u64 << 20).to_string());
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    assert!(cgroups_of(&id).is_empty());
+}

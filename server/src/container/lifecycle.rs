@@ -161,3 +161,57 @@ pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Stat
     }
     Ok(())
 }
+
+/// ReopenContainerLog: the monitor reopens the log path (kubelet rotated the file).
+pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
+    let container = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    let record = container.record.lock().await;
+    if record.state() != State::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            record.id
+        )));
+    }
+    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    runtime.reopen_log(&record.id).await.map_err(handler_status)
+}
+
+/// UpdateContainerResources: new CPU and memory limits, applied live.
+pub async fn update_resources(
+    daemon: &Daemon,
+    id: &str,
+    resources: Option<cri_proto::v1::LinuxContainerResources>,
+) -> Result<(), Status> {
+    let container = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    let record = container.record.lock().await;
+    if matches!(record.state(), State::Exited { .. }) {
+        return Err(Status::failed_precondition(format!(
+            "container {} has exited",
+            record.id
+        )));
+    }
+    let Some(r) = resources else {
+        return Ok(());
+    };
+    let positive = |v: i64| (v > 0).then_some(v);
+    let update = runtime_handlers::ResourceUpdate {
+        cpu_shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
+        cpuset_cpus: Some(r.cpuset_cpus).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
+        memory: positive(r.memory_limit_in_bytes),
+        memory_swap: positive(r.memory_swap_limit_in_bytes),
+    };
+    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    runtime
+        .update(&record.id, &update)
+        .await
+        .map_err(handler_status)
+}

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 pub use create::create;
 pub use exec::exec_sync;
-pub use lifecycle::{remove, remove_all_in_pod, start, stop, stop_all_in_pod};
+pub use lifecycle::{
+    remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod, update_resources,
+};
 pub use list::{list, status};
 
 const RECORD_VERSION: u32 = 1;

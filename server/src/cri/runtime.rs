@@ -177,6 +177,23 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        crate::container::update_resources(&self.daemon, &request.container_id, request.linux).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        crate::container::reopen_log(&self.daemon, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
     async fn exec_sync(
         &self,
         request: Request<cri::ExecSyncRequest>,
@@ -202,8 +219,6 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
 
 }
 unimplemented {
-        update_container_resources(UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse, "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse, "ReopenContainerLog";
         exec(ExecRequest) -> cri::ExecResponse, "Exec";
         attach(AttachRequest) -> cri::AttachResponse, "Attach";
         port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";
