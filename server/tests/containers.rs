@@ -721,3 +721,37 @@ async fn resources_are_applied_at_creation_and_updated_live() {
     .expect("remove pod");
     assert!(cgroups_of(&id).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_past_its_memory_limit_is_oom_killed() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    // tmpfs pages written by the container are charged to its memory cgroup.
+    let mut config = container(
+        &s,
+        "hog",
+        "exec head -c 48000000 /dev/zero > /dev/shm/fill",
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            memory_swap_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut rt, &s, &pod, config).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let st = wait_exited(&mut rt, &id).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "OOMKilled"));
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+}

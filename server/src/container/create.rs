@@ -113,6 +113,7 @@ pub async fn create(
         uid: 0,
         gid: 0,
         groups: Vec::new(),
+        cgroup_path: String::new(),
     };
 
     // Rootfs, identity and spec are filesystem work.
@@ -180,6 +181,10 @@ pub async fn create(
     };
     let (spec_json, identity) = prepared;
     record.process = spec_json["process"].clone();
+    record.cgroup_path = spec_json["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     record.uid = identity.uid;
     record.gid = identity.gid;
     record.groups = identity.groups.clone();

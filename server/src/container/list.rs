@@ -41,7 +41,13 @@ pub async fn status(
         State::Exited { code, finished_at } => (
             code,
             finished_at,
-            if code == 0 { "Completed" } else { "Error" },
+            if code == 0 {
+                "Completed"
+            } else if oom_killed(&record.cgroup_path) {
+                "OOMKilled"
+            } else {
+                "Error"
+            },
         ),
         _ => (0, 0, ""),
     };
@@ -145,4 +151,24 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
     }
     out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     out
+}
+
+/// Whether the kernel's OOM killer struck in the container's memory cgroup (cgroupfs
+/// paths; the cgroup lives until RemoveContainer).
+fn oom_killed(cgroup_path: &str) -> bool {
+    if cgroup_path.is_empty() || cgroup_path.contains(':') {
+        return false;
+    }
+    let count = |file: String| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    let v1 = count(format!(
+        "/sys/fs/cgroup/memory{cgroup_path}/memory.oom_control"
+    ));
+    let v2 = count(format!("/sys/fs/cgroup{cgroup_path}/memory.events"));
+    v1.or(v2).is_some_and(|n| n > 0)
 }

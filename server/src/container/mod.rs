@@ -87,6 +87,9 @@ pub struct ContainerRecord {
     pub gid: u32,
     /// Supplemental groups.
     pub groups: Vec<u32>,
+    /// The cgroup path given to the runtime (`linux.cgroupsPath`).
+    #[serde(default)]
+    pub cgroup_path: String,
 }
 
 impl ContainerRecord {
