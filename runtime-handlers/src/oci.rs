@@ -125,6 +125,11 @@ impl OciRuntime {
         spec: &Spec,
         log_path: &Path,
     ) -> Result<u32, HandlerError> {
+        let tty = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         let io = |source: std::io::Error| HandlerError::Io {
             path: bundle.to_owned(),
             source,
@@ -151,6 +156,9 @@ impl OciRuntime {
             .arg(bundle.join("exit"));
         for arg in &self.runtime_args {
             cmd.arg("--runtime-arg").arg(arg);
+        }
+        if tty {
+            cmd.arg("--tty");
         }
         let line = spawn_reporting(cmd, &self.monitor).await?;
         let line = line.trim();

@@ -24,7 +24,9 @@ fn rootfs(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).expect("dir");
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "echo", "sleep", "cat", "id", "true", "ls", "grep"] {
+    for applet in [
+        "sh", "echo", "sleep", "cat", "id", "true", "ls", "grep", "tty",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
     }
     root
@@ -215,4 +217,27 @@ fn live_processes_with_cmdline(cmdline: &[u8]) -> usize {
                 == Some(false)
         })
         .count()
+}
+
+#[tokio::test]
+async fn a_tty_container_logs_its_terminal_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let root = rootfs(dir.path());
+    let bundle = dir.path().join("bundle-t");
+    let log = dir.path().join("t.log");
+    let id = format!("crisp-test-t-{}", std::process::id());
+    let mut spec = spec(&root, &["sh", "-c", "tty; echo on a terminal"]);
+    if let Some(mut process) = spec.process().clone() {
+        process.set_terminal(Some(true));
+        spec.set_process(Some(process));
+    }
+    rt.create(&id, &bundle, &spec, &log).await.expect("create");
+    rt.start(&id).await.expect("start");
+    assert_eq!(wait_exit(&bundle).await.code, 0);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains(" stdout F /dev/pts/0"), "{text}");
+    assert!(text.contains(" stdout F on a terminal"), "{text}");
+    assert!(!bundle.join("console.sock").exists());
+    rt.delete(&id, false).await.expect("delete");
 }

@@ -728,11 +728,7 @@ async fn a_container_past_its_memory_limit_is_oom_killed() {
     let daemon = s.net.sandbox.start();
     let (mut rt, pod) = ready(&s, &daemon).await;
     // tmpfs pages written by the container are charged to its memory cgroup.
-    let mut config = container(
-        &s,
-        "hog",
-        "exec head -c 48000000 /dev/zero > /dev/shm/fill",
-    );
+    let mut config = container(&s, "hog", "exec head -c 48000000 /dev/zero > /dev/shm/fill");
     config.linux = Some(cri::LinuxContainerConfig {
         resources: Some(cri::LinuxContainerResources {
             memory_limit_in_bytes: 16 << 20,

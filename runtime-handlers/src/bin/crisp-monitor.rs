@@ -34,12 +34,17 @@ struct Args {
     log_path: PathBuf,
     exit_file: PathBuf,
     runtime_args: Vec<OsString>,
+    tty: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--tty" {
+            args.tty = true;
+            continue;
+        }
         let value = it
             .next()
             .ok_or_else(|| format!("{} needs a value", flag.to_string_lossy()))?;
@@ -180,8 +185,21 @@ fn run(args: &Args) -> Result<(), String> {
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let runtime_log = args.bundle.join("runtime.log");
     let pid_file = args.bundle.join("container.pid");
-    let status = Command::new(&args.runtime)
-        .args(&args.runtime_args)
+    // With a TTY the runtime hands us the pty master over this socket instead of using
+    // our pipes; the master carries the container's (merged) output.
+    let console_path = args.bundle.join("console.sock");
+    let console = if args.tty {
+        let _ = std::fs::remove_file(&console_path);
+        Some(
+            std::os::unix::net::UnixListener::bind(&console_path)
+                .map_err(|e| format!("console socket: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut command = Command::new(&args.runtime);
+    command.args(&args.runtime_args);
+    let status = command
         .arg("--root")
         .arg(&args.root)
         .arg("--log")
@@ -193,12 +211,30 @@ fn run(args: &Args) -> Result<(), String> {
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
+        .args(
+            console
+                .as_ref()
+                .map(|_| ["--console-socket".as_ref(), console_path.as_os_str()])
+                .into_iter()
+                .flatten(),
+        )
         .arg(&args.id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))?;
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))
+        .and_then(|mut child| {
+            // runc connects and sends the master before `create` returns.
+            let master = console.as_ref().map(receive_master).transpose();
+            let status = child
+                .wait()
+                .map_err(|e| format!("waiting for the runtime: {e}"))?;
+            Ok((status, master))
+        })?;
+    let (status, master) = status;
+    let _ = std::fs::remove_file(&console_path);
+    let master = master?;
     if !status.success() {
         return Err(format!(
             "{} create failed: {}",
@@ -222,9 +258,57 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let mut log = LogWriter::open(&args.log_path);
+    // A TTY container writes everything to the pty; its output is logged as stdout.
+    let (out_r, err_r) = match master {
+        Some(master) => {
+            drop(out_r);
+            (master, err_r)
+        }
+        None => (out_r, err_r),
+    };
     let code = pump(pid, out_r, err_r, &mut log, &args.log_path);
     write_exit(&args.exit_file, code);
     Ok(())
+}
+
+/// Accepts the runtime's connection on the console socket and takes the pty master it
+/// passes with SCM_RIGHTS.
+fn receive_master(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
+    let (conn, _) = listener
+        .accept()
+        .map_err(|e| format!("console socket accept: {e}"))?;
+    let mut data = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // Room for one descriptor's control message.
+    let mut control = [0u8; 64];
+    // SAFETY: msghdr is plain data; zeroed is valid, and every pointer set below refers
+    // to a live local buffer of the stated length.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: `msg` describes valid buffers; recvmsg fills them.
+    let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(format!(
+            "console socket recvmsg: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: CMSG_FIRSTHDR reads the header we passed; the kernel filled the buffer.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: `cmsg` is checked non-null and points into `control`.
+    if cmsg.is_null() || unsafe { (*cmsg).cmsg_type } != libc::SCM_RIGHTS {
+        return Err("the runtime sent no console descriptor".to_owned());
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int descriptor after its header.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
+    // SAFETY: the kernel installed `fd` in this process for us; we own it now.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;

@@ -24,11 +24,6 @@ pub async fn create(
         .clone()
         .filter(|m| !m.name.is_empty())
         .ok_or_else(|| Status::invalid_argument("config.metadata.name must not be empty"))?;
-    if container.tty || container.stdin {
-        return Err(Status::unimplemented(
-            "TTY and stdin containers arrive with crisp's streaming support; this crisp cannot create them yet",
-        ));
-    }
     let pod = daemon.pods.get(&request.pod_sandbox_id).ok_or_else(|| {
         Status::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
     })?;

@@ -443,7 +443,9 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            // With a TTY the monitor receives the pty master from the runtime and logs
+            // it; stdin stays unconnected until Attach exists.
+            "terminal": request.tty,
             "user": {"uid": input.identity.uid, "gid": input.identity.gid, "additionalGids": input.identity.groups},
             "args": input.args,
             "env": input.env,
