@@ -751,3 +751,110 @@ async fn a_container_past_its_memory_limit_is_oom_killed() {
     .await
     .expect("remove pod");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_runtime_default_localhost_and_unconfined() {
+    let s = setup();
+    let profile = s.net.sandbox.path("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("profile");
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    use cri::security_profile::ProfileType as P;
+    let cases = [
+        (
+            "default",
+            P::RuntimeDefault,
+            String::new(),
+            "Seccomp:\t2",
+            true,
+        ),
+        (
+            "unconfined",
+            P::Unconfined,
+            String::new(),
+            "Seccomp:\t0",
+            true,
+        ),
+        (
+            "localhost",
+            P::Localhost,
+            profile.display().to_string(),
+            "Seccomp:\t2",
+            false,
+        ),
+    ];
+    for (name, kind, localhost, expected, mkdir_works) in cases {
+        let mut config = container(&s, name, "sleep 1000");
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: kind.into(),
+                    localhost_ref: localhost,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = create(&mut rt, &s, &pod, config).await;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+        let out = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "grep Seccomp: /proc/self/status; mkdir /tmp/made && echo made".into(),
+                ],
+                timeout: 10,
+            })
+            .await
+            .expect("exec")
+            .into_inner();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(expected), "{name}: {text}");
+        assert_eq!(
+            text.contains("made"),
+            mkdir_works,
+            "{name}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut bad = container(&s, "bad", "true");
+    bad.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: P::Localhost.into(),
+                localhost_ref: "/nonexistent.json".into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("missing profile");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+    assert_eq!(
+        s.net.mounts(),
+        0,
+        "a refused create leaves no rootfs mounted"
+    );
+}

@@ -10,6 +10,7 @@ mod create;
 mod exec;
 mod lifecycle;
 mod list;
+mod seccomp;
 mod spec;
 mod user;
 

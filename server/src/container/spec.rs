@@ -472,6 +472,9 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             "readonlyPaths": readonly,
         },
     });
+    if let Some(profile) = super::seccomp::profile(&security, &caps)? {
+        spec["linux"]["seccomp"] = profile;
+    }
     if pod.network_mode != NsMode::Node && !pod.hostname.is_empty() {
         // The pod's UTS namespace already has it; runtimes that do not share it (runsc
         // sandboxes) need it spelled out.
