@@ -137,6 +137,8 @@ pub async fn create(
                     &security.run_as_username,
                     security.run_as_group.as_ref().map(|g| g.value),
                     &security.supplemental_groups,
+                    security.supplemental_groups_policy
+                        == i32::from(cri::SupplementalGroupsPolicy::Strict),
                 )?;
                 let args = spec::process_args(&container, &defaults)?;
                 let hostname = if pod.hostname.is_empty() {

@@ -52,8 +52,8 @@ fn member_groups(group: &str, user: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Resolves the identity. `run_as_non_root` refuses uid 0, and refuses a user name it
-/// cannot prove is not root.
+/// Resolves the identity. With `strict` (SupplementalGroupsPolicy Strict) the groups
+/// the image's /etc/group gives the user are not added: only the request's.
 pub fn resolve(
     rootfs: &Path,
     image_user: &str,
@@ -61,6 +61,7 @@ pub fn resolve(
     run_as_username: &str,
     run_as_group: Option<i64>,
     supplemental: &[i64],
+    strict: bool,
 ) -> Result<Identity, Status> {
     let passwd = read_image_file(rootfs, "etc/passwd");
     let group = read_image_file(rootfs, "etc/group");
@@ -103,7 +104,7 @@ pub fn resolve(
         gid = u32::try_from(g)
             .map_err(|_| Status::invalid_argument(format!("run_as_group {g} is out of range")))?;
     }
-    let mut groups = if name.is_empty() {
+    let mut groups = if name.is_empty() || strict {
         Vec::new()
     } else {
         member_groups(&group, &name)
@@ -143,7 +144,7 @@ mod tests {
     #[test]
     fn image_users_in_all_their_forms() {
         let r = rootfs();
-        let id = |u: &str| resolve(r.path(), u, None, "", None, &[]).expect(u);
+        let id = |u: &str| resolve(r.path(), u, None, "", None, &[], false).expect(u);
         assert_eq!(
             id(""),
             Identity {
@@ -182,13 +183,28 @@ mod tests {
             [50000],
             "groups from /etc/group membership"
         );
-        assert!(resolve(r.path(), "nobody-here", None, "", None, &[]).is_err());
+        assert!(resolve(r.path(), "nobody-here", None, "", None, &[], false).is_err());
+        let strict = resolve(r.path(), "1000", None, "", None, &[7], true).expect("strict");
+        assert_eq!(
+            strict.groups,
+            [7],
+            "Strict ignores the image's group membership"
+        );
     }
 
     #[test]
     fn the_request_overrides_the_image() {
         let r = rootfs();
-        let id = resolve(r.path(), "www-data", Some(1234), "", Some(5678), &[7, 8]).expect("ok");
+        let id = resolve(
+            r.path(),
+            "www-data",
+            Some(1234),
+            "",
+            Some(5678),
+            &[7, 8],
+            false,
+        )
+        .expect("ok");
         assert_eq!(
             id,
             Identity {
@@ -197,7 +213,7 @@ mod tests {
                 groups: vec![7, 8]
             }
         );
-        let id = resolve(r.path(), "", None, "www-data", None, &[]).expect("ok");
+        let id = resolve(r.path(), "", None, "www-data", None, &[], false).expect("ok");
         assert_eq!((id.uid, id.gid), (33, 33));
     }
 }

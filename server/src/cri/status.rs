@@ -42,7 +42,8 @@ pub fn status(config: &Config, verbose: bool) -> cri::StatusResponse {
         info,
         runtime_handlers: runtime_handlers(config),
         features: Some(cri::RuntimeFeatures {
-            supplemental_groups_policy: false,
+            // Strict leaves out the groups an image's /etc/group adds.
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     }
