@@ -40,6 +40,7 @@ impl Images {
         let options = self.registry();
         let endpoints = registry::endpoints(&options, reference);
         let mut last = None;
+        let mut mirror_failures = Vec::new();
         for endpoint in &endpoints {
             // The pull's own credentials are for the image's registry; mirrors use theirs.
             let creds = if endpoint.mirror {
@@ -68,7 +69,20 @@ impl Images {
                     | ImageError::Unauthorized { .. }),
                 ) if endpoint.mirror => {
                     tracing::warn!(mirror = %endpoint.host, error = %e, "mirror failed; trying the next endpoint");
+                    mirror_failures.push(format!("mirror {}: {e}", endpoint.host));
                     last = Some(e);
+                }
+                // The registry's own failure, with what each mirror said before it.
+                Err(ImageError::Unavailable {
+                    reference,
+                    registry,
+                    message,
+                }) if !mirror_failures.is_empty() => {
+                    return Err(ImageError::Unavailable {
+                        reference,
+                        registry,
+                        message: format!("{message} (after {})", mirror_failures.join("; ")),
+                    });
                 }
                 Err(e) => return Err(e),
             }

@@ -858,3 +858,71 @@ async fn seccomp_runtime_default_localhost_and_unconfined() {
         "a refused create leaves no rootfs mounted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_and_all_capabilities_get_what_crispd_can_grant() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let own = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_owned()))
+        .expect("CapBnd");
+    for (name, privileged, add_all) in [("privileged", true, false), ("all-caps", false, true)] {
+        let mut config = container(&s, name, "sleep 1000");
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged,
+                capabilities: add_all.then(|| cri::Capability {
+                    add_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = create(&mut rt, &s, &pod, config).await;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+        let out = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id,
+                cmd: vec!["grep".into(), "CapEff".into(), "/proc/self/status".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("exec")
+            .into_inner();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&own),
+            "{name}: effective caps {text} should be crispd's bounding set {own}"
+        );
+    }
+    let mut group_only = container(&s, "group-only", "true");
+    group_only.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 1002 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(group_only),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("group without user");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .expect("remove pod");
+}

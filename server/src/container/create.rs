@@ -43,6 +43,18 @@ pub async fn create(
             )));
         }
     }
+    if let Some(security) = container
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        && security.run_as_group.is_some()
+        && security.run_as_user.is_none()
+        && security.run_as_username.is_empty()
+    {
+        return Err(Status::invalid_argument(
+            "run_as_group needs run_as_user or run_as_username: a group alone does not say who runs",
+        ));
+    }
     let image_name = container
         .image
         .as_ref()

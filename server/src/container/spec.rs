@@ -29,6 +29,19 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// crispd's own bounding set: no container can be given a capability outside it (runc
+/// fails with "unable to apply caps"), so grants are clipped to it, as containerd does.
+fn bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// Every capability the kernel knows (for privileged containers and `ALL`).
 fn all_caps() -> Vec<String> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -83,6 +96,14 @@ fn all_caps() -> Vec<String> {
         .take(last as usize + 1)
         .map(|n| format!("CAP_{n}"))
         .collect()
+}
+
+/// The capability's bit number, for the names `all_caps` knows.
+fn cap_number(name: &str) -> Option<u32> {
+    all_caps()
+        .iter()
+        .position(|c| c == name)
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 const MASKED: &[&str] = &[
@@ -214,6 +235,7 @@ fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
             format!("CAP_{c}")
         }
     };
+    let bounding = bounding_set();
     if let Some(requested) = &security.capabilities {
         if requested
             .drop_capabilities
@@ -241,6 +263,7 @@ fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
             }
         }
     }
+    caps.retain(|c| cap_number(c).is_none_or(|n| n < 64 && bounding & (1 << n) != 0));
     caps
 }
 
@@ -472,6 +495,16 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             "readonlyPaths": readonly,
         },
     });
+    // Mounts that propagate need the rootfs to propagate too (runc applies mount
+    // propagation under the rootfs's own), as containerd sets it.
+    let propagations: Vec<i32> = request.mounts.iter().map(|m| m.propagation).collect();
+    if propagations.contains(&i32::from(cri::MountPropagation::PropagationBidirectional)) {
+        spec["linux"]["rootfsPropagation"] = "rshared".into();
+    } else if propagations.contains(&i32::from(
+        cri::MountPropagation::PropagationHostToContainer,
+    )) {
+        spec["linux"]["rootfsPropagation"] = "rslave".into();
+    }
     if let Some(profile) = super::seccomp::profile(&security, &caps)? {
         spec["linux"]["seccomp"] = profile;
     }
