@@ -1,5 +1,6 @@
 //! The daemon's life: configuration, logging, the state lock, the socket, serving, signals.
 
+mod deadline;
 mod lock;
 mod notify;
 mod reload;
@@ -98,6 +99,7 @@ async fn serve(
     notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
 
     let server = tonic::transport::Server::builder()
+        .layer(deadline::DeadlineLayer)
         .add_service(RuntimeServiceServer::new(RuntimeService::new(Arc::clone(
             &daemon,
         ))))
