@@ -128,6 +128,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             predefined_group,
         ),
     ];
+    let mut images = images;
+    match nginx_layer(&dir.join("nginx-deb")) {
+        Ok(layer) => {
+            let nginx = busybox.clone().layer(layer).layer(nginx_conf(80)).cmd(&[
+                "nginx",
+                "-g",
+                "daemon off;",
+            ]);
+            images.push((
+                "e2e-test-images/nginx".into(),
+                "1.14-2",
+                nginx.clone().build(),
+            ));
+            let hostnet = nginx.layer(nginx_conf(12003)).build();
+            images.push((format!("{staging}/hostnet-nginx-amd64"), "latest", hostnet));
+        }
+        Err(e) => eprintln!("crisp-fixture: no nginx image ({e}); its specs will fail"),
+    }
     for (repo, tag, image) in &images {
         let digest = fixture::push(&registry, repo, tag, image)?;
         println!("{}/{repo}:{tag} {digest} id={}", registry.addr, image.id());
@@ -136,4 +154,81 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         std::thread::park();
     }
+}
+
+/// nginx from Debian's package (fetched with `apt-get download`, never installed on the
+/// host), with the shared libraries it links copied from the host, listening on :80.
+fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(work)?;
+    let status = std::process::Command::new("apt-get")
+        .args(["download", "-q", "nginx"])
+        .current_dir(work)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err("apt-get download nginx failed".into());
+    }
+    let deb = std::fs::read_dir(work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or("no nginx .deb")?;
+    let root = work.join("root");
+    let status = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()?;
+    if !status.success() {
+        return Err("dpkg-deb -x failed".into());
+    }
+    let binary = root.join("usr/sbin/nginx");
+    let mut layer = LayerBuilder::new()
+        .dir("usr/", 0o755)
+        .dir("usr/sbin/", 0o755)
+        .dir("lib/", 0o755)
+        .dir("lib/x86_64-linux-gnu/", 0o755)
+        .dir("lib64/", 0o755)
+        .dir("var/", 0o755)
+        .dir("var/log/", 0o755)
+        .dir("var/log/nginx/", 0o755)
+        .dir("var/lib/", 0o755)
+        .dir("var/lib/nginx/", 0o755)
+        .dir("run/", 0o755)
+        .host_file("usr/sbin/nginx", binary.to_str().ok_or("path")?, 0o755)?;
+    let ldd = std::process::Command::new("ldd").arg(&binary).output()?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .nth(1)
+            .unwrap_or(line)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if !path.starts_with('/') {
+            continue;
+        }
+        let real = std::fs::canonicalize(path)?;
+        layer = layer.host_file(
+            path.trim_start_matches('/'),
+            real.to_str().ok_or("path")?,
+            0o755,
+        )?;
+    }
+    Ok(layer.finish())
+}
+
+/// A layer holding nginx.conf: master as root, workers as www-data, pid file where
+/// critest reads it, 200 for `/` on `port`.
+fn nginx_conf(port: u16) -> fixture::Layer {
+    let conf = format!(
+        "user www-data;\nworker_processes 1;\npid /var/run/nginx.pid;\nerror_log /dev/stderr;\nevents {{}}\nhttp {{\n  access_log off;\n  server {{\n    listen {port};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+    );
+    LayerBuilder::new()
+        .dir("etc/", 0o755)
+        .dir("etc/nginx/", 0o755)
+        .file("etc/nginx/nginx.conf", conf.as_bytes(), 0o644)
+        .finish()
 }
