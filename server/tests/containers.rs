@@ -644,6 +644,10 @@ async fn the_log_is_reopened_after_rotation() {
     })
     .await
     .expect("reopen");
+    assert!(
+        log.exists(),
+        "the new log file exists when ReopenContainerLog returns"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let fresh = std::fs::read_to_string(&log).unwrap_or_default();

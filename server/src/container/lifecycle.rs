@@ -176,7 +176,27 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
         )));
     }
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
-    runtime.reopen_log(&record.id).await.map_err(handler_status)
+    runtime
+        .reopen_log(&record.id)
+        .await
+        .map_err(handler_status)?;
+    // The monitor reopens on its own time; kubelet (and critest) expect the new file to
+    // exist when this call returns.
+    if record.log_path.is_empty() {
+        return Ok(());
+    }
+    let path = std::path::Path::new(&record.log_path);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            return Err(Status::deadline_exceeded(format!(
+                "the monitor of {} did not reopen {} within 2s",
+                record.id, record.log_path
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 /// UpdateContainerResources: new CPU and memory limits, applied live.
