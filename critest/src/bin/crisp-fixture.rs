@@ -57,7 +57,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "e2e-test-images/busybox".into(),
             "1.29-2",
-            busybox.clone().build(),
+            match ipcs_layer() {
+                Ok(ipcs) => busybox.clone().layer(ipcs).build(),
+                Err(e) => {
+                    eprintln!("crisp-fixture: busybox without ipcs ({e})");
+                    busybox.clone().build()
+                }
+            },
         ),
         ("pause".into(), "3.9", pause.clone()),
         ("pause".into(), "3.10", pause),
@@ -146,6 +152,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => eprintln!("crisp-fixture: no nginx image ({e}); its specs will fail"),
     }
+    match nonewprivs_layer(&dir.join("nonewprivs")) {
+        Ok(layer) => {
+            let image = busybox
+                .clone()
+                .layer(layer)
+                .entrypoint(&["/usr/local/bin/nnp"])
+                .build();
+            images.push(("e2e-test-images/nonewprivs".into(), "1.3", image));
+        }
+        Err(e) => eprintln!("crisp-fixture: no nonewprivs image ({e}); its specs will fail"),
+    }
     for (repo, tag, image) in &images {
         let digest = fixture::push(&registry, repo, tag, image)?;
         println!("{}/{repo}:{tag} {digest} id={}", registry.addr, image.id());
@@ -197,7 +214,16 @@ fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::er
         .dir("var/lib/nginx/", 0o755)
         .dir("run/", 0o755)
         .host_file("usr/sbin/nginx", binary.to_str().ok_or("path")?, 0o755)?;
-    let ldd = std::process::Command::new("ldd").arg(&binary).output()?;
+    layer = with_libraries(layer, &binary)?;
+    Ok(layer.finish())
+}
+
+/// Adds the shared libraries `binary` links (as `ldd` lists them) at their host paths.
+fn with_libraries(
+    mut layer: LayerBuilder,
+    binary: &std::path::Path,
+) -> Result<LayerBuilder, Box<dyn std::error::Error>> {
+    let ldd = std::process::Command::new("ldd").arg(binary).output()?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let path = line
@@ -217,7 +243,45 @@ fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::er
             0o755,
         )?;
     }
-    Ok(layer.finish())
+    Ok(layer)
+}
+
+/// util-linux's `ipcs` (Debian's busybox has none), for the IPC namespace specs.
+fn ipcs_layer() -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+    let layer = LayerBuilder::new()
+        .dir("usr/", 0o755)
+        .dir("usr/bin/", 0o755)
+        .dir("lib/", 0o755)
+        .dir("lib/x86_64-linux-gnu/", 0o755)
+        .dir("lib64/", 0o755)
+        .host_file("usr/bin/ipcs", "/usr/bin/ipcs", 0o755)?;
+    Ok(with_libraries(layer, std::path::Path::new("/usr/bin/ipcs"))?.finish())
+}
+
+/// A setuid-root program printing its effective uid, compiled statically with the host's
+/// gcc: the `nonewprivs` image.
+fn nonewprivs_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(work)?;
+    let source = work.join("nnp.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"Effective uid: %d\\n\", geteuid()); return 0; }\n",
+    )?;
+    let binary = work.join("nnp");
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .status()?;
+    if !status.success() {
+        return Err("gcc -static failed".into());
+    }
+    Ok(LayerBuilder::new()
+        .dir("usr/", 0o755)
+        .dir("usr/local/", 0o755)
+        .dir("usr/local/bin/", 0o755)
+        .file("usr/local/bin/nnp", &std::fs::read(&binary)?, 0o4755)
+        .finish())
 }
 
 /// A layer holding nginx.conf: master as root, workers as www-data, pid file where
