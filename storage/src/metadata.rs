@@ -109,11 +109,24 @@ fn tx_err(e: TransactionError<MetadataError>) -> MetadataError {
 impl MetadataStore {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, MetadataError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(db_err)?;
+        // A database closed a moment ago in this process can still be locked by sled's
+        // background flusher: wait for it briefly rather than fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.map_err(db_err)?,
+            }
+        };
         let version_key = b"format_version";
         match db.get(version_key).map_err(db_err)? {
             Some(v) if v.as_ref() != FORMAT_VERSION.to_be_bytes() => {
