@@ -6,9 +6,11 @@ set -eu
 cd "$(dirname "$0")/.."
 command -v critest >/dev/null || { echo "critest is not on PATH" >&2; exit 1; }
 sh scripts/install-deps.sh
-cargo build --release --bin crispd --bin crisp-monitor --bin crisp-fixture
+cargo build --release --bin crispd --bin crisp-monitor --bin crisp-fixture --bin crisp-cleanup
 work=$(mktemp -d /tmp/crisp-critest.XXXXXX)
 cleanup() {
+    # crisp keeps pods across daemon restarts: remove what critest left before stopping.
+    [ -n "${crispd:-}" ] && target/release/crisp-cleanup /run/crisp-critest/crisp.sock || true
     [ -n "${crispd:-}" ] && kill "$crispd" 2>/dev/null || true
     [ -n "${fixture:-}" ] && kill "$fixture" 2>/dev/null || true
     wait 2>/dev/null || true

@@ -197,6 +197,8 @@ impl OciRuntime {
         }
         args.extend([id, signal.as_str()]);
         match self.run("kill", id, &args).await {
+            // Nothing left to kill.
+            Err(HandlerError::NotFound { .. }) => Ok(()),
             // Already gone is what a kill wants.
             Err(HandlerError::Runtime { message, .. })
                 if message.contains("not running")

@@ -92,6 +92,24 @@ fn container(s: &Setup, name: &str, script: &str) -> cri::ContainerConfig {
     }
 }
 
+/// Stops and removes every pod (and so every container) the daemon has: crisp keeps
+/// pods running across daemon restarts, so a test must not leave any.
+async fn teardown(rt: &mut RuntimeServiceClient<Channel>) {
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    for pod in pods {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id,
+        })
+        .await
+        .expect("remove pod");
+    }
+}
+
 async fn create(
     rt: &mut RuntimeServiceClient<Channel>,
     s: &Setup,
@@ -502,6 +520,7 @@ async fn runsc_runs_containers_in_the_pods_network() {
     .await
     .expect("remove pod");
     assert_eq!(monitors_of(&id), 0);
+    teardown(&mut rt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,6 +571,7 @@ async fn crun_either_runs_or_fails_clearly_leaving_nothing() {
     })
     .await
     .expect("remove pod");
+    teardown(&mut rt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,6 +602,7 @@ async fn the_untrusted_workload_annotation_picks_the_untrusted_handler() {
     })
     .await
     .expect("remove");
+    teardown(&mut rt).await;
 }
 
 /// Cgroup directories (v1 controllers or the unified tree) still named after `id`.

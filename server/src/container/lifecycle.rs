@@ -61,11 +61,15 @@ async fn stop_record(
     }
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
     if record.state() == State::Created {
-        // Never started: its init waits in runc; killing it ends the container.
-        runtime
-            .kill(&record.id, libc::SIGKILL, false)
-            .await
-            .map_err(handler_status)?;
+        // Never started: its init waits in the runtime; killing it ends the container.
+        // Some runtimes (runsc) refuse to signal a created container: delete it instead.
+        if let Err(e) = runtime.kill(&record.id, libc::SIGKILL, false).await {
+            tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
+            runtime
+                .delete(&record.id, true)
+                .await
+                .map_err(handler_status)?;
+        }
     } else if !timeout.is_zero() {
         runtime
             .kill(&record.id, record.stop_signal, false)
