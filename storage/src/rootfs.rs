@@ -118,25 +118,4 @@ impl Snapshotter {
         }
         Ok(())
     }
-
-    /// Bytes and inodes in a container's writable layer.
-    pub fn writable_usage(&self, id: &str) -> (u64, u64) {
-        use std::os::unix::fs::MetadataExt;
-        let mut stack = vec![self.writable_dir(id).join("upper")];
-        let (mut bytes, mut inodes) = (0, 0);
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                inodes += 1;
-                bytes += meta.blocks() * 512;
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        (bytes, inodes)
-    }
 }

@@ -144,6 +144,14 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         match setup(&setup_config, &mut record, &ports, &sysctls, dns.as_ref()) {
             Ok(()) => Ok(record),
             Err(status) => {
+                // The PID-namespace init was started a moment ago; if setup failed before
+                // pinning its namespace, release() cannot verify it, so end it here.
+                let pin = network::pin_path(&record.state_dir, network::NamespaceKind::Pid);
+                if record.pause_pid > 0 && !network::is_pinned(&pin) {
+                    // SAFETY: kill takes no pointers; the pid is the init we just started.
+                    unsafe { libc::kill(record.pause_pid as i32, libc::SIGKILL) };
+                    record.pause_pid = 0;
+                }
                 let (_, failures) = release(&setup_config, record.clone());
                 if !failures.is_empty() {
                     tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");

@@ -7,7 +7,8 @@ use cri_proto::v1 as cri;
 use critest::fixture::{self, ImageBuilder, Registry};
 
 use crate::{
-    Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
+    Daemon, Error, helper_rss, median, start_containerd_with, start_crispd_with, tempdir,
+    unmount_under,
 };
 
 struct Figures {
@@ -15,24 +16,6 @@ struct Figures {
     exec: f64,
     stop_remove: f64,
     per_container_rss: u64,
-}
-
-fn rss_of_matching(marker: &str) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(marker) {
-            continue;
-        }
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
 }
 
 async fn measure(
@@ -90,7 +73,7 @@ async fn measure(
         ..Default::default()
     };
     let (mut create_start, mut exec, mut stop_remove) = (Vec::new(), Vec::new(), Vec::new());
-    let before = rss_of_matching(helper);
+    let before = helper_rss(&[helper]);
     let mut kept = Vec::new();
     for i in 0..count {
         let t = Instant::now();
@@ -124,7 +107,7 @@ async fn measure(
         kept.push(id);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_container_rss = rss_of_matching(helper).saturating_sub(before) / count.max(1) as u64;
+    let per_container_rss = helper_rss(&[helper]).saturating_sub(before) / count.max(1) as u64;
     for id in kept {
         let t = Instant::now();
         rt.stop_container(cri::StopContainerRequest {
@@ -183,10 +166,7 @@ pub async fn run(count: usize) -> Result<(), Error> {
 
     let ctd_dir = work.join("containerd");
     let conf = crate::pods::conflist(&ctd_dir, "crbench3")?;
-    let extra = format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_ref}\"\n  restrict_oom_score_adj = true\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
-        conf.display()
-    );
+    let extra = crate::containerd_cri_config(&pause_ref, &conf);
     let ctd = start_containerd_with(&ctd_dir, &registry.addr, &extra)?;
     let d = measure(&ctd, &image, count, "containerd-shim", Some(&pause_ref)).await?;
     drop(ctd);
@@ -196,19 +176,11 @@ pub async fn run(count: usize) -> Result<(), Error> {
         .status();
     let _ = std::fs::remove_dir_all(&work);
 
-    println!("# crisp-bench containers");
-    println!(
-        "machine: {} cores; {count} busybox containers (`sleep 1000`) in one pod, medians; runc",
-        std::thread::available_parallelism().map_or(0, usize::from)
+    crate::print_table(
+        "containers",
+        &format!("{count} busybox containers (`sleep 1000`) in one pod, medians; runc"),
     );
-    println!("| metric | crisp | containerd | crisp/containerd |");
-    println!("|---|---|---|---|");
-    let row = |name: &str, a: f64, b: f64, unit: &str| {
-        println!(
-            "| {name} ({unit}) | {a:.1} | {b:.1} | {:.2} |",
-            a / b.max(f64::MIN_POSITIVE)
-        );
-    };
+    let row = crate::print_row;
     row(
         "CreateContainer+StartContainer",
         c.create_start,

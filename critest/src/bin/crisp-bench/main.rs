@@ -343,3 +343,60 @@ pub(crate) fn unmount_under(dir: &Path) {
 
 mod containers;
 mod pods;
+
+/// RSS of a process in KiB (0 if gone).
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every process whose ancestry does not include `daemon` but whose command line names
+/// one of `markers` (per-pod helpers that outlive their parent).
+pub(crate) fn helper_rss(markers: &[&str]) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline);
+        if markers.iter().any(|m| text.contains(m)) {
+            total += rss_kib(pid);
+        }
+    }
+    total
+}
+
+/// The containerd CRI plugin settings both benchmarks use: the fixture's pause image,
+/// the oom_score_adj clamp this host needs, and the benchmark's CNI directory.
+pub(crate) fn containerd_cri_config(pause_ref: &str, cni_conf_dir: &Path) -> String {
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_ref}\"\n  restrict_oom_score_adj = true\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
+        cni_conf_dir.display()
+    )
+}
+
+/// Prints a benchmark table's title, method line and header.
+pub(crate) fn print_table(title: &str, method: &str) {
+    println!("# crisp-bench {title}");
+    println!(
+        "machine: {} cores; {method}",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!("| metric | crisp | containerd | crisp/containerd |");
+    println!("|---|---|---|---|");
+}
+
+/// One row: both figures and their ratio.
+pub(crate) fn print_row(name: &str, crisp: f64, containerd: f64, unit: &str) {
+    println!(
+        "| {name} ({unit}) | {crisp:.1} | {containerd:.1} | {:.2} |",
+        crisp / containerd.max(f64::MIN_POSITIVE)
+    );
+}

@@ -7,7 +7,8 @@ use cri_proto::v1 as cri;
 use critest::fixture::{self, ImageBuilder, Registry};
 
 use crate::{
-    Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
+    Daemon, Error, helper_rss, median, rss_kib, start_containerd_with, start_crispd_with, tempdir,
+    unmount_under,
 };
 
 const PAUSE: &str = "pause:bench";
@@ -63,34 +64,6 @@ struct Figures {
     idle_rss: u64,
     loaded_rss: u64,
     per_pod_rss: u64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Every process whose ancestry does not include `daemon` but whose command line names
-/// one of `markers` (per-pod helpers that outlive their parent).
-fn helper_rss(markers: &[&str]) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline);
-        if markers.iter().any(|m| text.contains(m)) {
-            total += rss_kib(pid);
-        }
-    }
-    total
 }
 
 async fn measure(
@@ -269,10 +242,7 @@ pub async fn run(count: usize) -> Result<(), Error> {
 
     let ctd_dir = work.join("containerd");
     let conf = conflist(&ctd_dir, "crbench1")?;
-    let extra = format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_ref}\"\n  restrict_oom_score_adj = true\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n",
-        conf.display()
-    );
+    let extra = crate::containerd_cri_config(&pause_ref, &conf);
     let ctd = start_containerd_with(&ctd_dir, &registry.addr, &extra)?;
     let d = measure(
         &ctd,
@@ -288,19 +258,13 @@ pub async fn run(count: usize) -> Result<(), Error> {
         .status();
     let _ = std::fs::remove_dir_all(&work);
 
-    println!("# crisp-bench pods");
-    println!(
-        "machine: {} cores; {count} pods sequentially (medians), then {count} with 8 clients at once; CNI bridge+host-local+portmap+loopback; runc; pods with PID mode CONTAINER as kubelet sends",
-        std::thread::available_parallelism().map_or(0, usize::from)
+    crate::print_table(
+        "pods",
+        &format!(
+            "{count} pods sequentially (medians), then {count} with 8 clients at once; CNI bridge+host-local+portmap+loopback; runc; pods with PID mode CONTAINER as kubelet sends"
+        ),
     );
-    println!("| metric | crisp | containerd | crisp/containerd |");
-    println!("|---|---|---|---|");
-    let row = |name: &str, a: f64, b: f64, unit: &str| {
-        println!(
-            "| {name} ({unit}) | {a:.1} | {b:.1} | {:.2} |",
-            a / b.max(f64::MIN_POSITIVE)
-        );
-    };
+    let row = crate::print_row;
     row("RunPodSandbox, median", c.run, d.run, "ms");
     row("StopPodSandbox, median", c.stop, d.stop, "ms");
     row("RemovePodSandbox, median", c.remove, d.remove, "ms");
