@@ -11,11 +11,14 @@
 
 mod binary;
 mod error;
+mod handler;
 mod oci;
+mod stats;
 
 pub use binary::resolve_binary;
 pub use error::HandlerError;
+pub use handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
-    spawn_pause,
 };
+pub use stats::{ContainerStats, cgroup_stats};

@@ -14,6 +14,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::error::HandlerError;
+use crate::handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
+use crate::stats::{ContainerStats, cgroup_stats};
 
 /// One configured OCI runtime.
 #[derive(Debug, Clone)]
@@ -118,7 +120,7 @@ impl OciRuntime {
 
     /// Writes the bundle's config.json and creates the container under a new monitor.
     /// Returns the init's pid. On failure the runtime holds no container of this ID.
-    pub async fn create(
+    async fn create(
         &self,
         id: &str,
         bundle: &Path,
@@ -184,12 +186,12 @@ impl OciRuntime {
     }
 
     /// Starts a created container.
-    pub async fn start(&self, id: &str) -> Result<(), HandlerError> {
+    async fn start(&self, id: &str) -> Result<(), HandlerError> {
         self.run("start", id, &["start", id]).await.map(|_| ())
     }
 
     /// Sends `signal` to the init (or to every process with `all`).
-    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError> {
+    async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError> {
         let signal = signal.to_string();
         let mut args = vec!["kill"];
         if all {
@@ -211,7 +213,7 @@ impl OciRuntime {
     }
 
     /// Deletes the container at the runtime; an unknown container is not an error.
-    pub async fn delete(&self, id: &str, force: bool) -> Result<(), HandlerError> {
+    async fn delete(&self, id: &str, force: bool) -> Result<(), HandlerError> {
         let args: &[&str] = if force {
             &["delete", "--force", id]
         } else {
@@ -224,7 +226,7 @@ impl OciRuntime {
     }
 
     /// The runtime's view of a container, `None` if it has none.
-    pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
+    async fn state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
         match self.run("state", id, &["state", id]).await {
             Ok(out) => {
                 let v: serde_json::Value =
@@ -248,7 +250,7 @@ impl OciRuntime {
     }
 
     /// Applies new resource limits to a running container.
-    pub async fn update(&self, id: &str, update: &ResourceUpdate) -> Result<(), HandlerError> {
+    async fn update(&self, id: &str, update: &ResourceUpdate) -> Result<(), HandlerError> {
         let mut args: Vec<String> = vec!["update".into()];
         let mut flag = |name: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -270,7 +272,7 @@ impl OciRuntime {
     /// Asks the container's monitor to reopen the log file (after kubelet rotated it).
     /// The monitor is the parent of the container's init (it is the subreaper that
     /// adopted it); it is checked to be this container's monitor before it is signalled.
-    pub async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {
+    async fn reopen_monitor_log(&self, id: &str) -> Result<(), HandlerError> {
         let state = self
             .state(id)
             .await?
@@ -281,23 +283,12 @@ impl OciRuntime {
                 message: "the container is not running".to_owned(),
             });
         }
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", state.pid)).unwrap_or_default();
-        // Fields after the command name: state, then ppid.
-        let ppid: i32 = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-        let ours = cmdline.windows(id.len()).any(|w| w == id.as_bytes())
-            && String::from_utf8_lossy(&cmdline).contains("crisp-monitor");
-        if ppid <= 1 || !ours {
+        let Some(ppid) = monitor_of(state.pid, id) else {
             return Err(HandlerError::Monitor {
                 id: id.to_owned(),
                 message: "cannot find the container's monitor".to_owned(),
             });
-        }
+        };
         // SAFETY: kill takes no pointers; the pid was checked to be this container's monitor.
         if unsafe { libc::kill(ppid, libc::SIGUSR1) } != 0 {
             return Err(HandlerError::Monitor {
@@ -312,7 +303,7 @@ impl OciRuntime {
     }
 
     /// Runs `process` in the container and collects its output, killing it at `timeout`.
-    pub async fn exec_sync(
+    async fn exec_in(
         &self,
         id: &str,
         bundle: &Path,
@@ -399,6 +390,22 @@ impl OciRuntime {
     }
 }
 
+/// The monitor of container `id`, found as the parent of its init `pid` (the monitor is
+/// the subreaper that adopted it) and checked by its command line.
+fn monitor_of(pid: u32, id: &str) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state, then ppid.
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())?;
+    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
+    let ours = cmdline.windows(id.len()).any(|w| w == id.as_bytes())
+        && String::from_utf8_lossy(&cmdline).contains("crisp-monitor");
+    (ppid > 1 && ours).then_some(ppid)
+}
+
 /// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
 /// process may keep running (a monitor does); it is reaped in the background.
 async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, HandlerError> {
@@ -437,7 +444,7 @@ async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, Hand
 
 /// Starts the init of a pod's shared PID namespace (`crisp-monitor --pause`) and returns
 /// its pid. It outlives crispd; kill it with SIGKILL when the pod stops.
-pub async fn spawn_pause(monitor: &Path) -> Result<u32, HandlerError> {
+async fn spawn_pause(monitor: &Path) -> Result<u32, HandlerError> {
     let mut cmd = Command::new(monitor);
     cmd.arg("--pause");
     let line = spawn_reporting(cmd, monitor).await?;
@@ -474,4 +481,160 @@ fn rand_u32() -> u32 {
     // SAFETY: getrandom writes at most 4 bytes into `v`.
     unsafe { libc::getrandom(v.as_mut_ptr().cast(), 4, 0) };
     u32::from_le_bytes(v) % 1_000_000
+}
+
+/// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
+/// namespace is the pinned one): a pid reused after a reboot is left alone.
+fn kill_pid_namespace_init(pid: u32, pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (
+        std::fs::metadata(format!("/proc/{pid}/ns/pid")),
+        std::fs::metadata(pin),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        // Not pinned yet (setup failed before pinning): the init is ours if it still
+        // runs our monitor in pause mode.
+        (Ok(_), Err(_)) => std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause")),
+        _ => false,
+    };
+    if same {
+        // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Waits until process `pid` has exited, through a pidfd; `false` if it cannot be watched.
+async fn wait_process(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open returned a fresh descriptor that we now own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
+    let watch = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    };
+    match watch {
+        Ok(watch) => watch.readable().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl RuntimeHandler for OciRuntime {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            // runc and crun mount with MOUNT_ATTR_RDONLY|AT_RECURSIVE (kernel 5.12+).
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        }
+    }
+
+    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<u32, HandlerError> {
+        if sandbox.share_pid {
+            spawn_pause(&self.monitor).await
+        } else {
+            Ok(0)
+        }
+    }
+
+    async fn stop_sandbox(&self, sandbox: &SandboxSpec, pid: u32) -> Result<(), HandlerError> {
+        if pid > 0 {
+            kill_pid_namespace_init(pid, &sandbox.pid_pin);
+        }
+        Ok(())
+    }
+
+    async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
+        self.create(c.id, c.bundle, c.spec, c.log_path).await
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), HandlerError> {
+        self.start(id).await
+    }
+
+    async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError> {
+        self.kill(id, signal, all).await
+    }
+
+    async fn delete_container(&self, id: &str, force: bool) -> Result<(), HandlerError> {
+        self.delete(id, force).await
+    }
+
+    async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
+        self.state(id).await
+    }
+
+    async fn wait_container(&self, c: &ContainerRef<'_>) -> Result<ExitStatus, HandlerError> {
+        loop {
+            if let Some(exit) = exit_status(c.bundle) {
+                return Ok(exit);
+            }
+            let watched = match monitor_of(c.pid, c.id) {
+                Some(monitor) => wait_process(monitor).await,
+                None => false,
+            };
+            if watched {
+                // The monitor writes the exit file before it exits.
+                if let Some(exit) = exit_status(c.bundle) {
+                    return Ok(exit);
+                }
+                if monitor_of(c.pid, c.id).is_none() && !Path::new(&format!("/proc/{}", c.pid)).exists() {
+                    return Err(HandlerError::Monitor {
+                        id: c.id.to_owned(),
+                        message: "the monitor exited without recording the exit".to_owned(),
+                    });
+                }
+            } else {
+                // No monitor to watch (not started yet, or mid-restart): look again soon.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn exec_sync(
+        &self,
+        c: &ContainerRef<'_>,
+        process: &Process,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, HandlerError> {
+        self.exec_in(c.id, c.bundle, process, timeout).await
+    }
+
+    async fn update_container(
+        &self,
+        id: &str,
+        update: &ResourceUpdate,
+    ) -> Result<(), HandlerError> {
+        self.update(id, update).await
+    }
+
+    async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {
+        self.reopen_monitor_log(id).await
+    }
+
+    async fn container_stats(&self, c: &ContainerRef<'_>) -> Result<ContainerStats, HandlerError> {
+        let pid = c.pid;
+        let bundle = c.bundle.to_owned();
+        tokio::task::spawn_blocking(move || cgroup_stats(pid))
+            .await
+            .map_err(|e| HandlerError::Io {
+                path: bundle.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| HandlerError::Io {
+                path: PathBuf::from(format!("/proc/{pid}/cgroup")),
+                source,
+            })
+    }
 }

@@ -121,6 +121,7 @@ pub async fn create(
         gid: 0,
         groups: Vec::new(),
         cgroup_path: String::new(),
+        pid: 0,
     };
 
     // Rootfs, identity and spec are filesystem work.
@@ -208,15 +209,23 @@ pub async fn create(
             .release_rootfs(&record.id, &record.rootfs(), true);
         let _ = std::fs::remove_dir_all(&record.bundle);
     };
-    if let Err(e) = runtime
-        .create(&id, &bundle, &oci, std::path::Path::new(&log_path))
-        .await
-    {
-        cleanup(daemon, &record);
-        return Err(handler_status(e));
+    let created = runtime
+        .create_container(&runtime_handlers::ContainerSpec {
+            id: &id,
+            bundle: &bundle,
+            spec: &oci,
+            log_path: std::path::Path::new(&log_path),
+        })
+        .await;
+    match created {
+        Ok(pid) => record.pid = pid,
+        Err(e) => {
+            cleanup(daemon, &record);
+            return Err(handler_status(e));
+        }
     }
     if let Err(e) = daemon.containers.save(&record) {
-        let _ = runtime.delete(&id, true).await;
+        let _ = runtime.delete_container(&id, true).await;
         cleanup(daemon, &record);
         return Err(Status::internal(format!(
             "cannot persist container {id}: {e}"

@@ -42,7 +42,7 @@ pub async fn exec_sync(
         .map(Duration::from_secs);
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
     let out = runtime
-        .exec_sync(&record.id, &record.bundle, &process, timeout)
+        .exec_sync(&record.handle(), &process, timeout)
         .await
         .map_err(handler_status)?;
     Ok(cri::ExecSyncResponse {

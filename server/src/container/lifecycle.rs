@@ -23,7 +23,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
         )));
     }
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
-    runtime.start(&record.id).await.map_err(handler_status)?;
+    runtime.start_container(&record.id).await.map_err(handler_status)?;
     record.started_at = now_ns();
     daemon
         .containers
@@ -33,20 +33,22 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Waits for the monitor's exit record, polling fast at first (a killed container
-/// usually exits within milliseconds) and backing off to 20 ms.
-async fn wait_exit(record: &ContainerRecord, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if matches!(record.state(), State::Exited { .. }) {
-            return true;
+/// Waits up to `within` for the container's exit to be recorded.
+async fn wait_exit(
+    runtime: &dyn runtime_handlers::RuntimeHandler,
+    record: &ContainerRecord,
+    within: Duration,
+) -> bool {
+    if matches!(record.state(), State::Exited { .. }) {
+        return true;
+    }
+    match tokio::time::timeout(within, runtime.wait_container(&record.handle())).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(id = %record.id, error = %e, "waiting for the container's exit");
+            matches!(record.state(), State::Exited { .. })
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
+        Err(_) => false,
     }
 }
 
@@ -63,27 +65,27 @@ async fn stop_record(
     if record.state() == State::Created {
         // Never started: its init waits in the runtime; killing it ends the container.
         // Some runtimes (runsc) refuse to signal a created container: delete it instead.
-        if let Err(e) = runtime.kill(&record.id, libc::SIGKILL, false).await {
+        if let Err(e) = runtime.kill_container(&record.id, libc::SIGKILL, false).await {
             tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
             runtime
-                .delete(&record.id, true)
+                .delete_container(&record.id, true)
                 .await
                 .map_err(handler_status)?;
         }
     } else if !timeout.is_zero() {
         runtime
-            .kill(&record.id, record.stop_signal, false)
+            .kill_container(&record.id, record.stop_signal, false)
             .await
             .map_err(handler_status)?;
-        if wait_exit(record, timeout).await {
+        if wait_exit(runtime.as_ref(), record, timeout).await {
             return Ok(());
         }
     }
     runtime
-        .kill(&record.id, libc::SIGKILL, true)
+        .kill_container(&record.id, libc::SIGKILL, true)
         .await
         .map_err(handler_status)?;
-    if !wait_exit(record, Duration::from_secs(10)).await {
+    if !wait_exit(runtime.as_ref(), record, Duration::from_secs(10)).await {
         return Err(Status::deadline_exceeded(format!(
             "container {} did not exit 10s after SIGKILL",
             record.id
@@ -113,7 +115,7 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     stop_record(daemon, &mut record, Duration::ZERO).await?;
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
     runtime
-        .delete(&record.id, true)
+        .delete_container(&record.id, true)
         .await
         .map_err(handler_status)?;
     let store = daemon.images.store();
@@ -235,7 +237,7 @@ pub async fn update_resources(
     };
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
     runtime
-        .update(&record.id, &update)
+        .update_container(&record.id, &update)
         .await
         .map_err(handler_status)
 }

@@ -91,12 +91,24 @@ pub struct ContainerRecord {
     /// The cgroup path given to the runtime (`linux.cgroupsPath`).
     #[serde(default)]
     pub cgroup_path: String,
+    /// The init's pid as the handler reported it at create (0 in older records).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 impl ContainerRecord {
     /// Where the rootfs is mounted.
     pub fn rootfs(&self) -> PathBuf {
         self.bundle.join("rootfs")
+    }
+
+    /// How handler calls name this container.
+    pub fn handle(&self) -> runtime_handlers::ContainerRef<'_> {
+        runtime_handlers::ContainerRef {
+            id: &self.id,
+            bundle: &self.bundle,
+            pid: self.pid,
+        }
     }
 }
 
@@ -156,11 +168,11 @@ pub fn load(root: &Path) -> std::io::Result<Containers> {
     Ok(containers)
 }
 
-/// The OCI runtime for a handler name, built from configuration.
+/// The runtime handler of that name, built from configuration.
 pub fn runtime_for(
     config: &conf::Config,
     handler: &str,
-) -> Result<runtime_handlers::OciRuntime, tonic::Status> {
+) -> Result<Box<dyn runtime_handlers::RuntimeHandler>, tonic::Status> {
     let h = config.runtimes.get(handler).ok_or_else(|| {
         tonic::Status::failed_precondition(format!(
             "runtime handler `{handler}` is no longer configured"
@@ -173,13 +185,13 @@ pub fn runtime_for(
     }
     let binary =
         crate::host::runtime_binary(config, handler).map_err(tonic::Status::failed_precondition)?;
-    Ok(runtime_handlers::OciRuntime {
+    Ok(Box::new(runtime_handlers::OciRuntime {
         name: handler.to_owned(),
         binary,
         root: config.runtime_root(handler),
         runtime_args: h.runtime_args.clone(),
         monitor: monitor_binary(),
-    })
+    }))
 }
 
 /// The monitor: beside crispd, else on PATH.

@@ -66,21 +66,28 @@ fn condition(kind: &str, state: Result<(), (&str, String)>) -> cri::RuntimeCondi
     }
 }
 
-/// The default handler (empty name, as kubelet looks it up) and every named one.
+/// The default handler (empty name, as kubelet looks it up) and every named one, each
+/// with what its handler says it supports.
 fn runtime_handlers(config: &Config) -> Vec<cri::RuntimeHandler> {
-    // No handler supports recursive read-only mounts or user namespaces yet: the
-    // containers issue turns these on where they are implemented and tested.
-    let features = || {
+    let features = |name: &str| {
+        let handler = if name.is_empty() {
+            config.default_runtime.as_str()
+        } else {
+            name
+        };
+        let f = crate::container::runtime_for(config, handler)
+            .map(|r| r.features())
+            .unwrap_or_default();
         Some(cri::RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
+            recursive_read_only_mounts: f.recursive_read_only_mounts,
+            user_namespaces: f.user_namespaces,
         })
     };
     std::iter::once(String::new())
         .chain(config.runtimes.keys().cloned())
         .map(|name| cri::RuntimeHandler {
+            features: features(&name),
             name,
-            features: features(),
         })
         .collect()
 }

@@ -114,6 +114,32 @@ impl SandboxRecord {
         name_key(&self.name, &self.namespace, &self.uid, self.attempt)
     }
 
+    /// The pod as its runtime handler sees it.
+    pub fn sandbox_spec(&self) -> runtime_handlers::SandboxSpec {
+        runtime_handlers::SandboxSpec {
+            id: self.id.clone(),
+            state_dir: self.state_dir.clone(),
+            share_pid: self.pid_mode == NsMode::Pod,
+            pid_pin: network::pin_path(&self.state_dir, network::NamespaceKind::Pid),
+        }
+    }
+
+    /// Ends the handler's part of the pod (its PID-namespace init, a VM). A handler that
+    /// is no longer configured cannot be asked; that is logged and the pid kept.
+    pub async fn stop_handler_sandbox(&mut self, config: &conf::Config) -> Result<(), String> {
+        if self.pause_pid == 0 {
+            return Ok(());
+        }
+        let runtime = crate::container::runtime_for(config, &self.handler)
+            .map_err(|s| s.message().to_owned())?;
+        runtime
+            .stop_sandbox(&self.sandbox_spec(), self.pause_pid)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pause_pid = 0;
+        Ok(())
+    }
+
     /// The pinned network namespace, if the pod has its own.
     pub fn netns(&self) -> Option<PathBuf> {
         (self.network_mode != NsMode::Node)
@@ -251,11 +277,6 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
             Err(e) => failures.push(e.to_string()),
         }
     }
-    if record.pause_pid > 0 {
-        let pin = network::pin_path(&record.state_dir, network::NamespaceKind::Pid);
-        kill_pause(record.pause_pid, &pin);
-        record.pause_pid = 0;
-    }
     if record.network.is_none() {
         for kind in [
             network::NamespaceKind::Net,
@@ -280,8 +301,9 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
 /// leak across reboots.
 pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
     let root = config.root.clone();
-    let config = config.clone();
+    let owned = config.clone();
     let (pods, records) = tokio::task::spawn_blocking(move || {
+        let config = owned;
         let (pods, records) = Pods::load(&root).map_err(|e| format!("cannot load sandboxes: {e}"))?;
         let mut restored = Vec::new();
         for mut record in records {
@@ -309,28 +331,23 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
     .await
     .map_err(|e| format!("sandbox restore failed: {e}"))??;
     let count = records.len();
-    for record in records {
+    for mut record in records {
+        if !record.ready && record.pause_pid > 0 {
+            match record.stop_handler_sandbox(config).await {
+                Ok(()) => {
+                    if let Err(e) = pods.save(&record) {
+                        tracing::error!(id = %record.id, error = %e, "cannot persist sandbox record");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "cannot end the sandbox's init")
+                }
+            }
+        }
         pods.insert(record);
     }
     if count > 0 {
         tracing::info!(sandboxes = count, "sandboxes restored");
     }
     Ok(pods)
-}
-
-/// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
-/// namespace is the pinned one): a pid reused after a reboot is left alone.
-fn kill_pause(pid: u32, pin: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let same = match (
-        std::fs::metadata(format!("/proc/{pid}/ns/pid")),
-        std::fs::metadata(pin),
-    ) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    };
-    if same {
-        // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
 }

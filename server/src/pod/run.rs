@@ -106,11 +106,13 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         pause_pid: 0,
     };
     let mut record = record;
-    if record.pid_mode == NsMode::Pod {
-        record.pause_pid = runtime_handlers::spawn_pause(&crate::container::monitor_binary())
-            .await
-            .map_err(crate::errors::handler_status)?;
-    }
+    let runtime = crate::container::runtime_for(&config, &record.handler)?;
+    let sandbox = record.sandbox_spec();
+    record.pause_pid = runtime
+        .start_sandbox(&sandbox)
+        .await
+        .map_err(crate::errors::handler_status)?;
+    let sandbox_pid = record.pause_pid;
     let ports: Vec<network::PortMapping> = pod_config
         .port_mappings
         .iter()
@@ -139,19 +141,11 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     let dns = pod_config.dns_config.clone();
 
     let setup_config = config.clone();
-    let record = blocking(move || {
+    let set_up = blocking(move || {
         let mut record = record;
         match setup(&setup_config, &mut record, &ports, &sysctls, dns.as_ref()) {
             Ok(()) => Ok(record),
             Err(status) => {
-                // The PID-namespace init was started a moment ago; if setup failed before
-                // pinning its namespace, release() cannot verify it, so end it here.
-                let pin = network::pin_path(&record.state_dir, network::NamespaceKind::Pid);
-                if record.pause_pid > 0 && !network::is_pinned(&pin) {
-                    // SAFETY: kill takes no pointers; the pid is the init we just started.
-                    unsafe { libc::kill(record.pause_pid as i32, libc::SIGKILL) };
-                    record.pause_pid = 0;
-                }
                 let (_, failures) = release(&setup_config, record.clone());
                 if !failures.is_empty() {
                     tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");
@@ -161,7 +155,16 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
             }
         }
     })
-    .await?;
+    .await;
+    let record = match set_up {
+        Ok(record) => record,
+        Err(status) => {
+            if let Err(e) = runtime.stop_sandbox(&sandbox, sandbox_pid).await {
+                tracing::error!(id = %id, error = %e, "ending the sandbox of a failed RunPodSandbox");
+            }
+            return Err(status);
+        }
+    };
     if let Err(e) = daemon.pods.save(&record) {
         let (_, _) = blocking({
             let config = config.clone();
@@ -169,6 +172,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
             move || Ok(release(&config, record))
         })
         .await?;
+        let _ = runtime.stop_sandbox(&sandbox, sandbox_pid).await;
         let _ = std::fs::remove_dir_all(&record.state_dir);
         return Err(Status::internal(format!(
             "cannot persist sandbox {id}: {e}"

@@ -15,8 +15,10 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
     crate::container::stop_all_in_pod(daemon, &pod_id).await?;
     let mut record = pod.record.lock().await;
     let config = daemon.config();
-    let before = record.clone();
-    let (mut after, failures) = blocking(move || Ok(release(&config, before))).await?;
+    let mut before = record.clone();
+    let handler_failure = before.stop_handler_sandbox(&config).await.err();
+    let (mut after, mut failures) = blocking(move || Ok(release(&config, before))).await?;
+    failures.extend(handler_failure);
     after.ready = false;
     daemon
         .pods

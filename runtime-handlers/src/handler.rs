@@ -1,0 +1,131 @@
+//! The interface `server` drives every pod through, whatever runs it.
+//!
+//! A handler owns what is specific to how containers run: for the `oci` handler a pod is
+//! host namespaces that `server` pins plus, when the pod shares a PID namespace, an init
+//! process; each container is an OCI runtime container under its own monitor. A VM-per-pod
+//! handler boots the VM in [`RuntimeHandler::start_sandbox`], creates containers through
+//! its agent, and answers state, exec and stats from inside the guest. The calls carry
+//! everything a handler needs (ids, bundle directories, the OCI spec), so neither kind keeps
+//! state that `server` does not persist.
+//!
+//! Contract shared by every handler:
+//! - a failed `create_container` leaves nothing at the runtime;
+//! - when a container's init exits, its exit code and time are recorded in the bundle's
+//!   `exit` file (see [`crate::exit_status`]), even if crispd is down at the time;
+//! - `kill_container` and `delete_container` of a container that is already gone succeed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{Process, Spec};
+
+use crate::error::HandlerError;
+use crate::oci::{ExecOutput, ExitStatus, ResourceUpdate, RuntimeState};
+use crate::stats::ContainerStats;
+
+/// What a handler can do, reported in the CRI `Status` per handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Mounts can be made recursively read-only.
+    pub recursive_read_only_mounts: bool,
+    /// Pods can run in user namespaces.
+    pub user_namespaces: bool,
+}
+
+/// A pod as a handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The sandbox ID.
+    pub id: String,
+    /// The pod's directory under the state dir.
+    pub state_dir: PathBuf,
+    /// The pod's containers share one PID namespace, which needs a living init.
+    pub share_pid: bool,
+    /// Where `server` pins that PID namespace once the init is up; the handler checks a
+    /// process against it before it kills what it believes is the init.
+    pub pid_pin: PathBuf,
+}
+
+/// A container a handler is asked to create.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerSpec<'a> {
+    /// The container ID.
+    pub id: &'a str,
+    /// The bundle directory (config.json, the exit file).
+    pub bundle: &'a Path,
+    /// The OCI runtime spec.
+    pub spec: &'a Spec,
+    /// The kubelet log file; empty for none.
+    pub log_path: &'a Path,
+}
+
+/// A created container, as later calls name it.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerRef<'a> {
+    /// The container ID.
+    pub id: &'a str,
+    /// Its bundle directory.
+    pub bundle: &'a Path,
+    /// The init's pid as the handler reported it at create (0 if unknown).
+    pub pid: u32,
+}
+
+/// The calls `server` makes on a pod's runtime handler.
+#[async_trait::async_trait]
+pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
+    /// The handler's configured name.
+    fn name(&self) -> &str;
+
+    /// What it supports.
+    fn features(&self) -> Features;
+
+    /// Brings up the handler's part of a pod (an init for a shared PID namespace, a VM).
+    /// Returns the pid of the pod's process on the host, 0 if it has none.
+    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<u32, HandlerError>;
+
+    /// Ends what `start_sandbox` brought up; `pid` is what it returned. Idempotent.
+    async fn stop_sandbox(&self, sandbox: &SandboxSpec, pid: u32) -> Result<(), HandlerError>;
+
+    /// Creates a container (not started). Returns its init's pid.
+    async fn create_container(&self, container: &ContainerSpec<'_>) -> Result<u32, HandlerError>;
+
+    /// Starts a created container.
+    async fn start_container(&self, id: &str) -> Result<(), HandlerError>;
+
+    /// Sends `signal` to the container's init, or to all its processes.
+    async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError>;
+
+    /// Deletes the container at the runtime.
+    async fn delete_container(&self, id: &str, force: bool) -> Result<(), HandlerError>;
+
+    /// The runtime's view of a container, `None` if it has none.
+    async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError>;
+
+    /// Waits until the container's init has exited and returns how.
+    async fn wait_container(&self, container: &ContainerRef<'_>)
+    -> Result<ExitStatus, HandlerError>;
+
+    /// Runs `process` in the container, collecting its output; killed at `timeout`.
+    async fn exec_sync(
+        &self,
+        container: &ContainerRef<'_>,
+        process: &Process,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, HandlerError>;
+
+    /// Applies new resource limits to a running container.
+    async fn update_container(
+        &self,
+        id: &str,
+        update: &ResourceUpdate,
+    ) -> Result<(), HandlerError>;
+
+    /// Makes the container's log writer reopen its log file.
+    async fn reopen_log(&self, id: &str) -> Result<(), HandlerError>;
+
+    /// Resource usage of a running container.
+    async fn container_stats(
+        &self,
+        container: &ContainerRef<'_>,
+    ) -> Result<ContainerStats, HandlerError>;
+}

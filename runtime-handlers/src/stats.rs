@@ -1,0 +1,208 @@
+//! Resource usage of host processes' cgroups, for cgroup v1, v2 and the hybrid layout.
+//!
+//! The cgroup is found from `/proc/<pid>/cgroup` of a process in it, so the cgroup driver
+//! (cgroupfs or systemd) and the path the runtime chose do not matter. Memory working set
+//! is usage minus inactive file pages, as kubelet and cAdvisor compute it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// A cgroup's usage at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// When it was read, ns since the epoch.
+    pub timestamp: i64,
+    /// Cumulative CPU time, ns.
+    pub cpu_usage_ns: u64,
+    /// Memory usage (including page cache), bytes.
+    pub memory_usage: u64,
+    /// Working set: usage minus inactive file pages, bytes.
+    pub working_set: u64,
+    /// Anonymous and swap-cache memory, bytes.
+    pub rss: u64,
+    /// Page faults.
+    pub page_faults: u64,
+    /// Major page faults.
+    pub major_page_faults: u64,
+    /// Swap in use, bytes.
+    pub swap: u64,
+    /// Processes (tasks) in the cgroup.
+    pub pids: u64,
+}
+
+/// Where each hierarchy is mounted: v1 controllers by name, and the v2 mount.
+#[derive(Debug, Default)]
+struct Mounts {
+    v1: HashMap<String, PathBuf>,
+    v2: Option<PathBuf>,
+}
+
+fn mounts() -> &'static Mounts {
+    static MOUNTS: OnceLock<Mounts> = OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        parse_mounts(&text)
+    })
+}
+
+fn parse_mounts(mountinfo: &str) -> Mounts {
+    let mut mounts = Mounts::default();
+    for line in mountinfo.lines() {
+        // id parent maj:min root mountpoint options [optional...] - fstype source super
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mountpoint = left.split(' ').nth(4).unwrap_or_default();
+        let mut right = right.split(' ');
+        let fstype = right.next().unwrap_or_default();
+        let super_options = right.nth(1).unwrap_or_default();
+        match fstype {
+            "cgroup2" => {
+                mounts.v2.get_or_insert_with(|| PathBuf::from(mountpoint));
+            }
+            "cgroup" => {
+                for option in super_options.split(',') {
+                    let name = option.strip_prefix("name=").unwrap_or(option);
+                    let flag = matches!(
+                        name,
+                        "rw" | "ro" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode"
+                    );
+                    if !flag && !name.contains('=')
+                    {
+                        mounts
+                            .v1
+                            .entry(name.to_owned())
+                            .or_insert_with(|| PathBuf::from(mountpoint));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    mounts
+}
+
+/// The cgroup directories of `pid`: v1 controller name → directory, and the v2 directory.
+fn cgroup_dirs(pid: u32) -> std::io::Result<(HashMap<String, PathBuf>, Option<PathBuf>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let mounts = mounts();
+    let mut v1 = HashMap::new();
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let relative = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            v2 = mounts.v2.as_ref().map(|m| m.join(relative));
+            continue;
+        }
+        for controller in controllers.split(',') {
+            if let Some(mount) = mounts.v1.get(controller) {
+                v1.insert(controller.to_owned(), mount.join(relative));
+            }
+        }
+    }
+    Ok((v1, v2))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_file(path: &Path) -> HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads the usage of the cgroup `pid` is in. v1 controllers win where both are present
+/// (the hybrid layout puts controllers on v1 and leaves v2 empty).
+pub fn cgroup_stats(pid: u32) -> std::io::Result<ContainerStats> {
+    let (v1, v2) = cgroup_dirs(pid)?;
+    let mut stats = ContainerStats {
+        timestamp: now_ns(),
+        ..ContainerStats::default()
+    };
+    if let Some(cpu) = v1.get("cpuacct") {
+        stats.cpu_usage_ns = read_u64(&cpu.join("cpuacct.usage")).unwrap_or(0);
+    } else if let Some(dir) = &v2 {
+        let cpu = stat_file(&dir.join("cpu.stat"));
+        stats.cpu_usage_ns = cpu.get("usage_usec").copied().unwrap_or(0) * 1000;
+    }
+    if let Some(memory) = v1.get("memory") {
+        let stat = stat_file(&memory.join("memory.stat"));
+        let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+        stats.memory_usage = read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(0);
+        stats.working_set = stats
+            .memory_usage
+            .saturating_sub(get("total_inactive_file"));
+        stats.rss = get("total_rss");
+        stats.page_faults = get("total_pgfault");
+        stats.major_page_faults = get("total_pgmajfault");
+        stats.swap = get("total_swap");
+    } else if let Some(dir) = &v2 {
+        let stat = stat_file(&dir.join("memory.stat"));
+        let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+        stats.memory_usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
+        stats.working_set = stats.memory_usage.saturating_sub(get("inactive_file"));
+        stats.rss = get("anon");
+        stats.page_faults = get("pgfault");
+        stats.major_page_faults = get("pgmajfault");
+        stats.swap = read_u64(&dir.join("memory.swap.current")).unwrap_or(0);
+    }
+    if let Some(pids) = v1.get("pids") {
+        stats.pids = read_u64(&pids.join("pids.current")).unwrap_or(0);
+    } else if let Some(dir) = &v2 {
+        stats.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
+    }
+    Ok(stats)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_mountinfo_maps_controllers_and_the_unified_mount() {
+        let text = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid shared:11 - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:15 - cgroup cgroup rw,cpu,cpuacct
+36 30 0:32 / /sys/fs/cgroup/memory rw,nosuid shared:16 - cgroup cgroup rw,memory
+";
+        let m = parse_mounts(text);
+        assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            m.v1.get("cpuacct"),
+            Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(m.v1.get("memory"), Some(&PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(m.v1.get("systemd"), Some(&PathBuf::from("/sys/fs/cgroup/systemd")));
+        assert!(!m.v1.contains_key("xattr"));
+    }
+
+    #[test]
+    fn own_cgroup_reports_cpu_and_memory() {
+        // This test process has used CPU and memory; whatever the layout, they show.
+        let s = cgroup_stats(std::process::id()).expect("own cgroup");
+        assert!(s.timestamp > 0);
+        assert!(s.memory_usage > 0, "{s:?}");
+        assert!(s.working_set <= s.memory_usage);
+    }
+}
