@@ -25,8 +25,22 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
+/// Traffic shaping for a pod (CNI `bandwidth` capability): rates in bits per second,
+/// bursts in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bandwidth {
+    /// Into the pod; 0 for no limit.
+    pub ingress_rate: u64,
+    /// Burst into the pod.
+    pub ingress_burst: u64,
+    /// Out of the pod; 0 for no limit.
+    pub egress_rate: u64,
+    /// Burst out of the pod.
+    pub egress_burst: u64,
+}
+
 /// What to attach: one pod's network namespace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     /// The sandbox ID (CNI_CONTAINERID).
     pub container_id: String,
@@ -38,6 +52,9 @@ pub struct Attachment {
     pub args: Vec<(String, String)>,
     /// Ports to publish.
     pub port_mappings: Vec<PortMapping>,
+    /// Traffic shaping, if the pod asks for it.
+    #[serde(default)]
+    pub bandwidth: Option<Bandwidth>,
 }
 
 /// A successful ADD, kept (persisted by the caller) so DEL can run after a restart.
@@ -135,12 +152,15 @@ fn plugin_conf(
         if let Some(prev) = prev {
             obj.insert("prevResult".into(), prev.clone());
         }
-        let wants_ports = plugin
-            .get("capabilities")
-            .and_then(|c| c.get("portMappings"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        if wants_ports && !attachment.port_mappings.is_empty() {
+        let capability = |name: &str| {
+            plugin
+                .get("capabilities")
+                .and_then(|c| c.get(name))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let mut runtime_config = serde_json::Map::new();
+        if capability("portMappings") && !attachment.port_mappings.is_empty() {
             let ports: Vec<Value> = attachment
                 .port_mappings
                 .iter()
@@ -153,10 +173,102 @@ fn plugin_conf(
                     })
                 })
                 .collect();
-            obj.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+            runtime_config.insert("portMappings".into(), Value::Array(ports));
+        }
+        if capability("bandwidth")
+            && let Some(b) = attachment.bandwidth
+        {
+            let mut shaping = serde_json::Map::new();
+            if b.ingress_rate > 0 {
+                shaping.insert("ingressRate".into(), b.ingress_rate.into());
+                shaping.insert("ingressBurst".into(), b.ingress_burst.into());
+            }
+            if b.egress_rate > 0 {
+                shaping.insert("egressRate".into(), b.egress_rate.into());
+                shaping.insert("egressBurst".into(), b.egress_burst.into());
+            }
+            runtime_config.insert("bandwidth".into(), Value::Object(shaping));
+        }
+        if !runtime_config.is_empty() {
+            obj.insert("runtimeConfig".into(), Value::Object(runtime_config));
         }
     }
     conf
+}
+
+/// The pod's shaping from kubelet's annotations (`kubernetes.io/ingress-bandwidth`,
+/// `kubernetes.io/egress-bandwidth`, Kubernetes quantities such as `10M`), as kubelet
+/// validates them (1k to 1P bits per second). Bursts are left as large as the plugin takes,
+/// as containerd does, so the rate alone shapes.
+pub fn bandwidth_from_annotations<'a>(
+    mut annotation: impl FnMut(&str) -> Option<&'a str>,
+) -> Result<Option<Bandwidth>, CniError> {
+    const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
+    const EGRESS: &str = "kubernetes.io/egress-bandwidth";
+    let rate = |name: &str, value: Option<&str>| -> Result<u64, CniError> {
+        let Some(value) = value else { return Ok(0) };
+        let bits = parse_quantity(value.trim()).ok_or_else(|| CniError::Bandwidth {
+            annotation: name.to_owned(),
+            message: format!("`{value}` is not a quantity such as 10M or 1Gi"),
+        })?;
+        if !(1_000..=1_000_000_000_000_000).contains(&bits) {
+            return Err(CniError::Bandwidth {
+                annotation: name.to_owned(),
+                message: format!("{value} is outside 1k..1P bits per second"),
+            });
+        }
+        Ok(bits)
+    };
+    let ingress = rate(INGRESS, annotation(INGRESS))?;
+    let egress = rate(EGRESS, annotation(EGRESS))?;
+    if ingress == 0 && egress == 0 {
+        return Ok(None);
+    }
+    let burst = |r: u64| if r > 0 { u64::from(u32::MAX) } else { 0 };
+    Ok(Some(Bandwidth {
+        ingress_rate: ingress,
+        ingress_burst: burst(ingress),
+        egress_rate: egress,
+        egress_burst: burst(egress),
+    }))
+}
+
+/// A Kubernetes quantity as a whole number: decimal (`k M G T P E`) and binary
+/// (`Ki Mi Gi Ti Pi Ei`) suffixes, and plain integers.
+fn parse_quantity(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let multiplier: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let mut value = whole.checked_mul(multiplier)?;
+    if !fraction.is_empty() {
+        let digits = u32::try_from(fraction.len()).ok()?;
+        let scale = 10u64.checked_pow(digits)?;
+        let part: u64 = fraction.parse().ok()?;
+        value = value.checked_add(part.checked_mul(multiplier)? / scale)?;
+    }
+    Some(value)
 }
 
 fn exec(
@@ -257,4 +369,56 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("10M"), Some(10_000_000));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("1.5k"), Some(1_500));
+        assert_eq!(parse_quantity("2500"), Some(2_500));
+        assert_eq!(parse_quantity("10 M"), None);
+        assert_eq!(parse_quantity("M"), None);
+        assert_eq!(parse_quantity("10m"), None);
+        assert_eq!(parse_quantity("99999999999E"), None);
+    }
+
+    #[test]
+    fn bandwidth_annotations_become_runtime_config_for_plugins_that_ask() {
+        let annotations = |k: &str| match k {
+            "kubernetes.io/ingress-bandwidth" => Some("1M"),
+            _ => None,
+        };
+        let bw = bandwidth_from_annotations(annotations)
+            .expect("valid")
+            .expect("shaping");
+        assert_eq!((bw.ingress_rate, bw.egress_rate), (1_000_000, 0));
+        let attachment = Attachment {
+            container_id: "c".into(),
+            netns: PathBuf::from("/ns"),
+            ifname: "eth0".into(),
+            args: Vec::new(),
+            port_mappings: Vec::new(),
+            bandwidth: Some(bw),
+        };
+        let network = json!({"name": "n", "cniVersion": "1.0.0"});
+        let shaper = json!({"type": "bandwidth", "capabilities": {"bandwidth": true}});
+        let conf = plugin_conf(&network, &shaper, None, &attachment);
+        assert_eq!(conf["runtimeConfig"]["bandwidth"]["ingressRate"], 1_000_000);
+        assert!(conf["runtimeConfig"]["bandwidth"].get("egressRate").is_none());
+        let bridge = json!({"type": "bridge"});
+        assert!(
+            plugin_conf(&network, &bridge, None, &attachment)
+                .get("runtimeConfig")
+                .is_none()
+        );
+        let too_slow = |k: &str| (k == "kubernetes.io/egress-bandwidth").then_some("10");
+        let err = bandwidth_from_annotations(too_slow).expect_err("below 1k");
+        assert!(err.to_string().contains("egress-bandwidth"), "{err}");
+        assert_eq!(bandwidth_from_annotations(|_| None).expect("none"), None);
+    }
 }

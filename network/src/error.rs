@@ -40,6 +40,23 @@ pub enum CniError {
         /// Every plugin failure, in order.
         failures: Vec<String>,
     },
+    /// The attachment journal could not be written or read.
+    #[error("CNI journal {}: {source}", path.display())]
+    Journal {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bandwidth annotation is not a valid rate.
+    #[error("{annotation}: {message}")]
+    Bandwidth {
+        /// The annotation.
+        annotation: String,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// The configuration directory could not be read.
     #[error("cannot read CNI configuration directory {}: {source}", dir.display())]
     ReadDir {

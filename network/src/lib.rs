@@ -13,10 +13,14 @@
 mod cni_config;
 mod cni_exec;
 mod error;
+mod journal;
 mod netns;
 
 pub use cni_config::{NetworkConfig, PluginSearch, find_network_config};
-pub use cni_exec::{Attached, Attachment, PortMapping, add, del, result_ips};
+pub use cni_exec::{
+    Attached, Attachment, Bandwidth, PortMapping, add, bandwidth_from_annotations, del, result_ips,
+};
+pub use journal::{Intent, Journal};
 pub use error::{CniError, NetnsError};
 pub use netns::{
     NamespaceKind, create_namespace, is_pinned, pin_path, pin_process_namespace, remove_namespace,

@@ -472,3 +472,140 @@ async fn a_pod_outlives_a_killed_daemon_and_can_be_torn_down_after() {
     assert_eq!(net.veths(), 0);
     assert_eq!(net.mounts(), 0);
 }
+
+fn iptables_mentions(id: &str) -> bool {
+    let out = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).contains(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_crisp_lost_track_of_is_released_at_startup() {
+    let net = Net::new("");
+    let mut config = pod_config("forgotten");
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Tcp.into(),
+        container_port: 80,
+        host_port: 29080 + (std::process::id() % 1000) as i32,
+        host_ip: String::new(),
+    }];
+    let id = {
+        let daemon = net.sandbox.start();
+        let (mut runtime, _) = daemon.clients().await;
+        let id = runtime
+            .run_pod_sandbox(run_request(config))
+            .await
+            .expect("run")
+            .into_inner()
+            .pod_sandbox_id;
+        let info = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .info;
+        let info: serde_json::Value =
+            serde_json::from_str(info.get("info").expect("verbose info")).expect("json");
+        let pause = info["pid"].as_u64().expect("pid");
+        daemon.kill();
+        (id, pause)
+    };
+    let (id, pause) = id;
+    assert_eq!(net.allocations(), 1);
+    assert!(iptables_mentions(&id), "portmap rules carry the sandbox ID");
+    // What a crash between CNI ADD and saving the record leaves: an attachment, pins and
+    // a pod directory, but no record.
+    std::fs::remove_file(net.sandbox.path(&format!("root/pods/{id}.json"))).expect("drop record");
+
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let pods = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert_eq!(net.allocations(), 0, "the IP is released");
+    assert_eq!(net.veths(), 0, "the veth is gone");
+    assert_eq!(net.mounts(), 0, "the pins are unmounted");
+    assert!(!iptables_mentions(&id), "the port mapping is gone");
+    assert!(!net.sandbox.path(&format!("state/pods/{id}")).exists());
+    let alive = std::fs::read_to_string(format!("/proc/{pause}/stat"))
+        .is_ok_and(|s| !s.contains(") Z "));
+    assert!(!alive, "the PID namespace's init {pause} was ended");
+    assert!(
+        std::fs::read_dir(net.sandbox.path("root/cni-journal"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "the journal is empty"
+    );
+}
+
+/// Host-side qdiscs of every link, as `tc` prints them.
+fn qdiscs() -> String {
+    let out = std::process::Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .expect("tc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_annotations_shape_the_pod_and_bad_ones_are_refused() {
+    let net = Net::new(r#",{"type":"bandwidth","capabilities":{"bandwidth":true}}"#);
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+
+    let mut bad = pod_config("too-fast");
+    bad.annotations = [(
+        "kubernetes.io/ingress-bandwidth".to_owned(),
+        "lots".to_owned(),
+    )]
+    .into();
+    let err = runtime
+        .run_pod_sandbox(run_request(bad))
+        .await
+        .expect_err("bad rate");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("ingress-bandwidth"), "{err:?}");
+    assert_eq!(net.allocations(), 0);
+
+    let mut shaped = pod_config("shaped");
+    shaped.annotations = [
+        ("kubernetes.io/ingress-bandwidth".to_owned(), "3M".to_owned()),
+        ("kubernetes.io/egress-bandwidth".to_owned(), "5M".to_owned()),
+    ]
+    .into();
+    let id = runtime
+        .run_pod_sandbox(run_request(shaped))
+        .await
+        .expect("run")
+        .into_inner()
+        .pod_sandbox_id;
+    let shaping = qdiscs();
+    assert!(shaping.contains("rate 3Mbit"), "ingress: {shaping}");
+    assert!(shaping.contains("rate 5Mbit"), "egress (ifb): {shaping}");
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop");
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .expect("remove");
+    let after = qdiscs();
+    assert!(
+        !after.contains("rate 3Mbit") && !after.contains("rate 5Mbit"),
+        "{after}"
+    );
+    assert_eq!(net.allocations(), 0);
+    assert_eq!(net.veths(), 0);
+}

@@ -250,6 +250,99 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| tonic::Status::internal(format!("pod task failed: {e}")))?
 }
 
+/// The CNI attachment journal under the storage root (it must survive a reboot, as the
+/// IP allocations it guards do).
+pub fn cni_journal(config: &conf::Config) -> network::Journal {
+    network::Journal::new(config.root.join("cni-journal"))
+}
+
+/// Releases attachments and pod directories of sandboxes crisp has no record of (a crash
+/// between CNI ADD and saving the record, or a record lost): CNI DEL from the journal,
+/// then the pins, the shm mount and the directory.
+fn release_unknown(config: &conf::Config, known: &std::collections::HashSet<String>) {
+    let journal = cni_journal(config);
+    let search = network::PluginSearch {
+        dirs: &config.cni.plugin_dirs,
+    };
+    for intent in journal.intents() {
+        let id = intent.attachment.container_id.clone();
+        if known.contains(&id) {
+            continue;
+        }
+        match network::del(&intent.network, &search, &intent.attachment, None) {
+            Ok(()) => {
+                tracing::info!(id = %id, "released the network of an unknown sandbox");
+                if let Err(e) = journal.end(&id) {
+                    tracing::warn!(id = %id, error = %e, "forgetting a released CNI intent");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e, "releasing the network of an unknown sandbox failed; will retry")
+            }
+        }
+    }
+    let Ok(dirs) = std::fs::read_dir(config.state.join("pods")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let id = dir.file_name().to_string_lossy().into_owned();
+        if known.contains(&id) {
+            continue;
+        }
+        let state_dir = dir.path();
+        let mut failures = Vec::new();
+        kill_namespace_init(&network::pin_path(&state_dir, network::NamespaceKind::Pid));
+        for kind in [
+            network::NamespaceKind::Net,
+            network::NamespaceKind::Ipc,
+            network::NamespaceKind::Uts,
+            network::NamespaceKind::Pid,
+        ] {
+            if let Err(e) = network::remove_namespace(&network::pin_path(&state_dir, kind)) {
+                failures.push(e.to_string());
+            }
+        }
+        if let Err(e) = run::unmount_shm(&state_dir.join("shm")) {
+            failures.push(e.to_string());
+        }
+        if failures.is_empty()
+            && let Err(e) = std::fs::remove_dir_all(&state_dir)
+        {
+            failures.push(e.to_string());
+        }
+        if failures.is_empty() {
+            tracing::info!(id = %id, "removed the directory of an unknown sandbox");
+        } else {
+            tracing::warn!(id = %id, failures = ?failures, "cleaning up an unknown sandbox");
+        }
+    }
+}
+
+/// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by
+/// the namespace's inode; which ends every process in that namespace.
+fn kill_namespace_init(pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pinned) = std::fs::metadata(pin) else {
+        return;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .is_ok_and(|m| m.ino() == pinned.ino() && m.dev() == pinned.dev());
+        let pause = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause"));
+        if same && pause {
+            // SAFETY: kill takes no pointers; the pid is the init of the pinned namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Releases whatever a record still holds: the CNI attachment (journaled), the pins,
 /// the shm mount and the pod directory. Keeps going past failures and reports them all.
 /// Returns the record with what was released cleared.
@@ -263,6 +356,7 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
             ifname: "eth0".to_owned(),
             args: journal.args.clone(),
             port_mappings: journal.ports.clone(),
+            bandwidth: None,
         };
         let search = network::PluginSearch {
             dirs: &config.cni.plugin_dirs,
@@ -273,7 +367,12 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
             &attachment,
             Some(&journal.result),
         ) {
-            Ok(()) => record.network = None,
+            Ok(()) => {
+                record.network = None;
+                if let Err(e) = cni_journal(config).end(&record.id) {
+                    failures.push(e.to_string());
+                }
+            }
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -326,6 +425,8 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
             }
             restored.push(record);
         }
+        let known = restored.iter().map(|r| r.id.clone()).collect();
+        release_unknown(&config, &known);
         Ok::<_, String>((pods, restored))
     })
     .await

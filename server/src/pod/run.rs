@@ -106,13 +106,6 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         pause_pid: 0,
     };
     let mut record = record;
-    let runtime = crate::container::runtime_for(&config, &record.handler)?;
-    let sandbox = record.sandbox_spec();
-    record.pause_pid = runtime
-        .start_sandbox(&sandbox)
-        .await
-        .map_err(crate::errors::handler_status)?;
-    let sandbox_pid = record.pause_pid;
     let ports: Vec<network::PortMapping> = pod_config
         .port_mappings
         .iter()
@@ -138,12 +131,27 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         ));
     }
     let sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
+    let bandwidth =
+        network::bandwidth_from_annotations(|k| pod_config.annotations.get(k).map(String::as_str))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let dns = pod_config.dns_config.clone();
 
+    // Everything is validated: from here on, a failure undoes what was made.
+    let runtime = crate::container::runtime_for(&config, &record.handler)?;
+    let sandbox = record.sandbox_spec();
+    record.pause_pid = runtime
+        .start_sandbox(&sandbox)
+        .await
+        .map_err(crate::errors::handler_status)?;
+    let sandbox_pid = record.pause_pid;
     let setup_config = config.clone();
     let set_up = blocking(move || {
         let mut record = record;
-        match setup(&setup_config, &mut record, &ports, &sysctls, dns.as_ref()) {
+        let network = Network {
+            ports: &ports,
+            bandwidth,
+        };
+        match setup(&setup_config, &mut record, &network, &sysctls, dns.as_ref()) {
             Ok(()) => Ok(record),
             Err(status) => {
                 let (_, failures) = release(&setup_config, record.clone());
@@ -183,11 +191,17 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     Ok(id)
 }
 
+/// What the pod asks of CNI.
+struct Network<'a> {
+    ports: &'a [network::PortMapping],
+    bandwidth: Option<network::Bandwidth>,
+}
+
 /// The sync part. On error `record` holds what was made so far, for cleanup.
 fn setup(
     config: &conf::Config,
     record: &mut SandboxRecord,
-    ports: &[network::PortMapping],
+    wanted: &Network<'_>,
     sysctls: &BTreeMap<String, String>,
     dns: Option<&cri::DnsConfig>,
 ) -> Result<(), Status> {
@@ -280,15 +294,27 @@ fn setup(
             netns: network::pin_path(&record.state_dir, Kind::Net),
             ifname: "eth0".to_owned(),
             args: args.clone(),
-            port_mappings: ports.to_vec(),
+            port_mappings: wanted.ports.to_vec(),
+            bandwidth: wanted.bandwidth,
         };
         let search = network::PluginSearch {
             dirs: &config.cni.plugin_dirs,
         };
-        let attached = attempt!(
-            network::add(&network_config, &search, &attachment),
-            Status::unavailable
+        let journal = super::cni_journal(config);
+        attempt!(
+            journal.begin(&network_config.raw, &attachment),
+            Status::internal
         );
+        let attached = match network::add(&network_config, &search, &attachment) {
+            Ok(attached) => attached,
+            Err(e) => {
+                // add() rolled the chain back.
+                if let Err(j) = journal.end(&record.id) {
+                    tracing::warn!(id = %record.id, error = %j, "forgetting a rolled-back CNI intent");
+                }
+                return Err(Status::unavailable(e.to_string()));
+            }
+        };
         let ips: Vec<String> = attached.ips.iter().map(ToString::to_string).collect();
         record.ips = ips.clone();
         record.network = Some(NetworkJournal {
@@ -296,7 +322,7 @@ fn setup(
             result: attached.result,
             ips,
             args,
-            ports: ports.to_vec(),
+            ports: wanted.ports.to_vec(),
         });
     }
     let mut hosts =
