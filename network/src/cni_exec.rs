@@ -128,6 +128,59 @@ pub fn del(
     }
 }
 
+/// Whether a CNI spec version is at least 1.1.0, the first with GC.
+fn supports_gc(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 1)
+}
+
+/// CNI GC (spec 1.1): tells every plugin of the chain which attachments (sandbox ID,
+/// interface) are still valid, so they release whatever else they hold. A list declaring
+/// an older spec version has no GC; that is not an error (`Ok(false)`).
+pub fn gc(
+    network: &NetworkConfig,
+    plugins: &PluginSearch<'_>,
+    valid: &[(String, String)],
+) -> Result<bool, CniError> {
+    if !supports_gc(&network.cni_version) {
+        return Ok(false);
+    }
+    let attachments: Vec<Value> = valid
+        .iter()
+        .map(|(id, ifname)| json!({ "containerID": id, "ifname": ifname }))
+        .collect();
+    let none = Attachment {
+        container_id: String::new(),
+        netns: PathBuf::new(),
+        ifname: String::new(),
+        args: Vec::new(),
+        port_mappings: Vec::new(),
+        bandwidth: None,
+    };
+    let mut failures = Vec::new();
+    for plugin in &network.plugins {
+        let mut conf = plugin_conf(&network.raw, plugin, None, &none);
+        if let Some(obj) = conf.as_object_mut() {
+            obj.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(attachments.clone()),
+            );
+        }
+        if let Err(e) = exec(plugins, "GC", &conf, &none) {
+            failures.push(e.to_string());
+        }
+    }
+    if failures.is_empty() {
+        Ok(true)
+    } else {
+        Err(CniError::Teardown {
+            container_id: "(garbage collection)".to_owned(),
+            failures,
+        })
+    }
+}
+
 /// One plugin's stdin: its own config plus name, version, previous result and runtime
 /// config for the capabilities it declares.
 fn plugin_conf(
@@ -260,7 +313,11 @@ fn parse_quantity(text: &str) -> Option<u64> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut value = whole.checked_mul(multiplier)?;
     if !fraction.is_empty() {
         let digits = u32::try_from(fraction.len()).ok()?;
@@ -346,7 +403,7 @@ fn exec(
             message,
         });
     }
-    if command == "DEL" || output.stdout.iter().all(u8::is_ascii_whitespace) {
+    if command == "DEL" || command == "GC" || output.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(&output.stdout).map_err(|e| CniError::Plugin {
@@ -374,6 +431,31 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_needs_spec_1_1() {
+        assert!(!supports_gc("1.0.0"));
+        assert!(!supports_gc("0.4.0"));
+        assert!(supports_gc("1.1.0"));
+        assert!(supports_gc("2.0.0"));
+        let network = NetworkConfig {
+            path: PathBuf::from("/x.conflist"),
+            name: "n".into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![json!({"type": "does-not-exist"})],
+            raw: json!({"name": "n", "cniVersion": "1.0.0", "plugins": [{"type": "does-not-exist"}]}),
+        };
+        let search = PluginSearch { dirs: &[] };
+        assert!(!gc(&network, &search, &[]).expect("no GC before 1.1"));
+        let newer = NetworkConfig {
+            cni_version: "1.1.0".into(),
+            ..network
+        };
+        assert!(
+            gc(&newer, &search, &[]).is_err(),
+            "a missing plugin is reported"
+        );
+    }
 
     #[test]
     fn quantities_parse_as_kubernetes_writes_them() {
@@ -409,7 +491,11 @@ mod tests {
         let shaper = json!({"type": "bandwidth", "capabilities": {"bandwidth": true}});
         let conf = plugin_conf(&network, &shaper, None, &attachment);
         assert_eq!(conf["runtimeConfig"]["bandwidth"]["ingressRate"], 1_000_000);
-        assert!(conf["runtimeConfig"]["bandwidth"].get("egressRate").is_none());
+        assert!(
+            conf["runtimeConfig"]["bandwidth"]
+                .get("egressRate")
+                .is_none()
+        );
         let bridge = json!({"type": "bridge"});
         assert!(
             plugin_conf(&network, &bridge, None, &attachment)

@@ -18,10 +18,11 @@ mod netns;
 
 pub use cni_config::{NetworkConfig, PluginSearch, find_network_config};
 pub use cni_exec::{
-    Attached, Attachment, Bandwidth, PortMapping, add, bandwidth_from_annotations, del, result_ips,
+    Attached, Attachment, Bandwidth, PortMapping, add, bandwidth_from_annotations, del, gc,
+    result_ips,
 };
-pub use journal::{Intent, Journal};
 pub use error::{CniError, NetnsError};
+pub use journal::{Intent, Journal};
 pub use netns::{
     NamespaceKind, create_namespace, is_pinned, pin_path, pin_process_namespace, remove_namespace,
     set_sysctl, sysctl_namespace,

@@ -38,6 +38,7 @@ fn attachment(id: &str, netns: &Path) -> Attachment {
             ("K8S_POD_NAME".into(), id.into()),
         ],
         port_mappings: Vec::new(),
+        bandwidth: None,
     }
 }
 

@@ -102,8 +102,10 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError>;
 
     /// Waits until the container's init has exited and returns how.
-    async fn wait_container(&self, container: &ContainerRef<'_>)
-    -> Result<ExitStatus, HandlerError>;
+    async fn wait_container(
+        &self,
+        container: &ContainerRef<'_>,
+    ) -> Result<ExitStatus, HandlerError>;
 
     /// Runs `process` in the container, collecting its output; killed at `timeout`.
     async fn exec_sync(
@@ -114,11 +116,8 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     ) -> Result<ExecOutput, HandlerError>;
 
     /// Applies new resource limits to a running container.
-    async fn update_container(
-        &self,
-        id: &str,
-        update: &ResourceUpdate,
-    ) -> Result<(), HandlerError>;
+    async fn update_container(&self, id: &str, update: &ResourceUpdate)
+    -> Result<(), HandlerError>;
 
     /// Makes the container's log writer reopen its log file.
     async fn reopen_log(&self, id: &str) -> Result<(), HandlerError>;

@@ -589,7 +589,9 @@ impl RuntimeHandler for OciRuntime {
                 if let Some(exit) = exit_status(c.bundle) {
                     return Ok(exit);
                 }
-                if monitor_of(c.pid, c.id).is_none() && !Path::new(&format!("/proc/{}", c.pid)).exists() {
+                if monitor_of(c.pid, c.id).is_none()
+                    && !Path::new(&format!("/proc/{}", c.pid)).exists()
+                {
                     return Err(HandlerError::Monitor {
                         id: c.id.to_owned(),
                         message: "the monitor exited without recording the exit".to_owned(),

@@ -68,8 +68,7 @@ fn parse_mounts(mountinfo: &str) -> Mounts {
                         name,
                         "rw" | "ro" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode"
                     );
-                    if !flag && !name.contains('=')
-                    {
+                    if !flag && !name.contains('=') {
                         mounts
                             .v1
                             .entry(name.to_owned())
@@ -192,8 +191,14 @@ mod tests {
             m.v1.get("cpuacct"),
             Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
         );
-        assert_eq!(m.v1.get("memory"), Some(&PathBuf::from("/sys/fs/cgroup/memory")));
-        assert_eq!(m.v1.get("systemd"), Some(&PathBuf::from("/sys/fs/cgroup/systemd")));
+        assert_eq!(
+            m.v1.get("memory"),
+            Some(&PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            m.v1.get("systemd"),
+            Some(&PathBuf::from("/sys/fs/cgroup/systemd"))
+        );
         assert!(!m.v1.contains_key("xattr"));
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{ProcessBuilder, Spec};
-use runtime_handlers::{OciRuntime, exit_status};
+use runtime_handlers::{ContainerRef, ContainerSpec, OciRuntime, RuntimeHandler, exit_status};
 
 fn runtime(dir: &Path) -> OciRuntime {
     OciRuntime {
@@ -77,17 +77,25 @@ async fn a_container_runs_logs_and_reports_its_exit() {
             "echo hello; echo oops >&2; printf partial; exit 3",
         ],
     );
-    let pid = rt.create(&id, &bundle, &spec, &log).await.expect("create");
+    let pid = rt
+        .create_container(&ContainerSpec {
+            id: &id,
+            bundle: &bundle,
+            spec: &spec,
+            log_path: &log,
+        })
+        .await
+        .expect("create");
     assert!(pid > 0);
     assert_eq!(
-        rt.state(&id)
+        rt.container_state(&id)
             .await
             .expect("state")
             .map(|s| s.status)
             .as_deref(),
         Some("created")
     );
-    rt.start(&id).await.expect("start");
+    rt.start_container(&id).await.expect("start");
     let exit = wait_exit(&bundle).await;
     assert_eq!(exit.code, 3);
     let text = std::fs::read_to_string(&log).expect("log");
@@ -108,9 +116,9 @@ async fn a_container_runs_logs_and_reports_its_exit() {
     let ts = lines[0].split(' ').next().expect("timestamp");
     assert_eq!(ts.len(), 30, "{ts}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
-    rt.delete(&id, false).await.expect("delete");
-    assert_eq!(rt.state(&id).await.expect("state"), None);
-    rt.delete(&id, false).await.expect("delete twice");
+    rt.delete_container(&id, false).await.expect("delete");
+    assert_eq!(rt.container_state(&id).await.expect("state"), None);
+    rt.delete_container(&id, false).await.expect("delete twice");
 }
 
 #[tokio::test]
@@ -120,16 +128,27 @@ async fn exec_with_output_and_timeout_then_kill() {
     let root = rootfs(dir.path());
     let bundle = dir.path().join("bundle-b");
     let id = format!("crisp-test-b-{}", std::process::id());
-    rt.create(
-        &id,
-        &bundle,
-        &spec(&root, &["sleep", "300"]),
-        &dir.path().join("b.log"),
-    )
-    .await
-    .expect("create");
-    rt.start(&id).await.expect("start");
-    let state = rt.state(&id).await.expect("state").expect("known");
+    let log = dir.path().join("b.log");
+    let pid = rt
+        .create_container(&ContainerSpec {
+            id: &id,
+            bundle: &bundle,
+            spec: &spec(&root, &["sleep", "300"]),
+            log_path: &log,
+        })
+        .await
+        .expect("create");
+    let handle = ContainerRef {
+        id: &id,
+        bundle: &bundle,
+        pid,
+    };
+    rt.start_container(&id).await.expect("start");
+    let state = rt
+        .container_state(&id)
+        .await
+        .expect("state")
+        .expect("known");
     assert_eq!(state.status, "running");
 
     let process = ProcessBuilder::default()
@@ -143,7 +162,7 @@ async fn exec_with_output_and_timeout_then_kill() {
         .build()
         .expect("process");
     let out = rt
-        .exec_sync(&id, &bundle, &process, Some(Duration::from_secs(10)))
+        .exec_sync(&handle, &process, Some(Duration::from_secs(10)))
         .await
         .expect("exec");
     assert_eq!(
@@ -158,20 +177,49 @@ async fn exec_with_output_and_timeout_then_kill() {
         .build()
         .expect("process");
     let err = rt
-        .exec_sync(&id, &bundle, &slow, Some(Duration::from_millis(300)))
+        .exec_sync(&handle, &slow, Some(Duration::from_millis(300)))
         .await
         .expect_err("timeout");
     assert!(err.to_string().contains("timed out"), "{err}");
     // The timed-out process was killed (at most a zombie of it remains).
     assert_eq!(live_processes_with_cmdline(b"sleep\x0030\x00"), 0);
 
-    rt.kill(&id, libc::SIGKILL, false).await.expect("kill");
+    let stats = rt.container_stats(&handle).await.expect("stats");
+    assert!(stats.pids >= 1, "{stats:?}");
+    assert!(
+        stats.cpu_usage_ns > 0 && stats.memory_usage > 0,
+        "{stats:?}"
+    );
+
+    let waiter = {
+        let rt = rt.clone();
+        let (id, bundle) = (id.clone(), bundle.clone());
+        tokio::spawn(async move {
+            rt.wait_container(&ContainerRef {
+                id: &id,
+                bundle: &bundle,
+                pid,
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "the container still runs");
+    rt.kill_container(&id, libc::SIGKILL, false)
+        .await
+        .expect("kill");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("wait returns once the container exits")
+        .expect("join")
+        .expect("exit");
+    assert_eq!(waited.code, 128 + libc::SIGKILL);
     let exit = wait_exit(&bundle).await;
-    assert_eq!(exit.code, 128 + libc::SIGKILL);
-    rt.kill(&id, libc::SIGKILL, false)
+    assert_eq!(exit, waited);
+    rt.kill_container(&id, libc::SIGKILL, false)
         .await
         .expect("killing a dead container is fine");
-    rt.delete(&id, false).await.expect("delete");
+    rt.delete_container(&id, false).await.expect("delete");
 }
 
 #[tokio::test]
@@ -181,17 +229,18 @@ async fn a_failed_create_is_reported_and_leaves_nothing() {
     let bundle = dir.path().join("bundle-c");
     let id = format!("crisp-test-c-{}", std::process::id());
     let missing = dir.path().join("no-such-rootfs");
+    let log = dir.path().join("c.log");
     let err = rt
-        .create(
-            &id,
-            &bundle,
-            &spec(&missing, &["true"]),
-            &dir.path().join("c.log"),
-        )
+        .create_container(&ContainerSpec {
+            id: &id,
+            bundle: &bundle,
+            spec: &spec(&missing, &["true"]),
+            log_path: &log,
+        })
         .await
         .expect_err("no rootfs");
     assert!(err.to_string().contains("create"), "{err}");
-    assert_eq!(rt.state(&id).await.expect("state"), None);
+    assert_eq!(rt.container_state(&id).await.expect("state"), None);
 }
 
 /// Host processes, not zombies, whose cmdline is exactly `cmdline`.
@@ -232,12 +281,19 @@ async fn a_tty_container_logs_its_terminal_output() {
         process.set_terminal(Some(true));
         spec.set_process(Some(process));
     }
-    rt.create(&id, &bundle, &spec, &log).await.expect("create");
-    rt.start(&id).await.expect("start");
+    rt.create_container(&ContainerSpec {
+        id: &id,
+        bundle: &bundle,
+        spec: &spec,
+        log_path: &log,
+    })
+    .await
+    .expect("create");
+    rt.start_container(&id).await.expect("start");
     assert_eq!(wait_exit(&bundle).await.code, 0);
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains(" stdout F /dev/pts/0"), "{text}");
     assert!(text.contains(" stdout F on a terminal"), "{text}");
     assert!(!bundle.join("console.sock").exists());
-    rt.delete(&id, false).await.expect("delete");
+    rt.delete_container(&id, false).await.expect("delete");
 }

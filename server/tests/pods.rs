@@ -536,8 +536,8 @@ async fn a_sandbox_crisp_lost_track_of_is_released_at_startup() {
     assert_eq!(net.mounts(), 0, "the pins are unmounted");
     assert!(!iptables_mentions(&id), "the port mapping is gone");
     assert!(!net.sandbox.path(&format!("state/pods/{id}")).exists());
-    let alive = std::fs::read_to_string(format!("/proc/{pause}/stat"))
-        .is_ok_and(|s| !s.contains(") Z "));
+    let alive =
+        std::fs::read_to_string(format!("/proc/{pause}/stat")).is_ok_and(|s| !s.contains(") Z "));
     assert!(!alive, "the PID namespace's init {pause} was ended");
     assert!(
         std::fs::read_dir(net.sandbox.path("root/cni-journal"))
@@ -578,7 +578,10 @@ async fn bandwidth_annotations_shape_the_pod_and_bad_ones_are_refused() {
 
     let mut shaped = pod_config("shaped");
     shaped.annotations = [
-        ("kubernetes.io/ingress-bandwidth".to_owned(), "3M".to_owned()),
+        (
+            "kubernetes.io/ingress-bandwidth".to_owned(),
+            "3M".to_owned(),
+        ),
         ("kubernetes.io/egress-bandwidth".to_owned(), "5M".to_owned()),
     ]
     .into();

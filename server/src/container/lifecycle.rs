@@ -23,7 +23,10 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
         )));
     }
     let runtime = runtime_for(&daemon.config(), &record.handler)?;
-    runtime.start_container(&record.id).await.map_err(handler_status)?;
+    runtime
+        .start_container(&record.id)
+        .await
+        .map_err(handler_status)?;
     record.started_at = now_ns();
     daemon
         .containers
@@ -65,7 +68,10 @@ async fn stop_record(
     if record.state() == State::Created {
         // Never started: its init waits in the runtime; killing it ends the container.
         // Some runtimes (runsc) refuse to signal a created container: delete it instead.
-        if let Err(e) = runtime.kill_container(&record.id, libc::SIGKILL, false).await {
+        if let Err(e) = runtime
+            .kill_container(&record.id, libc::SIGKILL, false)
+            .await
+        {
             tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
             runtime
                 .delete_container(&record.id, true)

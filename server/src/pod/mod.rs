@@ -318,6 +318,26 @@ fn release_unknown(config: &conf::Config, known: &std::collections::HashSet<Stri
     }
 }
 
+/// CNI GC on the current network, naming the attachments crisp holds, for plugins (spec
+/// 1.1 and later) that keep state crisp never journaled.
+fn collect_garbage(config: &conf::Config, attached: &[(String, String)]) {
+    let Ok(network) = crate::host::network_config(config) else {
+        return;
+    };
+    let search = network::PluginSearch {
+        dirs: &config.cni.plugin_dirs,
+    };
+    match network::gc(&network, &search, attached) {
+        Ok(true) => {
+            tracing::info!(network = %network.name, valid = attached.len(), "CNI garbage collected")
+        }
+        Ok(false) => {
+            tracing::debug!(network = %network.name, version = %network.cni_version, "CNI spec before 1.1: no GC")
+        }
+        Err(e) => tracing::warn!(error = %e, "CNI GC failed"),
+    }
+}
+
 /// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by
 /// the namespace's inode; which ends every process in that namespace.
 fn kill_namespace_init(pin: &Path) {
@@ -427,6 +447,12 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
         }
         let known = restored.iter().map(|r| r.id.clone()).collect();
         release_unknown(&config, &known);
+        let attached: Vec<(String, String)> = restored
+            .iter()
+            .filter(|r| r.network.is_some())
+            .map(|r| (r.id.clone(), "eth0".to_owned()))
+            .collect();
+        collect_garbage(&config, &attached);
         Ok::<_, String>((pods, restored))
     })
     .await
