@@ -21,3 +21,4 @@ lint:
 
 build:
 	$(CARGO) build --workspace --release
+	sh scripts/build-release.sh

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 command -v critest >/dev/null || { echo "critest is not on PATH" >&2; exit 1; }
 sh scripts/install-deps.sh
-cargo build --release --bin crispd --bin crisp-monitor --bin crisp-fixture --bin crisp-cleanup
+sh scripts/build-release.sh crisp-fixture crisp-cleanup
 work=$(mktemp -d /tmp/crisp-critest.XXXXXX)
 cleanup() {
     # crisp keeps pods across daemon restarts: remove what critest left before stopping.

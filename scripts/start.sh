@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" -eq 0 ] || { echo "start: run as root (crispd manages mounts, namespaces and cgroups)" >&2; exit 1; }
 sh scripts/install-deps.sh
-cargo build --release --bin crispd --bin crisp-monitor
+sh scripts/build-release.sh
 install -m 0755 target/release/crispd /usr/local/bin/crispd
 # The per-container monitor lives beside crispd.
 install -m 0755 target/release/crisp-monitor /usr/local/bin/crisp-monitor

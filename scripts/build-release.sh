@@ -1,0 +1,14 @@
+#!/bin/sh
+# Builds crispd (and any other binaries named as arguments) for release, then the
+# per-container monitor as a static, non-PIE executable: one runs per container, and a
+# static monitor maps only the code it uses instead of all of libc (RSS 2.1 -> 1.2 MiB
+# here), with no relocations to dirty its pages. Run it last: a plain `cargo build` of
+# the monitor would replace it with the dynamic one.
+set -eu
+cd "$(dirname "$0")/.."
+bins=""
+for b in crispd "$@"; do bins="$bins --bin $b"; done
+# shellcheck disable=SC2086
+cargo build --release $bins
+cargo rustc --release -p runtime-handlers --bin crisp-monitor -- \
+    -C target-feature=+crt-static -C relocation-model=static
