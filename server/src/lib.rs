@@ -17,6 +17,7 @@ pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod errors;
+pub mod events;
 pub mod host;
 pub mod logging;
 pub mod options;

@@ -18,10 +18,30 @@ pub trait Record: Serialize + DeserializeOwned + Send + 'static {
     const VERSION: u32;
 }
 
-/// One entry; operations on it take its lock.
+/// One entry; operations on it take its lock. Readers that only report (List*, status,
+/// events) take the last saved copy instead, so a long StopContainer never stalls them.
 pub struct Entry<T> {
     /// The record, changed under the lock and saved before the lock is released.
     pub record: tokio::sync::Mutex<T>,
+    saved: std::sync::RwLock<Arc<T>>,
+}
+
+impl<T> Entry<T> {
+    /// The record as last saved (or inserted).
+    pub fn snapshot(&self) -> Arc<T> {
+        match self.saved.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    fn set_snapshot(&self, record: T) {
+        let new = Arc::new(record);
+        match self.saved.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
 }
 
 /// Records by ID, mirrored in `dir`.
@@ -30,7 +50,7 @@ pub struct Records<T> {
     by_id: std::sync::RwLock<HashMap<String, Arc<Entry<T>>>>,
 }
 
-impl<T: Record> Records<T> {
+impl<T: Record + Clone> Records<T> {
     /// Opens `dir`, returning the records found there (not yet inserted: callers check
     /// them against the host first). Unreadable files are reported and skipped.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Vec<T>)> {
@@ -79,6 +99,7 @@ impl<T: Record> Records<T> {
     pub fn insert(&self, record: T) -> Arc<Entry<T>> {
         let id = record.id().to_owned();
         let entry = Arc::new(Entry {
+            saved: std::sync::RwLock::new(Arc::new(record.clone())),
             record: tokio::sync::Mutex::new(record),
         });
         self.map_mut().insert(id, Arc::clone(&entry));
@@ -125,7 +146,11 @@ impl<T: Record> Records<T> {
         file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(format!("{}.json", record.id())))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        if let Some(entry) = self.map().get(record.id()) {
+            entry.set_snapshot(record.clone());
+        }
+        Ok(())
     }
 }
 

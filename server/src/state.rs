@@ -14,6 +14,8 @@ pub struct Daemon {
     pub pods: crate::pod::Pods,
     /// The containers.
     pub containers: crate::container::Containers,
+    /// Container lifecycle events.
+    pub events: Arc<crate::events::Events>,
 }
 
 impl Daemon {
@@ -29,6 +31,7 @@ impl Daemon {
             images,
             pods,
             containers,
+            events: Arc::new(crate::events::Events::new()),
         }
     }
 

@@ -232,7 +232,12 @@ pub async fn create(
         )));
     }
     tracing::info!(id = %id, pod = %pod.id, name = %meta.name, image = %image_name, "container created");
-    daemon.containers.insert(record);
+    let pod_id = record.pod_id.clone();
+    let entry = daemon.containers.insert(record);
+    daemon
+        .events
+        .record(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod_id);
+    super::watch(runtime, entry, std::sync::Arc::clone(&daemon.events));
     Ok(id)
 }
 

@@ -32,6 +32,11 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
         .containers
         .save(&record)
         .map_err(|e| Status::internal(format!("cannot persist container {}: {e}", record.id)))?;
+    daemon.events.record(
+        cri_proto::v1::ContainerEventType::ContainerStartedEvent,
+        &record.id,
+        &record.pod_id,
+    );
     tracing::info!(id = %record.id, "container started");
     Ok(())
 }
@@ -55,8 +60,25 @@ async fn wait_exit(
     }
 }
 
-/// Sends the stop signal, waits up to `timeout`, then kills every process.
+/// Sends the stop signal, waits up to `timeout`, then kills every process. Once the
+/// container has exited, its STOPPED event is recorded (if its watcher has not yet).
 async fn stop_record(
+    daemon: &Daemon,
+    record: &mut ContainerRecord,
+    timeout: Duration,
+) -> Result<(), Status> {
+    let result = kill_and_wait(daemon, record, timeout).await;
+    if matches!(record.state(), State::Exited { .. }) {
+        daemon.events.record(
+            cri_proto::v1::ContainerEventType::ContainerStoppedEvent,
+            &record.id,
+            &record.pod_id,
+        );
+    }
+    result
+}
+
+async fn kill_and_wait(
     daemon: &Daemon,
     record: &mut ContainerRecord,
     timeout: Duration,
@@ -144,6 +166,11 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
         .containers
         .forget(&record.id)
         .map_err(|e| Status::internal(format!("cannot delete the record of {}: {e}", record.id)))?;
+    daemon.events.record(
+        cri_proto::v1::ContainerEventType::ContainerDeletedEvent,
+        &record.id,
+        &record.pod_id,
+    );
     tracing::info!(id = %record.id, "container removed");
     Ok(())
 }

@@ -168,6 +168,50 @@ pub fn load(root: &Path) -> std::io::Result<Containers> {
     Ok(containers)
 }
 
+/// Waits, in the background, for the container's init to exit and records its STOPPED
+/// event then (unless a Stop or Remove already did), under the container's lock so the
+/// event follows its STARTED.
+pub fn watch(
+    runtime: Box<dyn runtime_handlers::RuntimeHandler>,
+    container: std::sync::Arc<Container>,
+    events: std::sync::Arc<crate::events::Events>,
+) {
+    tokio::spawn(async move {
+        let snapshot = container.snapshot();
+        if let Err(e) = runtime.wait_container(&snapshot.handle()).await {
+            tracing::warn!(id = %snapshot.id, error = %e, "lost track of the container's exit");
+            return;
+        }
+        let record = container.record.lock().await;
+        if matches!(record.state(), State::Exited { .. }) {
+            events.record(
+                cri_proto::v1::ContainerEventType::ContainerStoppedEvent,
+                &record.id,
+                &record.pod_id,
+            );
+        }
+    });
+}
+
+/// At startup: containers that exited while crispd was down are noted as stopped; the
+/// others are watched.
+pub fn watch_restored(daemon: &crate::state::Daemon) {
+    let config = daemon.config();
+    for container in daemon.containers.all() {
+        let snapshot = container.snapshot();
+        if matches!(snapshot.state(), State::Exited { .. }) {
+            daemon.events.already_stopped(&snapshot.id);
+            continue;
+        }
+        match runtime_for(&config, &snapshot.handler) {
+            Ok(runtime) => watch(runtime, container, std::sync::Arc::clone(&daemon.events)),
+            Err(e) => {
+                tracing::warn!(id = %snapshot.id, error = %e.message(), "cannot watch the container")
+            }
+        }
+    }
+}
+
 /// The runtime handler of that name, built from configuration.
 pub fn runtime_for(
     config: &conf::Config,

@@ -34,7 +34,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     >;
     type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
     type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
-    type GetContainerEventsStream = NoStream<cri::ContainerEventResponse>;
+    type GetContainerEventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
+    >;
     type StreamPodSandboxMetricsStream = NoStream<cri::StreamPodSandboxMetricsResponse>;
 
     async fn version(
@@ -202,6 +204,28 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(response))
     }
 
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        use tokio::sync::broadcast::error::RecvError;
+        let events = self.daemon.events.subscribe();
+        let stream = futures::stream::unfold(Some(events), |state| async move {
+            let mut events = state?;
+            match events.recv().await {
+                Ok(event) => Some((Ok(event), Some(events))),
+                Err(RecvError::Lagged(missed)) => Some((
+                    Err(Status::resource_exhausted(format!(
+                        "this subscriber fell {missed} events behind; subscribe again and relist"
+                    ))),
+                    None,
+                )),
+                Err(RecvError::Closed) => None,
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn runtime_config(
         &self,
         _request: Request<cri::RuntimeConfigRequest>,
@@ -230,7 +254,6 @@ unimplemented {
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream, "StreamPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse, "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> cri::CheckpointContainerResponse, "CheckpointContainer";
-        get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream, "GetContainerEvents";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse, "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse, "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream, "StreamPodSandboxMetrics";

@@ -12,6 +12,8 @@ use cri_proto::v1::image_service_client::ImageServiceClient;
 use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+pub mod workload;
+
 /// The crispd under test.
 pub fn crispd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_crispd"))

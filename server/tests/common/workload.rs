@@ -1,0 +1,150 @@
+//! A registry with a busybox image, a pod on a private network, and the calls the
+//! container tests share.
+
+use std::time::{Duration, Instant};
+
+use super::{Daemon, Net};
+use cri_proto::v1 as cri;
+use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use critest::fixture::{self, ImageBuilder, Registry};
+use tonic::transport::Channel;
+
+pub struct Setup {
+    pub net: Net,
+    pub _registry: Registry,
+    pub image: String,
+}
+
+pub fn setup() -> Setup {
+    let net = Net::new("");
+    let registry = Registry::start(&net.sandbox.path("registry"), None).expect("registry");
+    let image = ImageBuilder::new()
+        .layer(fixture::busybox_layer().expect("busybox-static"))
+        .cmd(&["sh"])
+        .build();
+    fixture::push(&registry, "busybox", "test", &image).expect("push");
+    let name = format!("{}/busybox:test", registry.addr);
+    Setup {
+        net,
+        _registry: registry,
+        image: name,
+    }
+}
+
+pub async fn ready(s: &Setup, daemon: &Daemon) -> (RuntimeServiceClient<Channel>, String) {
+    let (runtime, mut images) = daemon.clients().await;
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: s.image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let mut rt = runtime.clone();
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(s)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    (runtime, pod)
+}
+
+pub fn pod_config(s: &Setup) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "app".into(),
+            uid: "uid-app".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "app-host".into(),
+        log_directory: s.net.sandbox.path("logs").display().to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn container(s: &Setup, name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: s.image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        envs: vec![cri::KeyValue {
+            key: "GREETING".into(),
+            value: b"hi".to_vec(),
+        }],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Stops and removes every pod (and so every container) the daemon has: crisp keeps
+/// pods running across daemon restarts, so a test must not leave any.
+pub async fn teardown(rt: &mut RuntimeServiceClient<Channel>) {
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    for pod in pods {
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.id,
+        })
+        .await
+        .expect("remove pod");
+    }
+}
+
+pub async fn create(
+    rt: &mut RuntimeServiceClient<Channel>,
+    s: &Setup,
+    pod: &str,
+    config: cri::ContainerConfig,
+) -> String {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config(s)),
+    })
+    .await
+    .expect("create")
+    .into_inner()
+    .container_id
+}
+
+pub async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("status")
+    .into_inner()
+    .status
+    .expect("status body")
+}
+
+pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == i32::from(cri::ContainerState::ContainerExited) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
