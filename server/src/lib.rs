@@ -24,3 +24,4 @@ pub mod options;
 pub mod pod;
 pub mod records;
 pub mod state;
+pub mod stats;

@@ -16,6 +16,8 @@ pub struct Daemon {
     pub containers: crate::container::Containers,
     /// Container lifecycle events.
     pub events: Arc<crate::events::Events>,
+    /// Resource usage, sampled in the background.
+    pub stats: crate::stats::StatsCache,
 }
 
 impl Daemon {
@@ -32,6 +34,7 @@ impl Daemon {
             pods,
             containers,
             events: Arc::new(crate::events::Events::new()),
+            stats: crate::stats::StatsCache::default(),
         }
     }
 

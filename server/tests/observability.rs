@@ -130,3 +130,148 @@ async fn events_follow_each_lifecycle_in_order_exactly_once() {
     assert_eq!(all.len(), 8);
     teardown(&mut rt).await;
 }
+
+async fn stats_of(
+    rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> cri::ContainerStats {
+    rt.container_stats(cri::ContainerStatsRequest {
+        container_id: id.to_owned(),
+    })
+    .await
+    .expect("stats")
+    .into_inner()
+    .stats
+    .expect("stats body")
+}
+
+fn cpu_ns(s: &cri::ContainerStats) -> u64 {
+    s.cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+fn working_set(s: &cri::ContainerStats) -> u64 {
+    s.memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_rise_with_cpu_and_memory_use() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let mut ids = Vec::new();
+    for (name, script) in [
+        ("busy", "while :; do :; done"),
+        (
+            "hog",
+            "dd if=/dev/zero of=/dev/shm/blob bs=1M count=64 2>/dev/null; sleep 300",
+        ),
+        ("idle", "sleep 300"),
+    ] {
+        let id = create(&mut rt, &s, &pod, container(&s, name, script)).await;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+        ids.push(id);
+    }
+    let (busy, hog, idle) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+
+    // CPU: the busy loop's cumulative time rises and its rate nears a core; the idle
+    // container's stays near zero.
+    let first = stats_of(&mut rt, &busy).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let later = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = stats_of(&mut rt, &busy).await;
+        let rate = now
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .map_or(0, |v| v.value);
+        if rate > 200_000_000 {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "busy loop rate {rate}"
+        );
+    };
+    assert!(cpu_ns(&later) > cpu_ns(&first), "{first:?} then {later:?}");
+    let quiet = stats_of(&mut rt, &idle).await;
+    let idle_rate = quiet
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_nano_cores.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(idle_rate < 50_000_000, "idle uses {idle_rate} nanocores");
+
+    // Memory: 64 MiB in shm is in the hog's working set, not in the idle one's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ws = working_set(&stats_of(&mut rt, &hog).await);
+        if ws >= 64 << 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hog working set {ws}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(working_set(&stats_of(&mut rt, &idle).await) < 16 << 20);
+
+    // Lists and pods.
+    let listed = rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 3);
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("pod stats")
+        .into_inner()
+        .stats
+        .expect("body")
+        .linux
+        .expect("linux");
+    assert_eq!(pod_stats.containers.len(), 3);
+    let processes = pod_stats
+        .process
+        .and_then(|p| p.process_count)
+        .map_or(0, |v| v.value);
+    assert!(processes >= 3, "{processes} processes");
+    let pod_ws = pod_stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    assert!(pod_ws >= 64 << 20, "pod working set {pod_ws}");
+    let pods = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("list pods")
+        .into_inner()
+        .stats;
+    assert_eq!(pods.len(), 1);
+    let err = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    teardown(&mut rt).await;
+}

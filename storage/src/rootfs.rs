@@ -118,4 +118,27 @@ impl Snapshotter {
         }
         Ok(())
     }
+
+    /// Bytes (allocated blocks) and inodes in a container's writable layer, and the
+    /// directory they were counted in.
+    pub fn writable_usage(&self, id: &str) -> (u64, u64, PathBuf) {
+        use std::os::unix::fs::MetadataExt;
+        let upper = self.writable_dir(id).join("upper");
+        let mut stack = vec![upper.clone()];
+        let (mut bytes, mut inodes) = (0, 0);
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                inodes += 1;
+                bytes += meta.blocks() * 512;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        (bytes, inodes, upper)
+    }
 }

@@ -32,8 +32,12 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     type StreamContainersStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::StreamContainersResponse, Status>> + Send>,
     >;
-    type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
-    type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
+    type StreamContainerStatsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamContainerStatsResponse, Status>> + Send>,
+    >;
+    type StreamPodSandboxStatsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxStatsResponse, Status>> + Send>,
+    >;
     type GetContainerEventsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
     >;
@@ -204,6 +208,65 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(response))
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let stats = crate::stats::container(&self.daemon, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let stats = crate::stats::list_containers(&self.daemon, request.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let stats = crate::stats::list_containers(&self.daemon, request.into_inner().filter).await;
+        let chunks: Vec<Result<cri::StreamContainerStatsResponse, Status>> = stats
+            .chunks(500)
+            .map(|c| Ok(cri::StreamContainerStatsResponse { container_stats: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let stats =
+            crate::stats::pod_sandbox(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let stats =
+            crate::stats::list_pod_sandboxes(&self.daemon, request.into_inner().filter).await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let stats =
+            crate::stats::list_pod_sandboxes(&self.daemon, request.into_inner().filter).await;
+        let chunks: Vec<Result<cri::StreamPodSandboxStatsResponse, Status>> = stats
+            .chunks(500)
+            .map(|c| Ok(cri::StreamPodSandboxStatsResponse { pod_sandbox_stats: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
     async fn get_container_events(
         &self,
         _request: Request<cri::GetEventsRequest>,
@@ -246,12 +309,6 @@ unimplemented {
         exec(ExecRequest) -> cri::ExecResponse, "Exec";
         attach(AttachRequest) -> cri::AttachResponse, "Attach";
         port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";
-        container_stats(ContainerStatsRequest) -> cri::ContainerStatsResponse, "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> cri::ListContainerStatsResponse, "ListContainerStats";
-        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream, "StreamContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse, "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse, "ListPodSandboxStats";
-        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream, "StreamPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse, "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> cri::CheckpointContainerResponse, "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse, "ListMetricDescriptors";

@@ -63,6 +63,7 @@ async fn serve(
     let socket_path = config.listen.clone();
     let daemon = Arc::new(Daemon::new(config, images, pods, containers));
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
+    tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
     crate::container::watch_restored(&daemon);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();

@@ -1,0 +1,507 @@
+//! Container and pod stats for ContainerStats, PodSandboxStats, their List and Stream
+//! forms, and the pod metrics.
+//!
+//! A background task samples every running container through its handler (cgroup CPU,
+//! memory, swap, processes), each pod's network from a running container's netns, and,
+//! less often, each writable layer's disk use, into a cache. The RPCs only read the cache,
+//! so they cost the same however often kubelet asks. CPU rate (`usage_nano_cores`) comes
+//! from the last two samples. A container no sample has seen yet (just started) is sampled
+//! on demand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cri_proto::v1 as cri;
+use runtime_handlers::ContainerStats;
+use tonic::Status;
+
+use crate::container::{ContainerRecord, State};
+use crate::records::to_hash_map;
+use crate::state::Daemon;
+
+/// How often the cache is refreshed.
+const INTERVAL: Duration = Duration::from_secs(2);
+/// Writable layers are walked every this many refreshes.
+const FS_EVERY: u32 = 5;
+
+/// A pod interface's counters, read from `/proc/<pid>/net/dev` of a process in the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Interface {
+    /// Its name in the pod.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Writable {
+    at: i64,
+    bytes: u64,
+    inodes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    latest: ContainerStats,
+    previous: Option<ContainerStats>,
+    writable: Option<Writable>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PodNetwork {
+    at: i64,
+    interfaces: Vec<Interface>,
+}
+
+/// The cache.
+#[derive(Default)]
+pub struct StatsCache {
+    containers: Mutex<HashMap<String, Sample>>,
+    pods: Mutex<HashMap<String, PodNetwork>>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl StatsCache {
+    fn record(&self, id: &str, stats: ContainerStats) {
+        let mut map = guard(&self.containers);
+        let entry = map.entry(id.to_owned()).or_default();
+        if entry.latest.timestamp > 0 {
+            entry.previous = Some(entry.latest);
+        }
+        entry.latest = stats;
+    }
+
+    fn sample(&self, id: &str) -> Option<Sample> {
+        guard(&self.containers).get(id).cloned()
+    }
+}
+
+/// Refreshes the cache every [`INTERVAL`] until the daemon ends.
+pub async fn collect(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u32 = 0;
+    loop {
+        tick.tick().await;
+        refresh(&daemon, round % FS_EVERY == 0).await;
+        round = round.wrapping_add(1);
+    }
+}
+
+async fn refresh(daemon: &Daemon, with_fs: bool) {
+    let config = daemon.config();
+    let mut running = Vec::new();
+    for c in daemon.containers.all() {
+        let record = c.snapshot();
+        if record.state() == State::Running && record.pid > 0 {
+            running.push(record);
+        }
+    }
+    let mut pod_pids: HashMap<String, u32> = HashMap::new();
+    for record in &running {
+        let Ok(runtime) = crate::container::runtime_for(&config, &record.handler) else {
+            continue;
+        };
+        if let Ok(stats) = runtime.container_stats(&record.handle()).await {
+            daemon.stats.record(&record.id, stats);
+            pod_pids.entry(record.pod_id.clone()).or_insert(record.pid);
+        }
+    }
+    let store = daemon.images.store();
+    let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
+    let pods: Vec<(String, u32)> = pod_pids.into_iter().collect();
+    let measured = tokio::task::spawn_blocking(move || {
+        let writable: Vec<(String, Writable)> = if with_fs {
+            ids.iter()
+                .map(|id| {
+                    let (bytes, inodes, _) = store.snapshots.writable_usage(id);
+                    let at = crate::pod::now_ns();
+                    (id.clone(), Writable { at, bytes, inodes })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let networks: Vec<(String, PodNetwork)> = pods
+            .into_iter()
+            .map(|(pod, pid)| {
+                let interfaces = net_dev(pid);
+                let at = crate::pod::now_ns();
+                (pod, PodNetwork { at, interfaces })
+            })
+            .collect();
+        (writable, networks)
+    })
+    .await;
+    let Ok((writable, networks)) = measured else {
+        return;
+    };
+    let live: std::collections::HashSet<&str> = running.iter().map(|r| r.id.as_str()).collect();
+    {
+        let mut map = guard(&daemon.stats.containers);
+        map.retain(|id, _| live.contains(id.as_str()));
+        for (id, w) in writable {
+            if let Some(entry) = map.get_mut(&id) {
+                entry.writable = Some(w);
+            }
+        }
+    }
+    let mut pods = guard(&daemon.stats.pods);
+    pods.clear();
+    pods.extend(networks);
+}
+
+/// Interfaces other than loopback in the netns of `pid`.
+fn net_dev(pid: u32) -> Vec<Interface> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+    parse_net_dev(&text)
+}
+
+fn parse_net_dev(text: &str) -> Vec<Interface> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let name = name.trim();
+            if name == "lo" {
+                return None;
+            }
+            let v: Vec<u64> = counters
+                .split_whitespace()
+                .map(|n| n.parse().unwrap_or(0))
+                .collect();
+            // rx: bytes packets errs drop fifo frame compressed multicast; then tx.
+            Some(Interface {
+                name: name.to_owned(),
+                rx_bytes: *v.first()?,
+                rx_errors: *v.get(2)?,
+                tx_bytes: *v.get(8)?,
+                tx_errors: *v.get(10)?,
+            })
+        })
+        .collect()
+}
+
+fn u64_value(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+/// CPU cores used between the last two samples, in nanocores.
+fn nano_cores(sample: &Sample) -> u64 {
+    let Some(prev) = sample.previous else {
+        return 0;
+    };
+    let dt = sample.latest.timestamp.saturating_sub(prev.timestamp);
+    if dt <= 0 {
+        return 0;
+    }
+    let used = sample.latest.cpu_usage_ns.saturating_sub(prev.cpu_usage_ns);
+    u64::try_from(u128::from(used) * 1_000_000_000 / dt.unsigned_abs() as u128).unwrap_or(0)
+}
+
+fn container_stats(
+    daemon: &Daemon,
+    record: &ContainerRecord,
+    sample: Option<&Sample>,
+) -> cri::ContainerStats {
+    let attributes = Some(cri::ContainerAttributes {
+        id: record.id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: record.name.clone(),
+            attempt: record.attempt,
+        }),
+        labels: to_hash_map(&record.labels),
+        annotations: to_hash_map(&record.annotations),
+    });
+    let Some(sample) = sample else {
+        return cri::ContainerStats {
+            attributes,
+            ..Default::default()
+        };
+    };
+    let s = &sample.latest;
+    let writable = sample.writable.clone().unwrap_or(Writable {
+        at: s.timestamp,
+        ..Writable::default()
+    });
+    cri::ContainerStats {
+        attributes,
+        cpu: Some(cri::CpuUsage {
+            timestamp: s.timestamp,
+            usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
+            usage_nano_cores: u64_value(nano_cores(sample)),
+            psi: None,
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: s.timestamp,
+            working_set_bytes: u64_value(s.working_set),
+            available_bytes: None,
+            usage_bytes: u64_value(s.memory_usage),
+            rss_bytes: u64_value(s.rss),
+            page_faults: u64_value(s.page_faults),
+            major_page_faults: u64_value(s.major_page_faults),
+            psi: None,
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: writable.at,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: daemon.images.root().display().to_string(),
+            }),
+            used_bytes: u64_value(writable.bytes),
+            inodes_used: u64_value(writable.inodes),
+        }),
+        swap: Some(cri::SwapUsage {
+            timestamp: s.timestamp,
+            swap_available_bytes: None,
+            swap_usage_bytes: u64_value(s.swap),
+        }),
+        io: None,
+    }
+}
+
+/// The sample of a running container, taken now if the cache has none yet.
+async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
+    if record.state() != State::Running {
+        return None;
+    }
+    if let Some(s) = daemon.stats.sample(&record.id) {
+        return Some(s);
+    }
+    let runtime = crate::container::runtime_for(&daemon.config(), &record.handler).ok()?;
+    let stats = runtime.container_stats(&record.handle()).await.ok()?;
+    daemon.stats.record(&record.id, stats);
+    daemon.stats.sample(&record.id)
+}
+
+/// ContainerStats of one container; NotFound for an unknown ID.
+pub async fn container(daemon: &Daemon, id: &str) -> Result<cri::ContainerStats, Status> {
+    let entry = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+    let record = entry.snapshot();
+    let sample = sample_of(daemon, &record).await;
+    Ok(container_stats(daemon, &record, sample.as_ref()))
+}
+
+fn labels_match(
+    labels: &std::collections::BTreeMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// ListContainerStats: running containers matching the filter.
+pub async fn list_containers(
+    daemon: &Daemon,
+    filter: Option<cri::ContainerStatsFilter>,
+) -> Vec<cri::ContainerStats> {
+    let filter = filter.unwrap_or_default();
+    let mut out = Vec::new();
+    for c in daemon.containers.all() {
+        let record = c.snapshot();
+        if (!filter.id.is_empty() && !record.id.starts_with(&filter.id))
+            || (!filter.pod_sandbox_id.is_empty()
+                && !record.pod_id.starts_with(&filter.pod_sandbox_id))
+            || !labels_match(&record.labels, &filter.label_selector)
+        {
+            continue;
+        }
+        if let Some(sample) = sample_of(daemon, &record).await {
+            out.push(container_stats(daemon, &record, Some(&sample)));
+        }
+    }
+    out
+}
+
+fn pod_stats(
+    daemon: &Daemon,
+    pod: &crate::pod::SandboxRecord,
+    containers: Vec<cri::ContainerStats>,
+    processes: u64,
+) -> cri::PodSandboxStats {
+    let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> u64 {
+        containers.iter().filter_map(f).sum()
+    };
+    let at = containers
+        .iter()
+        .filter_map(|c| c.cpu.as_ref().map(|u| u.timestamp))
+        .max()
+        .unwrap_or_else(crate::pod::now_ns);
+    let cpu = cri::CpuUsage {
+        timestamp: at,
+        usage_core_nano_seconds: u64_value(sum(&|c| {
+            c.cpu
+                .as_ref()?
+                .usage_core_nano_seconds
+                .as_ref()
+                .map(|v| v.value)
+        })),
+        usage_nano_cores: u64_value(sum(&|c| {
+            c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value)
+        })),
+        psi: None,
+    };
+    let mem = |f: &dyn Fn(&cri::MemoryUsage) -> Option<u64>| {
+        u64_value(sum(&|c| c.memory.as_ref().and_then(f)))
+    };
+    let memory = cri::MemoryUsage {
+        timestamp: at,
+        working_set_bytes: mem(&|m| m.working_set_bytes.as_ref().map(|v| v.value)),
+        available_bytes: None,
+        usage_bytes: mem(&|m| m.usage_bytes.as_ref().map(|v| v.value)),
+        rss_bytes: mem(&|m| m.rss_bytes.as_ref().map(|v| v.value)),
+        page_faults: mem(&|m| m.page_faults.as_ref().map(|v| v.value)),
+        major_page_faults: mem(&|m| m.major_page_faults.as_ref().map(|v| v.value)),
+        psi: None,
+    };
+    let network = guard(&daemon.stats.pods).get(&pod.id).cloned().map(|n| {
+        let to_cri = |i: &Interface| cri::NetworkInterfaceUsage {
+            name: i.name.clone(),
+            rx_bytes: u64_value(i.rx_bytes),
+            rx_errors: u64_value(i.rx_errors),
+            tx_bytes: u64_value(i.tx_bytes),
+            tx_errors: u64_value(i.tx_errors),
+        };
+        cri::NetworkUsage {
+            timestamp: n.at,
+            default_interface: n
+                .interfaces
+                .iter()
+                .find(|i| i.name == "eth0")
+                .or_else(|| n.interfaces.first())
+                .map(to_cri),
+            interfaces: n.interfaces.iter().map(to_cri).collect(),
+        }
+    });
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: pod.id.clone(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                namespace: pod.namespace.clone(),
+                attempt: pod.attempt,
+            }),
+            labels: to_hash_map(&pod.labels),
+            annotations: to_hash_map(&pod.annotations),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cpu),
+            memory: Some(memory),
+            network,
+            process: Some(cri::ProcessUsage {
+                timestamp: at,
+                process_count: u64_value(processes),
+            }),
+            containers,
+            io: None,
+        }),
+        windows: None,
+    }
+}
+
+/// The pod's stats from its running containers' samples.
+async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandboxStats {
+    let mut containers = Vec::new();
+    let mut processes = 0;
+    for c in daemon.containers.all() {
+        let record = c.snapshot();
+        if record.pod_id != pod.id {
+            continue;
+        }
+        if let Some(sample) = sample_of(daemon, &record).await {
+            processes += sample.latest.pids;
+            containers.push(container_stats(daemon, &record, Some(&sample)));
+        }
+    }
+    pod_stats(daemon, pod, containers, processes)
+}
+
+/// PodSandboxStats of one pod; NotFound for an unknown ID.
+pub async fn pod_sandbox(daemon: &Daemon, id: &str) -> Result<cri::PodSandboxStats, Status> {
+    let entry = daemon
+        .pods
+        .get(id)
+        .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+    let record = entry.snapshot();
+    Ok(pod(daemon, &record).await)
+}
+
+/// ListPodSandboxStats: ready pods matching the filter.
+pub async fn list_pod_sandboxes(
+    daemon: &Daemon,
+    filter: Option<cri::PodSandboxStatsFilter>,
+) -> Vec<cri::PodSandboxStats> {
+    let filter = filter.unwrap_or_default();
+    let mut out = Vec::new();
+    for p in daemon.pods.all() {
+        let record = p.snapshot();
+        if !record.ready
+            || (!filter.id.is_empty() && !record.id.starts_with(&filter.id))
+            || !labels_match(&record.labels, &filter.label_selector)
+        {
+            continue;
+        }
+        out.push(pod(daemon, &record).await);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_skips_loopback_and_reads_both_directions() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
+  eth0:    5000      40    2    0    0     0          0         0     7000      50    3    0    0     0       0          0
+";
+        assert_eq!(
+            parse_net_dev(text),
+            [Interface {
+                name: "eth0".into(),
+                rx_bytes: 5000,
+                rx_errors: 2,
+                tx_bytes: 7000,
+                tx_errors: 3,
+            }]
+        );
+    }
+
+    #[test]
+    fn cpu_rate_comes_from_the_last_two_samples() {
+        let at = |t: i64, cpu: u64| ContainerStats {
+            timestamp: t,
+            cpu_usage_ns: cpu,
+            ..ContainerStats::default()
+        };
+        let sample = Sample {
+            latest: at(3_000_000_000, 1_500_000_000),
+            previous: Some(at(1_000_000_000, 500_000_000)),
+            writable: None,
+        };
+        // 1 s of CPU over 2 s: half a core.
+        assert_eq!(nano_cores(&sample), 500_000_000);
+        let first = Sample {
+            previous: None,
+            ..sample
+        };
+        assert_eq!(nano_cores(&first), 0);
+    }
+}
