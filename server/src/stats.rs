@@ -96,7 +96,7 @@ pub async fn collect(daemon: Arc<Daemon>) {
     let mut round: u32 = 0;
     loop {
         tick.tick().await;
-        refresh(&daemon, round % FS_EVERY == 0).await;
+        refresh(&daemon, round.is_multiple_of(FS_EVERY)).await;
         round = round.wrapping_add(1);
     }
 }
