@@ -55,6 +55,9 @@ pub struct Attachment {
     /// Traffic shaping, if the pod asks for it.
     #[serde(default)]
     pub bandwidth: Option<Bandwidth>,
+    /// Pod CIDRs (UpdateRuntimeConfig) for plugins with the `ipRanges` capability.
+    #[serde(default)]
+    pub ip_ranges: Vec<String>,
 }
 
 /// A successful ADD, kept (persisted by the caller) so DEL can run after a restart.
@@ -157,6 +160,7 @@ pub fn gc(
         args: Vec::new(),
         port_mappings: Vec::new(),
         bandwidth: None,
+        ip_ranges: Vec::new(),
     };
     let mut failures = Vec::new();
     for plugin in &network.plugins {
@@ -241,6 +245,14 @@ fn plugin_conf(
                 shaping.insert("egressBurst".into(), b.egress_burst.into());
             }
             runtime_config.insert("bandwidth".into(), Value::Object(shaping));
+        }
+        if capability("ipRanges") && !attachment.ip_ranges.is_empty() {
+            let sets: Vec<Value> = attachment
+                .ip_ranges
+                .iter()
+                .map(|cidr| json!([{ "subnet": cidr }]))
+                .collect();
+            runtime_config.insert("ipRanges".into(), Value::Array(sets));
         }
         if !runtime_config.is_empty() {
             obj.insert("runtimeConfig".into(), Value::Object(runtime_config));
@@ -486,6 +498,7 @@ mod tests {
             args: Vec::new(),
             port_mappings: Vec::new(),
             bandwidth: Some(bw),
+            ip_ranges: vec!["10.9.0.0/24".into()],
         };
         let network = json!({"name": "n", "cniVersion": "1.0.0"});
         let shaper = json!({"type": "bandwidth", "capabilities": {"bandwidth": true}});
@@ -495,6 +508,11 @@ mod tests {
             conf["runtimeConfig"]["bandwidth"]
                 .get("egressRate")
                 .is_none()
+        );
+        let ranged = json!({"type": "bridge", "capabilities": {"ipRanges": true}});
+        assert_eq!(
+            plugin_conf(&network, &ranged, None, &attachment)["runtimeConfig"]["ipRanges"],
+            json!([[{"subnet": "10.9.0.0/24"}]])
         );
         let bridge = json!({"type": "bridge"});
         assert!(

@@ -120,6 +120,7 @@ mod tests {
             args: vec![("K8S_POD_NAME".to_owned(), "p".to_owned())],
             port_mappings: Vec::new(),
             bandwidth: None,
+            ip_ranges: Vec::new(),
         }
     }
 

@@ -39,6 +39,7 @@ fn attachment(id: &str, netns: &Path) -> Attachment {
         ],
         port_mappings: Vec::new(),
         bandwidth: None,
+        ip_ranges: Vec::new(),
     }
 }
 

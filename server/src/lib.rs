@@ -20,6 +20,7 @@ pub mod errors;
 pub mod events;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod pod;
 pub mod records;

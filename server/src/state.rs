@@ -18,6 +18,8 @@ pub struct Daemon {
     pub events: Arc<crate::events::Events>,
     /// Resource usage, sampled in the background.
     pub stats: crate::stats::StatsCache,
+    /// crisp's own metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
@@ -35,6 +37,7 @@ impl Daemon {
             containers,
             events: Arc::new(crate::events::Events::new()),
             stats: crate::stats::StatsCache::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 

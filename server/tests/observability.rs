@@ -160,8 +160,15 @@ fn working_set(s: &cri::ContainerStats) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_rise_with_cpu_and_memory_use() {
+async fn stats_rise_with_cpu_and_memory_use_and_metrics_parse() {
     let s = setup();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    s.net
+        .sandbox
+        .write_config(&format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n"));
     let daemon = s.net.sandbox.start();
     let (mut rt, pod) = ready(&s, &daemon).await;
     let mut ids = Vec::new();
@@ -273,5 +280,115 @@ async fn stats_rise_with_cpu_and_memory_use() {
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // The cAdvisor-named pod metrics: every metric's labels match its descriptor.
+    let descriptors = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("descriptors")
+        .into_inner()
+        .descriptors;
+    let keys: std::collections::HashMap<String, usize> = descriptors
+        .iter()
+        .map(|d| (d.name.clone(), d.label_keys.len()))
+        .collect();
+    assert!(keys.contains_key("container_memory_working_set_bytes"));
+    let pod_metrics = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("pod metrics")
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(pod_metrics.len(), 1);
+    assert_eq!(pod_metrics[0].container_metrics.len(), 3);
+    for m in pod_metrics[0].metrics.iter().chain(
+        pod_metrics[0]
+            .container_metrics
+            .iter()
+            .flat_map(|c| &c.metrics),
+    ) {
+        assert_eq!(Some(&m.label_values.len()), keys.get(&m.name), "{m:?}");
+    }
+    let hog_ws = pod_metrics[0]
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == hog)
+        .and_then(|c| {
+            c.metrics
+                .iter()
+                .find(|m| m.name == "container_memory_working_set_bytes")
+        })
+        .and_then(|m| m.value)
+        .map_or(0, |v| v.value);
+    assert!(hog_ws >= 64 << 20, "{hog_ws}");
+
+    // crisp's own Prometheus endpoint parses and counts what happened.
+    let text = scrape(port, "/metrics");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, label: (&str, &str)| -> f64 {
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or(f64::NAN)
+    };
+    assert_eq!(value("crisp_containers", ("state", "running")), 3.0);
+    assert_eq!(value("crisp_pods", ("state", "ready")), 1.0);
+    assert_eq!(
+        value("crisp_image_pulls_total", ("outcome", "success")),
+        1.0
+    );
+    assert_eq!(
+        value("crisp_grpc_requests_total", ("method", "PullImage")),
+        1.0
+    );
+    let not_found = parsed.samples.iter().any(|s| {
+        s.metric == "crisp_grpc_requests_total"
+            && s.labels.get("method") == Some("ContainerStats")
+            && s.labels.get("code") == Some("NotFound")
+    });
+    assert!(not_found, "the failed call is counted by its code");
+    let pull_latency = parsed.samples.iter().find_map(|s| match &s.value {
+        prometheus_parse::Value::Histogram(buckets)
+            if s.metric == "crisp_grpc_request_duration_seconds"
+                && s.labels.get("method") == Some("PullImage") =>
+        {
+            buckets.last().map(|b| b.count)
+        }
+        _ => None,
+    });
+    assert_eq!(pull_latency, Some(1.0), "a latency histogram per method");
+    let monitors = parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == "crisp_monitor_processes")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .unwrap_or(0.0);
+    assert!(monitors >= 3.0, "{monitors} monitors");
+    assert!(scrape(port, "/other").starts_with("HTTP/1.1 404"));
     teardown(&mut rt).await;
+}
+
+fn scrape(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).expect("response");
+    out
 }

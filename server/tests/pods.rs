@@ -612,3 +612,66 @@ async fn bandwidth_annotations_shape_the_pod_and_bad_ones_are_refused() {
     assert_eq!(net.allocations(), 0);
     assert_eq!(net.veths(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_cidr_from_update_runtime_config_reaches_cni() {
+    let net = Net::new("");
+    // No static range: addresses come only from the pod CIDR (host-local appends runtime
+    // ranges to configured ones, as a conflist written for kubelet's CIDR expects).
+    let conflist = format!(
+        r#"{{"cniVersion":"1.0.0","name":"test","plugins":[
+            {{"type":"bridge","bridge":"{bridge}","isGateway":true,"capabilities":{{"ipRanges":true}},
+              "ipam":{{"type":"host-local","dataDir":"{ipam}","routes":[{{"dst":"0.0.0.0/0"}}]}}}},
+            {{"type":"loopback"}}]}}"#,
+        bridge = net.bridge,
+        ipam = net.sandbox.path("ipam").display(),
+    );
+    std::fs::write(net.sandbox.path("cni/10-test.conflist"), conflist).expect("conflist");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.to_owned(),
+            }),
+        }),
+    };
+    let err = runtime
+        .update_runtime_config(update("10.0.0.0/99"))
+        .await
+        .expect_err("bad prefix");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A /28 out of the conflist's own range: pods now get addresses from it.
+    let third = net
+        .subnet_prefix
+        .split('.')
+        .nth(1)
+        .expect("second octet")
+        .to_owned();
+    let cidr = format!("10.{third}.250.16/28");
+    runtime
+        .update_runtime_config(update(&cidr))
+        .await
+        .expect("update");
+    let id = runtime
+        .run_pod_sandbox(run_request(pod_config("ranged")))
+        .await
+        .expect("run")
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = status(&mut runtime, &id).await.network.expect("network").ip;
+    let last: u8 = ip
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("ipv4");
+    assert!(
+        ip.starts_with(&format!("10.{third}.250.")) && (16..32).contains(&last),
+        "{ip} is in {cidr}"
+    );
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .expect("remove");
+    assert_eq!(net.veths(), 0);
+}

@@ -171,12 +171,14 @@ impl cri::image_service_server::ImageService for ImageService {
                 Some(a.registry_token.as_str()),
             )
         });
-        let record = self
-            .daemon
-            .images
-            .pull(&spec, credentials)
-            .await
-            .map_err(image_status)?;
+        let started = std::time::Instant::now();
+        let pulled = self.daemon.images.pull(&spec, credentials).await;
+        self.daemon.metrics.pull(
+            pulled.is_ok(),
+            pulled.as_ref().map_or(0, |r| r.size),
+            started.elapsed(),
+        );
+        let record = pulled.map_err(image_status)?;
         Ok(Response::new(cri::PullImageResponse {
             image_ref: record.id,
         }))

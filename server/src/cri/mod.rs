@@ -12,9 +12,6 @@ pub(crate) fn unimplemented(rpc: &str) -> tonic::Status {
     tonic::Status::unimplemented(format!("{rpc} is not implemented by crisp yet"))
 }
 
-/// A server-stream type for RPCs that are not implemented yet (never produced).
-pub(crate) type NoStream<T> = tokio_stream::Empty<Result<T, tonic::Status>>;
-
 /// Implements a CRI service trait: the given items as written, plus a method answering
 /// `Unimplemented` for each listed RPC. It wraps the whole impl because `async_trait`
 /// must see every `async fn` of it.

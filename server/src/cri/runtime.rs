@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cri_proto::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use crate::cri::{NoStream, cri_service_impl};
+use crate::cri::cri_service_impl;
 use crate::state::Daemon;
 
 /// The name crisp reports in VersionResponse.
@@ -41,7 +41,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     type GetContainerEventsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
     >;
-    type StreamPodSandboxMetricsStream = NoStream<cri::StreamPodSandboxMetricsResponse>;
+    type StreamPodSandboxMetricsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxMetricsResponse, Status>> + Send>,
+    >;
 
     async fn version(
         &self,
@@ -267,6 +269,83 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::stats::metric_descriptors(),
+        }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: crate::stats::pod_metrics(&self.daemon).await,
+        }))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let metrics = crate::stats::pod_metrics(&self.daemon).await;
+        let chunks: Vec<Result<cri::StreamPodSandboxMetricsResponse, Status>> = metrics
+            .chunks(500)
+            .map(|c| Ok(cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            crate::pod::set_pod_cidr(&self.daemon.config(), &cidr)?;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        // kubelet sizes the pod cgroup itself; the runtime learns the new totals. crisp
+        // keeps no pod-level cgroup of its own, so it checks the pod and accepts.
+        let id = request.into_inner().pod_sandbox_id;
+        if self.daemon.pods.get(&id).is_none() {
+            return Err(Status::not_found(format!("pod sandbox {id} not found")));
+        }
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        request: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        if self.daemon.containers.get(&id).is_none() {
+            return Err(Status::not_found(format!("container {id} not found")));
+        }
+        let criu = runtime_handlers::resolve_binary(std::path::Path::new("criu"));
+        Err(Status::unimplemented(match criu {
+            None => "CheckpointContainer needs CRIU, which is not installed on this host".to_owned(),
+            Some(path) => format!(
+                "CheckpointContainer is not supported by crisp yet (CRIU is at {})",
+                path.display()
+            ),
+        }))
+    }
+
     async fn get_container_events(
         &self,
         _request: Request<cri::GetEventsRequest>,
@@ -309,11 +388,5 @@ unimplemented {
         exec(ExecRequest) -> cri::ExecResponse, "Exec";
         attach(AttachRequest) -> cri::AttachResponse, "Attach";
         port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";
-        update_runtime_config(UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse, "UpdateRuntimeConfig";
-        checkpoint_container(CheckpointContainerRequest) -> cri::CheckpointContainerResponse, "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse, "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse, "ListPodSandboxMetrics";
-        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream, "StreamPodSandboxMetrics";
-        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse, "UpdatePodSandboxResources";
 }
 }

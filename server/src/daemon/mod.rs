@@ -64,6 +64,14 @@ async fn serve(
     let daemon = Arc::new(Daemon::new(config, images, pods, containers));
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
     tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
+    let metrics_address = daemon.config().metrics.address.clone();
+    if !metrics_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&metrics_address)
+            .await
+            .map_err(|e| format!("metrics.address {metrics_address}: cannot listen: {e}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
+        tokio::spawn(crate::metrics::serve(Arc::clone(&daemon), listener));
+    }
     crate::container::watch_restored(&daemon);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
@@ -102,6 +110,9 @@ async fn serve(
     notify::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
 
     let server = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer {
+            daemon: Arc::clone(&daemon),
+        })
         .layer(deadline::DeadlineLayer)
         .add_service(RuntimeServiceServer::new(RuntimeService::new(Arc::clone(
             &daemon,

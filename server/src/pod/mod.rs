@@ -56,6 +56,12 @@ pub struct NetworkJournal {
     /// The published ports (DEL needs them to remove their rules).
     #[serde(default)]
     pub ports: Vec<network::PortMapping>,
+    /// The shaping ADD was given (DEL gets the same runtime config).
+    #[serde(default)]
+    pub bandwidth: Option<network::Bandwidth>,
+    /// The pod CIDRs ADD was given (host-local needs them again on DEL).
+    #[serde(default)]
+    pub ip_ranges: Vec<String>,
 }
 
 /// Everything crisp keeps about one sandbox.
@@ -250,6 +256,50 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|e| tonic::Status::internal(format!("pod task failed: {e}")))?
 }
 
+/// Where UpdateRuntimeConfig's pod CIDR is kept, so it outlives a restart.
+fn pod_cidr_path(config: &conf::Config) -> PathBuf {
+    config.root.join("pod-cidr")
+}
+
+/// The pod CIDRs kubelet gave (UpdateRuntimeConfig), for CNI's `ipRanges`.
+pub fn pod_cidrs(config: &conf::Config) -> Vec<String> {
+    std::fs::read_to_string(pod_cidr_path(config))
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// UpdateRuntimeConfig: records the node's pod CIDR(s), comma-separated as kubelet sends
+/// them, after checking each is `address/prefix`. Pods created from now on get addresses
+/// from it where the network's plugins take the `ipRanges` capability.
+pub fn set_pod_cidr(config: &conf::Config, cidrs: &str) -> Result<(), tonic::Status> {
+    for cidr in cidrs.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let valid = cidr.split_once('/').is_some_and(|(ip, prefix)| {
+            match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+                (Ok(std::net::IpAddr::V4(_)), Ok(p)) => p <= 32,
+                (Ok(std::net::IpAddr::V6(_)), Ok(p)) => p <= 128,
+                _ => false,
+            }
+        });
+        if !valid {
+            return Err(tonic::Status::invalid_argument(format!(
+                "pod CIDR `{cidr}` is not address/prefix"
+            )));
+        }
+    }
+    let path = pod_cidr_path(config);
+    let tmp = path.with_extension("tmp");
+    std::fs::create_dir_all(&config.root)
+        .and_then(|()| std::fs::write(&tmp, cidrs.trim()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| tonic::Status::internal(format!("saving the pod CIDR: {e}")))?;
+    tracing::info!(pod_cidr = %cidrs, "pod CIDR updated");
+    Ok(())
+}
+
 /// The CNI attachment journal under the storage root (it must survive a reboot, as the
 /// IP allocations it guards do).
 pub fn cni_journal(config: &conf::Config) -> network::Journal {
@@ -376,7 +426,8 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
             ifname: "eth0".to_owned(),
             args: journal.args.clone(),
             port_mappings: journal.ports.clone(),
-            bandwidth: None,
+            bandwidth: journal.bandwidth,
+            ip_ranges: journal.ip_ranges.clone(),
         };
         let search = network::PluginSearch {
             dirs: &config.cni.plugin_dirs,

@@ -296,6 +296,7 @@ fn setup(
             args: args.clone(),
             port_mappings: wanted.ports.to_vec(),
             bandwidth: wanted.bandwidth,
+            ip_ranges: super::pod_cidrs(config),
         };
         let search = network::PluginSearch {
             dirs: &config.cni.plugin_dirs,
@@ -323,6 +324,8 @@ fn setup(
             ips,
             args,
             ports: wanted.ports.to_vec(),
+            bandwidth: attachment.bandwidth,
+            ip_ranges: attachment.ip_ranges.clone(),
         });
     }
     let mut hosts =
