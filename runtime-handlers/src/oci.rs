@@ -576,31 +576,29 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn wait_container(&self, c: &ContainerRef<'_>) -> Result<ExitStatus, HandlerError> {
+        // Between the init's death and the exit file there is a moment with no monitor to
+        // find: look again soon, backing off to 100 ms.
+        let mut pause = Duration::from_millis(1);
         loop {
             if let Some(exit) = exit_status(c.bundle) {
                 return Ok(exit);
             }
-            let watched = match monitor_of(c.pid, c.id) {
-                Some(monitor) => wait_process(monitor).await,
-                None => false,
-            };
-            if watched {
+            if let Some(monitor) = monitor_of(c.pid, c.id)
+                && wait_process(monitor).await
+            {
                 // The monitor writes the exit file before it exits.
                 if let Some(exit) = exit_status(c.bundle) {
                     return Ok(exit);
                 }
-                if monitor_of(c.pid, c.id).is_none()
-                    && !Path::new(&format!("/proc/{}", c.pid)).exists()
-                {
+                if !Path::new(&format!("/proc/{}", c.pid)).exists() {
                     return Err(HandlerError::Monitor {
                         id: c.id.to_owned(),
                         message: "the monitor exited without recording the exit".to_owned(),
                     });
                 }
-            } else {
-                // No monitor to watch (not started yet, or mid-restart): look again soon.
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -153,6 +153,10 @@ fn pause_main() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Only stdio and the report pipe (fd 3) are ours: whatever else the caller's process
+    // left open (crispd may have inherited descriptors) must not live on with us.
+    // SAFETY: close_range takes no pointers; no descriptor above 3 is in use yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
         return pause_main();
     }
@@ -232,6 +236,9 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| format!("waiting for the runtime: {e}"))?;
             Ok((status, master))
         })?;
+    // The command holds the pipes' write ends: close them, or the container's exit would
+    // never show as end-of-file on its streams.
+    drop(command);
     let (status, master) = status;
     let _ = std::fs::remove_file(&console_path);
     let master = master?;

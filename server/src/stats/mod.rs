@@ -93,7 +93,7 @@ impl StatsCache {
     }
 }
 
-/// Refreshes the cache every [`INTERVAL`] until the daemon ends.
+/// Refreshes the cache every 2 s until the daemon ends.
 pub async fn collect(daemon: Arc<Daemon>) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

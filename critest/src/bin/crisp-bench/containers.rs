@@ -16,6 +16,24 @@ struct Figures {
     exec: f64,
     stop_remove: f64,
     per_container_rss: u64,
+    list_stats: f64,
+    list_containers: f64,
+    list_pods: f64,
+}
+
+/// Median latency of `rounds` calls of `call`, ms.
+async fn timed<F, Fut>(rounds: usize, mut call: F) -> Result<f64, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, tonic::Status>>,
+{
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        call().await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(&mut times))
 }
 
 async fn measure(
@@ -108,6 +126,48 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_container_rss = helper_rss(&[helper]).saturating_sub(before) / count.max(1) as u64;
+    // Both daemons sample stats in the background; let a round pass first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listing = rt.clone();
+    let list_stats = timed(20, || {
+        let mut rt = listing.clone();
+        async move {
+            let n = rt
+                .list_container_stats(cri::ListContainerStatsRequest::default())
+                .await?
+                .into_inner()
+                .stats
+                .len();
+            Ok(n)
+        }
+    })
+    .await?;
+    let list_containers = timed(20, || {
+        let mut rt = listing.clone();
+        async move {
+            let n = rt
+                .list_containers(cri::ListContainersRequest::default())
+                .await?
+                .into_inner()
+                .containers
+                .len();
+            Ok(n)
+        }
+    })
+    .await?;
+    let list_pods = timed(20, || {
+        let mut rt = listing.clone();
+        async move {
+            let n = rt
+                .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await?
+                .into_inner()
+                .items
+                .len();
+            Ok(n)
+        }
+    })
+    .await?;
     for id in kept {
         let t = Instant::now();
         rt.stop_container(cri::StopContainerRequest {
@@ -132,6 +192,9 @@ async fn measure(
         exec: median(&mut exec),
         stop_remove: median(&mut stop_remove),
         per_container_rss,
+        list_stats,
+        list_containers,
+        list_pods,
     })
 }
 
@@ -194,6 +257,19 @@ pub async fn run(count: usize) -> Result<(), Error> {
         d.stop_remove,
         "ms",
     );
+    row(
+        &format!("ListContainerStats, {count} running"),
+        c.list_stats,
+        d.list_stats,
+        "ms",
+    );
+    row(
+        &format!("ListContainers, {count} running"),
+        c.list_containers,
+        d.list_containers,
+        "ms",
+    );
+    row("ListPodSandbox", c.list_pods, d.list_pods, "ms");
     row(
         "per-container helper RSS (crisp-monitor / shim growth)",
         c.per_container_rss as f64 / 1024.0,

@@ -10,7 +10,8 @@
 //!   shim + pause; crisp: none unless the pod shares a PID namespace). Same CNI conflist
 //!   (bridge + host-local + portmap + loopback) for both.
 //! - `crisp-bench containers [--count N]`: CreateContainer+StartContainer, ExecSync and
-//!   StopContainer+RemoveContainer latency (medians) in one pod, and the RSS each
+//!   StopContainer+RemoveContainer latency (medians) in one pod, ListContainerStats,
+//!   ListContainers and ListPodSandbox latency with all N running, and the RSS each
 //!   container adds in helper processes (crisp-monitor vs containerd's shim).
 //!
 //! Needs root, `crispd` and `crisp-monitor` (PATH or $CRISPD's directory), `containerd`,
@@ -255,7 +256,7 @@ async fn main() -> Result<(), Error> {
     let options = parse_args()?;
     match options.command.as_str() {
         "pods" => return pods::run(options.count).await,
-        "containers" => return containers::run(options.count.min(20)).await,
+        "containers" => return containers::run(options.count).await,
         _ => {}
     }
     let work = tempdir()?;
