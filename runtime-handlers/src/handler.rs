@@ -20,6 +20,7 @@ use std::time::Duration;
 use oci_spec::runtime::{Process, Spec};
 
 use crate::error::HandlerError;
+use crate::exec::ExecSession;
 use crate::oci::{ExecOutput, ExitStatus, ResourceUpdate, RuntimeState};
 use crate::stats::ContainerStats;
 
@@ -114,6 +115,15 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
         process: &Process,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, HandlerError>;
+
+    /// Starts `process` in the container with its stdio for the caller to drive: with a
+    /// terminal if `process.terminal` is set, else pipes (stdin only if `stdin`).
+    async fn exec_streaming(
+        &self,
+        container: &ContainerRef<'_>,
+        process: &Process,
+        stdin: bool,
+    ) -> Result<ExecSession, HandlerError>;
 
     /// Applies new resource limits to a running container.
     async fn update_container(&self, id: &str, update: &ResourceUpdate)

@@ -10,13 +10,17 @@
 //! Trusts: the configured runtime binaries; nothing a container prints.
 
 mod binary;
+mod console;
 mod error;
+mod exec;
 mod handler;
 mod oci;
 mod stats;
 
 pub use binary::resolve_binary;
+pub use console::receive_console;
 pub use error::HandlerError;
+pub use exec::{ExecSession, Terminal};
 pub use handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,

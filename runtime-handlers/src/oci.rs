@@ -14,6 +14,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::error::HandlerError;
+use crate::exec::ExecSession;
 use crate::handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
 use crate::stats::{ContainerStats, cgroup_stats};
 
@@ -617,6 +618,110 @@ impl RuntimeHandler for OciRuntime {
         update: &ResourceUpdate,
     ) -> Result<(), HandlerError> {
         self.update(id, update).await
+    }
+
+    async fn exec_streaming(
+        &self,
+        c: &ContainerRef<'_>,
+        process: &Process,
+        stdin: bool,
+    ) -> Result<ExecSession, HandlerError> {
+        let io = |source: std::io::Error| HandlerError::Io {
+            path: c.bundle.to_owned(),
+            source,
+        };
+        let tty = process.terminal().unwrap_or(false);
+        let tag = std::process::id() as u64 * 1_000_000 + u64::from(rand_u32());
+        let spec_path = c.bundle.join(format!("exec-{tag}.json"));
+        let pid_path = c.bundle.join(format!("exec-{tag}.pid"));
+        // Unix socket paths are limited to 108 bytes: the runtime root is shorter than a
+        // bundle path with a 64-character ID in it.
+        tokio::fs::create_dir_all(&self.root).await.map_err(io)?;
+        let socket_path = self.root.join(format!("x{tag}.sock"));
+        let json = serde_json::to_vec(process).map_err(|e| io(std::io::Error::other(e)))?;
+        tokio::fs::write(&spec_path, json).await.map_err(io)?;
+        let mut cmd = if tty {
+            // Detached (the runtime's condition for a console socket), under a monitor that
+            // adopts the process and exits with its code.
+            let mut cmd = Command::new(&self.monitor);
+            cmd.arg("--exec")
+                .arg(&self.binary)
+                .args(&self.runtime_args)
+                .arg("--root")
+                .arg(&self.root)
+                .arg("exec")
+                .arg("--detach");
+            cmd.kill_on_drop(true);
+            cmd
+        } else {
+            let mut cmd = self.command();
+            cmd.arg("exec");
+            cmd
+        };
+        cmd.arg("--process")
+            .arg(&spec_path)
+            .arg("--pid-file")
+            .arg(&pid_path);
+        let console = if tty {
+            let _ = std::fs::remove_file(&socket_path);
+            let listener = tokio::net::UnixListener::bind(&socket_path).map_err(io)?;
+            cmd.arg("--console-socket").arg(&socket_path);
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            Some(listener)
+        } else {
+            cmd.stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            None
+        };
+        cmd.arg(c.id);
+        let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        let master = match console {
+            None => None,
+            Some(listener) => {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => Some(accepted),
+                    _ = child.wait() => None,
+                };
+                let _ = std::fs::remove_file(&socket_path);
+                let conn = match accepted {
+                    Some(Ok((conn, _))) => conn,
+                    other => {
+                        let mut message = String::new();
+                        if let Some(mut err) = child.stderr.take() {
+                            let _ = err.read_to_string(&mut message).await;
+                        }
+                        if let Some(Err(e)) = other {
+                            message = e.to_string();
+                        }
+                        let _ = std::fs::remove_file(&spec_path);
+                        return Err(HandlerError::Runtime {
+                            handler: self.name.clone(),
+                            operation: "exec".to_owned(),
+                            id: c.id.to_owned(),
+                            message: message.trim().to_owned(),
+                        });
+                    }
+                };
+                let conn = conn.into_std().map_err(io)?;
+                conn.set_nonblocking(false).map_err(io)?;
+                let fd = tokio::task::spawn_blocking(move || crate::console::receive_fd(&conn))
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e)))?
+                    .map_err(|m| io(std::io::Error::other(m)))?;
+                Some(fd)
+            }
+        };
+        ExecSession::new(child, pid_path, spec_path, master)
     }
 
     async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {

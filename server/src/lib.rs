@@ -26,3 +26,4 @@ pub mod pod;
 pub mod records;
 pub mod state;
 pub mod stats;
+pub mod streaming;

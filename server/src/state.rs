@@ -20,6 +20,8 @@ pub struct Daemon {
     pub stats: crate::stats::StatsCache,
     /// crisp's own metrics.
     pub metrics: crate::metrics::Metrics,
+    /// The Exec/Attach/PortForward server, once it listens.
+    pub streaming: std::sync::OnceLock<crate::streaming::Streaming>,
 }
 
 impl Daemon {
@@ -38,6 +40,7 @@ impl Daemon {
             events: Arc::new(crate::events::Events::new()),
             stats: crate::stats::StatsCache::default(),
             metrics: crate::metrics::Metrics::default(),
+            streaming: std::sync::OnceLock::new(),
         }
     }
 

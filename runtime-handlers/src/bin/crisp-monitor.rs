@@ -109,6 +109,54 @@ fn runtime_error(log: &Path) -> String {
 /// `crisp-monitor --pause`: the init of a pod's shared PID namespace. The helper
 /// unshares the PID namespace, forks that init (pid 1 there: it only reaps orphans),
 /// reports `ok <pid>` on fd 3 and exits, leaving the init to its new parent.
+/// `crisp-monitor --exec RUNTIME ARG...`: the parent of a terminal exec. The runtime can
+/// hand a pty master to a console socket only when it detaches, so the exec'd process
+/// would lose its parent; this process becomes the subreaper that adopts it, and exits
+/// with its exit code (128 + signal for a signal death; 255 if the runtime failed, with
+/// the runtime's message on stderr).
+fn exec_main() -> ExitCode {
+    let mut args = std::env::args_os().skip(2);
+    let Some(runtime) = args.next() else {
+        eprintln!("crisp-monitor --exec: no runtime given");
+        return ExitCode::from(255);
+    };
+    let rest: Vec<OsString> = args.collect();
+    let pid_file = rest
+        .windows(2)
+        .find(|w| w[0] == "--pid-file")
+        .map(|w| PathBuf::from(&w[1]));
+    // SAFETY: prctl takes no pointers.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let status = match Command::new(&runtime).args(&rest).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot run {}: {e}", Path::new(&runtime).display());
+            return ExitCode::from(255);
+        }
+    };
+    if !status.success() {
+        return ExitCode::from(255);
+    }
+    let Some(pid) = pid_file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        eprintln!("the runtime wrote no pid file");
+        return ExitCode::from(255);
+    };
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into `status`.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            return ExitCode::from(u8::try_from(decode(status)).unwrap_or(255));
+        }
+        if r < 0 {
+            return ExitCode::from(255);
+        }
+    }
+}
+
 fn pause_main() -> ExitCode {
     // SAFETY: setsid and unshare take no pointers. This process is single-threaded here.
     unsafe { libc::setsid() };
@@ -159,6 +207,9 @@ fn main() -> ExitCode {
     unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
         return pause_main();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
+        return exec_main();
     }
     let args = match parse_args() {
         Ok(a) => a,
@@ -230,7 +281,10 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))
         .and_then(|mut child| {
             // runc connects and sends the master before `create` returns.
-            let master = console.as_ref().map(receive_master).transpose();
+            let master = console
+                .as_ref()
+                .map(runtime_handlers::receive_console)
+                .transpose();
             let status = child
                 .wait()
                 .map_err(|e| format!("waiting for the runtime: {e}"))?;
@@ -276,46 +330,6 @@ fn run(args: &Args) -> Result<(), String> {
     let code = pump(pid, out_r, err_r, &mut log, &args.log_path);
     write_exit(&args.exit_file, code);
     Ok(())
-}
-
-/// Accepts the runtime's connection on the console socket and takes the pty master it
-/// passes with SCM_RIGHTS.
-fn receive_master(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
-    let (conn, _) = listener
-        .accept()
-        .map_err(|e| format!("console socket accept: {e}"))?;
-    let mut data = [0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // Room for one descriptor's control message.
-    let mut control = [0u8; 64];
-    // SAFETY: msghdr is plain data; zeroed is valid, and every pointer set below refers
-    // to a live local buffer of the stated length.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() as _;
-    // SAFETY: `msg` describes valid buffers; recvmsg fills them.
-    let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(format!(
-            "console socket recvmsg: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: CMSG_FIRSTHDR reads the header we passed; the kernel filled the buffer.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: `cmsg` is checked non-null and points into `control`.
-    if cmsg.is_null() || unsafe { (*cmsg).cmsg_type } != libc::SCM_RIGHTS {
-        return Err("the runtime sent no console descriptor".to_owned());
-    }
-    // SAFETY: an SCM_RIGHTS message carries at least one int descriptor after its header.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) };
-    // SAFETY: the kernel installed `fd` in this process for us; we own it now.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;

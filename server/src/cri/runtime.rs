@@ -299,6 +299,22 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let url = crate::streaming::exec_url(&self.daemon, request.into_inner())?;
+        Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let url = crate::streaming::port_forward_url(&self.daemon, request.into_inner())?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
+    }
+
     async fn update_runtime_config(
         &self,
         request: Request<cri::UpdateRuntimeConfigRequest>,
@@ -385,8 +401,6 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
 
 }
 unimplemented {
-        exec(ExecRequest) -> cri::ExecResponse, "Exec";
         attach(AttachRequest) -> cri::AttachResponse, "Attach";
-        port_forward(PortForwardRequest) -> cri::PortForwardResponse, "PortForward";
 }
 }

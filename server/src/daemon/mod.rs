@@ -64,6 +64,28 @@ async fn serve(
     let daemon = Arc::new(Daemon::new(config, images, pods, containers));
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
     tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
+    let streaming = daemon.config().streaming.clone();
+    let stream_listener = tokio::net::TcpListener::bind(&streaming.address)
+        .await
+        .map_err(|e| {
+            format!(
+                "streaming.address {}: cannot listen: {e}",
+                streaming.address
+            )
+        })?;
+    let mut local = stream_listener.local_addr()?;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let _ = daemon.streaming.set(crate::streaming::Streaming::new(
+        format!("http://{local}"),
+        streaming.token_timeout,
+    ));
+    tracing::info!(address = %local, "streaming server listening");
+    tokio::spawn(crate::streaming::serve(
+        Arc::clone(&daemon),
+        stream_listener,
+    ));
     let metrics_address = daemon.config().metrics.address.clone();
     if !metrics_address.is_empty() {
         let listener = tokio::net::TcpListener::bind(&metrics_address)

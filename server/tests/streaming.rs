@@ -1,0 +1,567 @@
+//! Exec and PortForward through crispd's streaming server, driven by clients written
+//! here: SPDY/3.1 (with crisp's own frame codec, as client-go speaks it) and WebSocket.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::workload::*;
+use cri_proto::v1 as cri;
+use server::streaming::spdy::{Decoder, Encoder, FLAG_FIN, Frame};
+
+/// `http://host:port/path` → (`host:port`, `/path`).
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_once('/').expect("path");
+    (addr.to_owned(), format!("/{path}"))
+}
+
+/// Sends an HTTP upgrade request and returns the connection after the response head,
+/// with the status code and the head.
+fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String) {
+    let (addr, path) = split_url(url);
+    let mut tcp = TcpStream::connect(&addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).expect("request");
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte) {
+            Ok(1) => response.push(byte[0]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (tcp, code, text)
+}
+
+/// A SPDY client connection.
+struct Spdy {
+    tcp: TcpStream,
+    enc: Encoder,
+    dec: Decoder,
+    buf: Vec<u8>,
+}
+
+impl Spdy {
+    fn open(url: &str, protocol: &str) -> Self {
+        let (tcp, code, head) = upgrade(
+            url,
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", protocol),
+            ],
+        );
+        assert_eq!(code, 101, "{head}");
+        assert!(head.contains(protocol), "{head}");
+        Self {
+            tcp,
+            enc: Encoder::new(),
+            dec: Decoder::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, frame: Frame) {
+        let mut out = Vec::new();
+        self.enc.encode(&frame, &mut out).expect("encode");
+        self.tcp.write_all(&out).expect("send");
+    }
+
+    fn syn(&mut self, id: u32, headers: &[(&str, &str)]) {
+        self.send(Frame::SynStream {
+            stream_id: id,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
+    }
+
+    fn data(&mut self, id: u32, data: &[u8], fin: bool) {
+        self.send(Frame::Data {
+            stream_id: id,
+            flags: if fin { FLAG_FIN } else { 0 },
+            data: data.to_vec(),
+        });
+    }
+
+    /// The next frame; `None` once the server closed the connection.
+    fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = self.dec.decode(&self.buf).expect("decode") {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Everything received per stream until the connection closes.
+    fn collect(&mut self) -> std::collections::HashMap<u32, Vec<u8>> {
+        let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        while let Some(frame) = self.next() {
+            if let Frame::Data {
+                stream_id, data, ..
+            } = frame
+            {
+                got.entry(stream_id).or_default().extend_from_slice(&data);
+            }
+        }
+        got
+    }
+}
+
+async fn exec_url(
+    rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    cmd: &[&str],
+    tty: bool,
+    stdin: bool,
+) -> String {
+    rt.exec(cri::ExecRequest {
+        container_id: id.to_owned(),
+        cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    })
+    .await
+    .expect("exec")
+    .into_inner()
+    .url
+}
+
+fn exit_code_of(status: &[u8]) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(status).expect("status JSON");
+    if v["status"] == "Success" {
+        return 0;
+    }
+    v["details"]["causes"][0]["message"]
+        .as_str()
+        .and_then(|m| m.parse().ok())
+        .expect("exit code cause")
+}
+
+/// Processes (not zombies) whose command line is exactly `cmdline`.
+fn processes(cmdline: &[u8]) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == cmdline)
+                && std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| !s.contains(") Z "))
+        })
+        .count()
+}
+
+fn fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_spdy_and_websocket_with_and_without_a_terminal() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let id = create(&mut rt, &s, &pod, container(&s, "sh", "sleep 1000")).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+
+    // SPDY, pipes: stdin in, stdout and stderr apart, the exit code in the v4 status.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "read x; echo got-$x; echo oops >&2; exit 3"],
+        false,
+        true,
+    )
+    .await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        c.data(3, b"hello\n", true);
+        c.collect()
+    })
+    .await
+    .expect("client");
+    assert_eq!(got.get(&5).map(Vec::as_slice), Some(&b"got-hello\n"[..]));
+    assert_eq!(got.get(&7).map(Vec::as_slice), Some(&b"oops\n"[..]));
+    assert_eq!(exit_code_of(got.get(&1).expect("status")), 3);
+
+    // SPDY, terminal: the process sees a tty of the size the client sent.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "sleep 0.3; tty; stty size"],
+        true,
+        false,
+    )
+    .await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdout")]);
+        c.syn(5, &[("streamtype", "resize")]);
+        c.data(5, br#"{"Width":100,"Height":40}"#, false);
+        c.collect()
+    })
+    .await
+    .expect("client");
+    let out = String::from_utf8_lossy(got.get(&3).expect("stdout")).into_owned();
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("40 100"), "{out:?}");
+    assert_eq!(exit_code_of(got.get(&1).expect("status")), 0);
+
+    // WebSocket v5: stdin closed with the close signal, exit code in the status.
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; exit 5"], false, true).await;
+    let (stdout, status) = ws_exec(&url, "v5.channel.k8s.io", b"abc").await;
+    assert_eq!(stdout, b"abc");
+    assert_eq!(exit_code_of(&status), 5);
+
+    // Tokens are single-use; unknown ones are 404.
+    let url = exec_url(&mut rt, &id, &["true"], false, false).await;
+    let reuse = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdout")]);
+        c.syn(5, &[("streamtype", "stderr")]);
+        c.collect();
+        let (_, code, _) = upgrade(
+            &reuse,
+            &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")],
+        );
+        assert_eq!(code, 404, "a used token");
+        let (addr, _) = split_url(&reuse);
+        let (_, code, _) = upgrade(&format!("http://{addr}/exec/nope"), &[]);
+        assert_eq!(code, 404, "an unknown token");
+    })
+    .await
+    .expect("client");
+
+    // Bad requests are refused at the RPC.
+    let err = rt
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: Vec::new(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no command");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = rt
+        .exec(cri::ExecRequest {
+            container_id: "nope".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no container");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // A client that hangs up mid-stream leaves no process and no descriptor behind.
+    let crispd = daemon.pid();
+    let before = fds(crispd);
+    let url = exec_url(&mut rt, &id, &["sleep", "777"], false, false).await;
+    tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdout")]);
+        c.syn(5, &[("streamtype", "stderr")]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while processes(b"sleep\x00777\x00") == 0 {
+            assert!(Instant::now() < deadline, "the exec never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(c);
+    })
+    .await
+    .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes(b"sleep\x00777\x00") > 0 || fds(crispd) > before {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {} processes, {} fds (was {before})",
+            processes(b"sleep\x00777\x00"),
+            fds(crispd)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    teardown(&mut rt).await;
+}
+
+/// Runs an exec over WebSocket: sends `stdin` on channel 0, closes it (v5 signal), and
+/// returns stdout and the status.
+async fn ws_exec(url: &str, protocol: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+    let (addr, _) = split_url(url);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(protocol)
+    );
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(stdin);
+    ws.send(Message::binary(frame)).await.expect("stdin");
+    ws.send(Message::binary(vec![255u8, 0]))
+        .await
+        .expect("close stdin");
+    let (mut stdout, mut status) = (Vec::new(), Vec::new());
+    while let Some(Ok(message)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("in time")
+    {
+        if let Message::Binary(b) = message
+            && let Some((&ch, data)) = b.split_first()
+        {
+            match ch {
+                1 => stdout.extend_from_slice(data),
+                3 => status.extend_from_slice(data),
+                _ => {}
+            }
+        }
+    }
+    (stdout, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_spdy_and_websocket_reaches_the_pod() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let id = create(
+        &mut rt,
+        &s,
+        &pod,
+        container(
+            &s,
+            "web",
+            "mkdir -p /www; echo hello-pod > /www/index.html; exec httpd -f -p 8080 -h /www",
+        ),
+    )
+    .await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let url =
+        |rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>| {
+            let pod = pod.clone();
+            let mut rt = rt.clone();
+            async move {
+                rt.port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: pod,
+                    port: vec![8080, 9],
+                })
+                .await
+                .expect("port forward")
+                .into_inner()
+                .url
+            }
+        };
+    // The server needs a moment to listen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // SPDY: two connections at once to the web server, and one to a closed port.
+    let spdy_url = url(&mut rt).await;
+    let (answers, refused) = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&spdy_url, "portforward.k8s.io");
+        for (request, error, data, port) in
+            [("1", 1, 3, "8080"), ("2", 5, 7, "8080"), ("3", 9, 11, "9")]
+        {
+            c.syn(
+                error,
+                &[
+                    ("streamtype", "error"),
+                    ("port", port),
+                    ("requestid", request),
+                ],
+            );
+            c.syn(
+                data,
+                &[
+                    ("streamtype", "data"),
+                    ("port", port),
+                    ("requestid", request),
+                ],
+            );
+        }
+        for data in [3, 7] {
+            c.data(data, b"GET /index.html HTTP/1.0\r\n\r\n", false);
+        }
+        let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        let mut finished = std::collections::HashSet::new();
+        while finished.len() < 6 {
+            match c.next() {
+                Some(Frame::Data {
+                    stream_id,
+                    flags,
+                    data,
+                }) => {
+                    got.entry(stream_id).or_default().extend_from_slice(&data);
+                    if flags & FLAG_FIN != 0 {
+                        finished.insert(stream_id);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let answers: Vec<String> = [3, 7]
+            .iter()
+            .map(|d| {
+                String::from_utf8_lossy(got.get(d).map(Vec::as_slice).unwrap_or_default())
+                    .into_owned()
+            })
+            .collect();
+        let refused = String::from_utf8_lossy(got.get(&9).map(Vec::as_slice).unwrap_or_default())
+            .into_owned();
+        (answers, refused)
+    })
+    .await
+    .expect("client");
+    for answer in &answers {
+        assert!(
+            answer.contains("200 OK") && answer.contains("hello-pod"),
+            "{answer}"
+        );
+    }
+    assert!(
+        refused.contains("9") && refused.to_lowercase().contains("refused"),
+        "{refused}"
+    );
+
+    // WebSocket: client-go tunnels the same SPDY connection in binary messages.
+    let ws_url = url(&mut rt).await;
+    let answer = ws_port_forward(&ws_url).await;
+    assert!(answer.contains("hello-pod"), "{answer}");
+    teardown(&mut rt).await;
+}
+
+async fn ws_port_forward(url: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "SPDY/3.1+portforward.k8s.io".parse().expect("header"),
+    );
+    let (addr, _) = split_url(url);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .expect("handshake");
+    let mut enc = Encoder::new();
+    let mut out = Vec::new();
+    for frame in [
+        Frame::SynStream {
+            stream_id: 1,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![
+                ("streamtype".into(), "error".into()),
+                ("port".into(), "8080".into()),
+                ("requestid".into(), "0".into()),
+            ],
+        },
+        Frame::SynStream {
+            stream_id: 3,
+            associated_to: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![
+                ("streamtype".into(), "data".into()),
+                ("port".into(), "8080".into()),
+                ("requestid".into(), "0".into()),
+            ],
+        },
+        Frame::Data {
+            stream_id: 3,
+            flags: 0,
+            data: b"GET /index.html HTTP/1.0\r\n\r\n".to_vec(),
+        },
+    ] {
+        enc.encode(&frame, &mut out).expect("encode");
+    }
+    ws.send(Message::binary(out)).await.expect("send");
+    let mut dec = Decoder::new();
+    let mut buf = Vec::new();
+    let mut answer = Vec::new();
+    while let Some(Ok(message)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("in time")
+    {
+        if let Message::Binary(b) = message {
+            buf.extend_from_slice(&b);
+        }
+        let mut done = false;
+        while let Some((frame, used)) = dec.decode(&buf).expect("decode") {
+            buf.drain(..used);
+            if let Frame::Data {
+                stream_id: 3,
+                flags,
+                data,
+            } = frame
+            {
+                answer.extend_from_slice(&data);
+                done |= flags & FLAG_FIN != 0;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
