@@ -58,6 +58,10 @@ pub struct ContainerSpec<'a> {
     pub spec: &'a Spec,
     /// The kubelet log file; empty for none.
     pub log_path: &'a Path,
+    /// The container keeps a stdin open for attachers.
+    pub stdin: bool,
+    /// Its stdin closes when the first attacher detaches.
+    pub stdin_once: bool,
 }
 
 /// A created container, as later calls name it.

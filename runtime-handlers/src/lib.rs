@@ -9,6 +9,7 @@
 //!
 //! Trusts: the configured runtime binaries; nothing a container prints.
 
+pub mod attach;
 mod binary;
 mod console;
 mod error;

@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Process;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -121,13 +121,8 @@ impl OciRuntime {
 
     /// Writes the bundle's config.json and creates the container under a new monitor.
     /// Returns the init's pid. On failure the runtime holds no container of this ID.
-    async fn create(
-        &self,
-        id: &str,
-        bundle: &Path,
-        spec: &Spec,
-        log_path: &Path,
-    ) -> Result<u32, HandlerError> {
+    async fn create(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
+        let (id, bundle, spec, log_path) = (c.id, c.bundle, c.spec, c.log_path);
         let tty = spec
             .process()
             .as_ref()
@@ -162,6 +157,12 @@ impl OciRuntime {
         }
         if tty {
             cmd.arg("--tty");
+        }
+        if c.stdin {
+            cmd.arg("--stdin");
+        }
+        if c.stdin_once {
+            cmd.arg("--stdin-once");
         }
         let line = spawn_reporting(cmd, &self.monitor).await?;
         let line = line.trim();
@@ -557,7 +558,7 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
-        self.create(c.id, c.bundle, c.spec, c.log_path).await
+        self.create(c).await
     }
 
     async fn start_container(&self, id: &str) -> Result<(), HandlerError> {

@@ -83,6 +83,8 @@ async fn a_container_runs_logs_and_reports_its_exit() {
             bundle: &bundle,
             spec: &spec,
             log_path: &log,
+            stdin: false,
+            stdin_once: false,
         })
         .await
         .expect("create");
@@ -135,6 +137,8 @@ async fn exec_with_output_and_timeout_then_kill() {
             bundle: &bundle,
             spec: &spec(&root, &["sleep", "300"]),
             log_path: &log,
+            stdin: false,
+            stdin_once: false,
         })
         .await
         .expect("create");
@@ -236,6 +240,8 @@ async fn a_failed_create_is_reported_and_leaves_nothing() {
             bundle: &bundle,
             spec: &spec(&missing, &["true"]),
             log_path: &log,
+            stdin: false,
+            stdin_once: false,
         })
         .await
         .expect_err("no rootfs");
@@ -286,6 +292,8 @@ async fn a_tty_container_logs_its_terminal_output() {
         bundle: &bundle,
         spec: &spec,
         log_path: &log,
+        stdin: false,
+        stdin_once: false,
     })
     .await
     .expect("create");

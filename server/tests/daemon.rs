@@ -163,16 +163,41 @@ async fn verbose_status_returns_the_effective_config_without_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_rpcs_answer_unimplemented_with_their_name() {
+async fn streaming_and_checkpoint_calls_name_what_is_wrong() {
     let sandbox = Sandbox::new("");
     let daemon = sandbox.start();
     let (mut runtime, _) = daemon.clients().await;
     let err = runtime
-        .exec(cri::ExecRequest::default())
+        .exec(cri::ExecRequest {
+            container_id: "nope".into(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("Exec"), "{}", err.message());
+        .expect_err("no such container");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = runtime
+        .attach(cri::AttachRequest::default())
+        .await
+        .expect_err("nothing to attach");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![80],
+        })
+        .await
+        .expect_err("no such pod");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = runtime
+        .checkpoint_container(cri::CheckpointContainerRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no such container");
+    assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
 #[test]

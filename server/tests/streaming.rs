@@ -118,6 +118,21 @@ impl Spdy {
         }
     }
 
+    /// What arrives on `stream` until it contains `want` (or the connection closes).
+    fn collect_until(&mut self, stream: u32, want: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !got.windows(want.len()).any(|w| w == want) {
+            match self.next() {
+                Some(Frame::Data {
+                    stream_id, data, ..
+                }) if stream_id == stream => got.extend_from_slice(&data),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    }
+
     /// Everything received per stream until the connection closes.
     fn collect(&mut self) -> std::collections::HashMap<u32, Vec<u8>> {
         let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
@@ -564,4 +579,122 @@ async fn ws_port_forward(url: &str) -> String {
         }
     }
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_gets_output_and_sends_input_and_detaching_keeps_the_container() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let mut config = container(
+        &s,
+        "echo",
+        "while read line; do echo echo-$line; echo err-$line >&2; done; echo bye",
+    );
+    config.stdin = true;
+    let id = create(&mut rt, &s, &pod, config).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let attach_url =
+        |rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>| {
+            let mut rt = rt.clone();
+            let id = id.clone();
+            async move {
+                rt.attach(cri::AttachRequest {
+                    container_id: id,
+                    stdin: true,
+                    tty: false,
+                    stdout: true,
+                    stderr: true,
+                })
+                .await
+                .expect("attach")
+                .into_inner()
+                .url
+            }
+        };
+
+    // Two attachers at once: both see the output of what one of them typed.
+    let (first, second) = (attach_url(&mut rt).await, attach_url(&mut rt).await);
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let mut watcher = Spdy::open(&second, "v4.channel.k8s.io");
+        // It asked for stdin too (the URL's request says so), but types nothing.
+        watcher.syn(1, &[("streamtype", "error")]);
+        watcher.syn(3, &[("streamtype", "stdout")]);
+        watcher.syn(5, &[("streamtype", "stderr")]);
+        watcher.syn(7, &[("streamtype", "stdin")]);
+        let mut typist = Spdy::open(&first, "v4.channel.k8s.io");
+        typist.syn(1, &[("streamtype", "error")]);
+        typist.syn(3, &[("streamtype", "stdin")]);
+        typist.syn(5, &[("streamtype", "stdout")]);
+        typist.syn(7, &[("streamtype", "stderr")]);
+        std::thread::sleep(Duration::from_millis(300));
+        typist.data(3, b"one\n", false);
+        let read_until = |c: &mut Spdy, stream: u32, want: &[u8]| {
+            let mut got = Vec::new();
+            while !got.windows(want.len()).any(|w| w == want) {
+                match c.next() {
+                    Some(Frame::Data {
+                        stream_id, data, ..
+                    }) if stream_id == stream => got.extend_from_slice(&data),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            got
+        };
+        let a = read_until(&mut typist, 5, b"echo-one");
+        let b = read_until(&mut watcher, 3, b"echo-one");
+        (a, b)
+    })
+    .await
+    .expect("clients");
+    assert!(String::from_utf8_lossy(&a).contains("echo-one"));
+    assert!(String::from_utf8_lossy(&b).contains("echo-one"));
+
+    // Both detached (connections dropped): the container still runs, and a new attacher
+    // drives it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("body");
+    assert_eq!(
+        status.state,
+        i32::from(cri::ContainerState::ContainerRunning)
+    );
+    let third = attach_url(&mut rt).await;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&third, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        std::thread::sleep(Duration::from_millis(300));
+        c.data(3, b"two\n", false);
+        c.collect_until(7, b"err-two")
+    })
+    .await
+    .expect("client");
+    assert!(String::from_utf8_lossy(&out).contains("err-two"), "{out:?}");
+    let err = rt
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            tty: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("tty mismatch");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    teardown(&mut rt).await;
 }

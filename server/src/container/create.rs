@@ -215,6 +215,8 @@ pub async fn create(
             bundle: &bundle,
             spec: &oci,
             log_path: std::path::Path::new(&log_path),
+            stdin: container.stdin,
+            stdin_once: container.stdin_once,
         })
         .await;
     match created {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use cri_proto::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use crate::cri::cri_service_impl;
 use crate::state::Daemon;
 
 /// The name crisp reports in VersionResponse.
@@ -24,25 +23,36 @@ impl RuntimeService {
     }
 }
 
-cri_service_impl! {
-impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
+#[tonic::async_trait]
+impl cri::runtime_service_server::RuntimeService for RuntimeService {
     type StreamPodSandboxesStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxesResponse, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxesResponse, Status>> + Send,
+        >,
     >;
     type StreamContainersStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::StreamContainersResponse, Status>> + Send>,
     >;
     type StreamContainerStatsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamContainerStatsResponse, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::StreamContainerStatsResponse, Status>>
+                + Send,
+        >,
     >;
     type StreamPodSandboxStatsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxStatsResponse, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxStatsResponse, Status>>
+                + Send,
+        >,
     >;
     type GetContainerEventsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
     >;
     type StreamPodSandboxMetricsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxMetricsResponse, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<cri::StreamPodSandboxMetricsResponse, Status>>
+                + Send,
+        >,
     >;
 
     async fn version(
@@ -75,7 +85,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let id = crate::pod::run(&self.daemon, request.into_inner()).await?;
-        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
@@ -99,7 +111,8 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let request = request.into_inner();
-        let status = crate::pod::status(&self.daemon, &request.pod_sandbox_id, request.verbose).await?;
+        let status =
+            crate::pod::status(&self.daemon, &request.pod_sandbox_id, request.verbose).await?;
         Ok(Response::new(status))
     }
 
@@ -118,7 +131,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         let items = crate::pod::list(&self.daemon, request.into_inner().filter).await;
         let chunks: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = items
             .chunks(500)
-            .map(|c| Ok(cri::StreamPodSandboxesResponse { pod_sandboxes: c.to_vec() }))
+            .map(|c| {
+                Ok(cri::StreamPodSandboxesResponse {
+                    pod_sandboxes: c.to_vec(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -161,7 +178,8 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let request = request.into_inner();
-        let status = crate::container::status(&self.daemon, &request.container_id, request.verbose).await?;
+        let status =
+            crate::container::status(&self.daemon, &request.container_id, request.verbose).await?;
         Ok(Response::new(status))
     }
 
@@ -180,7 +198,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         let items = crate::container::list(&self.daemon, request.into_inner().filter).await;
         let chunks: Vec<Result<cri::StreamContainersResponse, Status>> = items
             .chunks(500)
-            .map(|c| Ok(cri::StreamContainersResponse { containers: c.to_vec() }))
+            .map(|c| {
+                Ok(cri::StreamContainersResponse {
+                    containers: c.to_vec(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -190,7 +212,8 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let request = request.into_inner();
-        crate::container::update_resources(&self.daemon, &request.container_id, request.linux).await?;
+        crate::container::update_resources(&self.daemon, &request.container_id, request.linux)
+            .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -214,8 +237,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         &self,
         request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        let stats = crate::stats::container(&self.daemon, &request.into_inner().container_id).await?;
-        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+        let stats =
+            crate::stats::container(&self.daemon, &request.into_inner().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
@@ -233,7 +259,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         let stats = crate::stats::list_containers(&self.daemon, request.into_inner().filter).await;
         let chunks: Vec<Result<cri::StreamContainerStatsResponse, Status>> = stats
             .chunks(500)
-            .map(|c| Ok(cri::StreamContainerStatsResponse { container_stats: c.to_vec() }))
+            .map(|c| {
+                Ok(cri::StreamContainerStatsResponse {
+                    container_stats: c.to_vec(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -244,7 +274,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         let stats =
             crate::stats::pod_sandbox(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
-        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
@@ -264,7 +296,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
             crate::stats::list_pod_sandboxes(&self.daemon, request.into_inner().filter).await;
         let chunks: Vec<Result<cri::StreamPodSandboxStatsResponse, Status>> = stats
             .chunks(500)
-            .map(|c| Ok(cri::StreamPodSandboxStatsResponse { pod_sandbox_stats: c.to_vec() }))
+            .map(|c| {
+                Ok(cri::StreamPodSandboxStatsResponse {
+                    pod_sandbox_stats: c.to_vec(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -294,7 +330,11 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         let metrics = crate::stats::pod_metrics(&self.daemon).await;
         let chunks: Vec<Result<cri::StreamPodSandboxMetricsResponse, Status>> = metrics
             .chunks(500)
-            .map(|c| Ok(cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics: c.to_vec() }))
+            .map(|c| {
+                Ok(cri::StreamPodSandboxMetricsResponse {
+                    pod_sandbox_metrics: c.to_vec(),
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -305,6 +345,14 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
     ) -> Result<Response<cri::ExecResponse>, Status> {
         let url = crate::streaming::exec_url(&self.daemon, request.into_inner())?;
         Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let url = crate::streaming::attach_url(&self.daemon, request.into_inner())?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
@@ -354,7 +402,9 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
         }
         let criu = runtime_handlers::resolve_binary(std::path::Path::new("criu"));
         Err(Status::unimplemented(match criu {
-            None => "CheckpointContainer needs CRIU, which is not installed on this host".to_owned(),
+            None => {
+                "CheckpointContainer needs CRIU, which is not installed on this host".to_owned()
+            }
             Some(path) => format!(
                 "CheckpointContainer is not supported by crisp yet (CRIU is at {})",
                 path.display()
@@ -398,9 +448,4 @@ impl (cri::runtime_service_server::RuntimeService) for RuntimeService {
             }),
         }))
     }
-
-}
-unimplemented {
-        attach(AttachRequest) -> cri::AttachResponse, "Attach";
-}
 }

@@ -190,13 +190,17 @@ fn route(daemon: Arc<Daemon>, mut req: Request<Incoming>) -> Response<Body> {
             let io = TokioIo::new(upgraded);
             match pending {
                 Pending::Exec(request) => {
-                    remotecommand::serve_ws(&daemon, request, &chosen, io).await;
+                    let target = remotecommand::Target::Exec(request);
+                    remotecommand::serve_ws(&daemon, target, &chosen, io).await;
+                }
+                Pending::Attach(request) => {
+                    let target = remotecommand::Target::Attach(request);
+                    remotecommand::serve_ws(&daemon, target, &chosen, io).await;
                 }
                 Pending::PortForward(request) => {
                     let tunnel = ws_tunnel(io).await;
                     portforward::serve_spdy(&daemon, request, tunnel).await;
                 }
-                Pending::Attach(_) => {}
             }
         });
         return Response::builder()
@@ -226,12 +230,16 @@ fn route(daemon: Arc<Daemon>, mut req: Request<Incoming>) -> Response<Body> {
             let io = TokioIo::new(upgraded);
             match pending {
                 Pending::Exec(request) => {
-                    remotecommand::serve_spdy(&daemon, request, protocol, io).await;
+                    let target = remotecommand::Target::Exec(request);
+                    remotecommand::serve_spdy(&daemon, target, protocol, io).await;
+                }
+                Pending::Attach(request) => {
+                    let target = remotecommand::Target::Attach(request);
+                    remotecommand::serve_spdy(&daemon, target, protocol, io).await;
                 }
                 Pending::PortForward(request) => {
                     portforward::serve_spdy(&daemon, request, io).await;
                 }
-                Pending::Attach(_) => {}
             }
         });
         return Response::builder()
@@ -326,6 +334,38 @@ pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, to
     let mut request = request;
     request.container_id = record.id.clone();
     streaming(daemon).map(|s| s.url_for(Pending::Exec(request)))
+}
+
+/// Attach: validates the request and returns the URL for it.
+pub fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<String, tonic::Status> {
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err(tonic::Status::invalid_argument(
+            "Attach needs at least one of stdin, stdout and stderr",
+        ));
+    }
+    let container = daemon
+        .containers
+        .get(&request.container_id)
+        .ok_or_else(|| {
+            tonic::Status::not_found(format!("container {} not found", request.container_id))
+        })?;
+    let record = container.snapshot();
+    if record.state() != crate::container::State::Running {
+        return Err(tonic::Status::failed_precondition(format!(
+            "container {} is not running",
+            record.id
+        )));
+    }
+    let tty = record.process["terminal"].as_bool().unwrap_or(false);
+    if request.tty != tty {
+        return Err(tonic::Status::invalid_argument(format!(
+            "tty is {} but container {} was created with tty {tty}",
+            request.tty, record.id
+        )));
+    }
+    let mut request = request;
+    request.container_id = record.id.clone();
+    streaming(daemon).map(|s| s.url_for(Pending::Attach(request)))
 }
 
 /// PortForward: validates the request and returns the URL for it.

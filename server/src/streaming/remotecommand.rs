@@ -140,17 +140,33 @@ struct Input {
     closed: watch::Receiver<bool>,
 }
 
-/// Serves an exec over an upgraded SPDY connection.
-pub async fn serve_spdy<IO>(daemon: &Daemon, request: cri::ExecRequest, protocol: &str, io: IO)
+/// What the connection is for.
+pub enum Target {
+    /// A new process in the container.
+    Exec(cri::ExecRequest),
+    /// The container's own stdio.
+    Attach(cri::AttachRequest),
+}
+
+impl Target {
+    /// (tty, stdin, stdout, stderr) as requested.
+    fn streams(&self) -> (bool, bool, bool, bool) {
+        match self {
+            Target::Exec(r) => (r.tty, r.stdin, r.stdout, r.stderr),
+            Target::Attach(r) => (r.tty, r.stdin, r.stdout, r.stderr),
+        }
+    }
+}
+
+/// Serves an exec or attach over an upgraded SPDY connection.
+pub async fn serve_spdy<IO>(daemon: &Daemon, target: Target, protocol: &str, io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let mut session = session::start(io);
     let version = protocol_version(protocol);
-    let tty = request.tty;
-    let want_stdin = request.stdin;
-    let want_stdout = request.stdout;
-    let want_stderr = request.stderr && !tty;
+    let (tty, want_stdin, want_stdout, want_stderr) = target.streams();
+    let want_stderr = want_stderr && !tty;
     let want_resize = tty && version >= 3;
     let expected = 1 + [want_stdin, want_stdout, want_stderr, want_resize]
         .iter()
@@ -201,11 +217,14 @@ where
         resize,
         closed: session.closed.clone(),
     };
-    run(daemon, &request, version, input, output).await;
+    match target {
+        Target::Exec(request) => run(daemon, &request, version, input, output).await,
+        Target::Attach(request) => attach(daemon, &request, version, input, output).await,
+    }
 }
 
-/// Serves an exec over an upgraded WebSocket connection.
-pub async fn serve_ws<IO>(daemon: &Daemon, request: cri::ExecRequest, protocol: &str, io: IO)
+/// Serves an exec or attach over an upgraded WebSocket connection.
+pub async fn serve_ws<IO>(daemon: &Daemon, target: Target, protocol: &str, io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -276,12 +295,128 @@ where
         let _ = closed_tx.send(true);
     });
     let output = Output::Ws { tx: out_tx, base64 };
+    let (tty, want_stdin, _, _) = target.streams();
     let input = Input {
-        stdin: request.stdin.then_some(stdin_rx),
-        resize: request.tty.then_some(resize_rx),
+        stdin: want_stdin.then_some(stdin_rx),
+        resize: tty.then_some(resize_rx),
         closed: closed_rx,
     };
-    run(daemon, &request, 5, input, output).await;
+    match target {
+        Target::Exec(request) => run(daemon, &request, 5, input, output).await,
+        Target::Attach(request) => attach(daemon, &request, 5, input, output).await,
+    }
+}
+
+/// Sizes from a resize stream: JSON objects, possibly split across messages.
+fn sizes(pending: &mut Vec<u8>, data: &[u8]) -> Vec<(u16, u16)> {
+    pending.extend_from_slice(data);
+    let mut out = Vec::new();
+    let mut stream = serde_json::Deserializer::from_slice(pending).into_iter::<serde_json::Value>();
+    let mut used = 0;
+    while let Some(Ok(size)) = stream.next() {
+        used = stream.byte_offset();
+        let dim = |k: &str| {
+            size[k]
+                .as_u64()
+                .and_then(|v| u16::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        out.push((dim("Width"), dim("Height")));
+    }
+    pending.drain(..used);
+    out
+}
+
+/// Attaches to the container's stdio through its monitor until the container's output
+/// ends or the client leaves; the container keeps running either way.
+async fn attach(
+    daemon: &Daemon,
+    request: &cri::AttachRequest,
+    version: u32,
+    input: Input,
+    output: Output,
+) {
+    let Input {
+        stdin,
+        resize,
+        mut closed,
+    } = input;
+    let bundle = daemon
+        .containers
+        .get(&request.container_id)
+        .map(|c| c.snapshot())
+        .filter(|r| r.state() == State::Running)
+        .map(|r| r.bundle.clone());
+    let Some(bundle) = bundle else {
+        report(
+            &output,
+            version,
+            None,
+            &format!("container {} is not running", request.container_id),
+        );
+        output.finish();
+        return;
+    };
+    let (mut reader, writer) = match runtime_handlers::attach::connect(&bundle).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            report(
+                &output,
+                version,
+                None,
+                &format!("attaching to {}: {e}", request.container_id),
+            );
+            output.finish();
+            return;
+        }
+    };
+    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(writer));
+    let mut tasks = Vec::new();
+    if let Some(mut rx) = stdin {
+        let writer = std::sync::Arc::clone(&writer);
+        tasks.push(tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if writer.lock().await.stdin(&data).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    if let Some(mut rx) = resize {
+        let writer = std::sync::Arc::clone(&writer);
+        tasks.push(tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(data) = rx.recv().await {
+                for (w, h) in sizes(&mut pending, &data) {
+                    let _ = writer.lock().await.resize(w, h).await;
+                }
+            }
+        }));
+    }
+    let (want_stdout, want_stderr) = (request.stdout, request.stderr);
+    loop {
+        let next = tokio::select! {
+            next = reader.next() => next,
+            _ = closed.wait_for(|c| *c) => None,
+        };
+        let Some((stream, data)) = next else { break };
+        match stream {
+            runtime_handlers::attach::AttachStream::Stdout if want_stdout => {
+                output.send(Channel::Stdout, &data);
+            }
+            runtime_handlers::attach::AttachStream::Stderr if want_stderr => {
+                output.send(Channel::Stderr, &data);
+            }
+            _ => {}
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    if !*closed.borrow() {
+        report(&output, version, Some(0), "");
+        output.finish();
+    }
 }
 
 /// 1 for `channel.k8s.io`, else the `vN.` prefix.
@@ -375,21 +510,9 @@ async fn run(
         tokio::spawn(async move {
             let mut pending = Vec::new();
             while let Some(data) = rx.recv().await {
-                pending.extend_from_slice(&data);
-                let mut sizes =
-                    serde_json::Deserializer::from_slice(&pending).into_iter::<serde_json::Value>();
-                let mut used = 0;
-                while let Some(Ok(size)) = sizes.next() {
-                    used = sizes.byte_offset();
-                    let dim = |k: &str| {
-                        size[k]
-                            .as_u64()
-                            .and_then(|v| u16::try_from(v).ok())
-                            .unwrap_or(0)
-                    };
-                    terminal.resize(dim("Width"), dim("Height"));
+                for (w, h) in sizes(&mut pending, &data) {
+                    terminal.resize(w, h);
                 }
-                pending.drain(..used);
             }
         });
     }

@@ -11,6 +11,8 @@
 //! Small on purpose: std and libc only, one thread, no allocation in the steady state
 //! beyond the line buffers.
 
+mod attach;
+
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,14 +37,24 @@ struct Args {
     exit_file: PathBuf,
     runtime_args: Vec<OsString>,
     tty: bool,
+    stdin: bool,
+    stdin_once: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args::default();
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--tty" {
-            args.tty = true;
+        match flag.to_str() {
+            Some("--tty") => args.tty = true,
+            Some("--stdin") => args.stdin = true,
+            Some("--stdin-once") => args.stdin_once = true,
+            _ => {}
+        }
+        if ["--tty", "--stdin", "--stdin-once"]
+            .iter()
+            .any(|f| flag == *f)
+        {
             continue;
         }
         let value = it
@@ -236,13 +248,22 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    // Sockets are bound by names relative to the bundle: unix socket paths are limited to
+    // 108 bytes, and a bundle path with a 64-character ID in it may be longer.
+    std::env::set_current_dir(&args.bundle)
+        .map_err(|e| format!("entering {}: {e}", args.bundle.display()))?;
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let stdin_pipe = if args.stdin && !args.tty {
+        Some(pipe().map_err(|e| format!("pipe: {e}"))?)
+    } else {
+        None
+    };
     let runtime_log = args.bundle.join("runtime.log");
     let pid_file = args.bundle.join("container.pid");
     // With a TTY the runtime hands us the pty master over this socket instead of using
     // our pipes; the master carries the container's (merged) output.
-    let console_path = args.bundle.join("console.sock");
+    let console_path = PathBuf::from("console.sock");
     let console = if args.tty {
         let _ = std::fs::remove_file(&console_path);
         Some(
@@ -274,7 +295,12 @@ fn run(args: &Args) -> Result<(), String> {
                 .flatten(),
         )
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(
+            stdin_pipe
+                .as_ref()
+                .and_then(|(r, _)| r.try_clone().ok())
+                .map_or_else(Stdio::null, Stdio::from),
+        )
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .spawn()
@@ -319,6 +345,16 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let mut log = LogWriter::open(&args.log_path);
+    // Input for attachers: the stdin pipe, or with a TTY the pty master (when the
+    // container asked for stdin).
+    let stdin = match (&stdin_pipe, &master) {
+        (Some((_, w)), _) => w.try_clone().ok().map(File::from),
+        (None, Some(m)) if args.stdin => m.try_clone().ok().map(File::from),
+        _ => None,
+    };
+    let terminal = master.as_ref().map(AsRawFd::as_raw_fd);
+    let mut attach = attach::Attach::bind("attach", stdin, args.stdin_once, terminal).ok();
+    drop(stdin_pipe);
     // A TTY container writes everything to the pty; its output is logged as stdout.
     let (out_r, err_r) = match master {
         Some(master) => {
@@ -327,14 +363,21 @@ fn run(args: &Args) -> Result<(), String> {
         }
         None => (out_r, err_r),
     };
-    let code = pump(pid, out_r, err_r, &mut log, &args.log_path);
+    let code = pump(pid, out_r, err_r, &mut log, &args.log_path, &mut attach);
     write_exit(&args.exit_file, code);
     Ok(())
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;
 /// returns its exit code (128 + signal for a signal death).
-fn pump(pid: i32, out: OwnedFd, err: OwnedFd, log: &mut LogWriter, log_path: &Path) -> i32 {
+fn pump(
+    pid: i32,
+    out: OwnedFd,
+    err: OwnedFd,
+    log: &mut LogWriter,
+    log_path: &Path,
+    attach: &mut Option<attach::Attach>,
+) -> i32 {
     let mut streams = [
         Some((File::from(out), "stdout", Vec::new())),
         Some((File::from(err), "stderr", Vec::new())),
@@ -359,6 +402,10 @@ fn pump(pid: i32, out: OwnedFd, err: OwnedFd, log: &mut LogWriter, log_path: &Pa
                 revents: 0,
             })
             .collect();
+        let streams_polled = fds.len();
+        if let Some(a) = attach.as_ref() {
+            fds.extend(a.pollfds());
+        }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
         if n <= 0 {
@@ -369,7 +416,10 @@ fn pump(pid: i32, out: OwnedFd, err: OwnedFd, log: &mut LogWriter, log_path: &Pa
             }
             continue;
         }
-        for (slot, pfd) in open.iter().zip(&fds) {
+        if let Some(a) = attach.as_mut() {
+            a.handle(&fds[streams_polled..]);
+        }
+        for (slot, pfd) in open.iter().zip(&fds[..streams_polled]) {
             if pfd.revents == 0 {
                 continue;
             }
@@ -384,7 +434,17 @@ fn pump(pid: i32, out: OwnedFd, err: OwnedFd, log: &mut LogWriter, log_path: &Pa
                     }
                     streams[*slot] = None;
                 }
-                Ok(k) => emit(log, stream, partial, &buf[..k]),
+                Ok(k) => {
+                    emit(log, stream, partial, &buf[..k]);
+                    if let Some(a) = attach.as_mut() {
+                        let kind = if *slot == 0 {
+                            attach::STDOUT
+                        } else {
+                            attach::STDERR
+                        };
+                        a.broadcast(kind, &buf[..k]);
+                    }
+                }
             }
         }
     }
