@@ -3,7 +3,7 @@
 # Safe to run again: it installs nothing that is already there.
 set -eu
 
-packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static"
+packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static openssl procps util-linux"
 
 missing=""
 for p in $packages; do

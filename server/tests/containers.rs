@@ -810,3 +810,164 @@ async fn privileged_and_all_capabilities_get_what_crispd_can_grant() {
     .await
     .expect("remove pod");
 }
+
+async fn exec_out(rt: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &[&str]) -> (i32, String) {
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    (
+        out.exit_code,
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_and_a_target_pid_namespace() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, shared) = ready(&s, &daemon).await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: shared,
+    })
+    .await
+    .expect("remove");
+    // A pod whose containers each get their own PID namespace.
+    let mut config = pod_config(&s);
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+
+    // A host device, under another name, usable for what the permissions allow (the
+    // kernel log: not among the devices runc always allows).
+    let mut with_device = container(&s, "dev", "sleep 1000");
+    with_device.devices = vec![cri::Device {
+        container_path: "/dev/crisp-kmsg".into(),
+        host_path: "/dev/kmsg".into(),
+        permissions: "w".into(),
+    }];
+    let dev = create(&mut rt, &s, &pod, with_device).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: dev.clone(),
+    })
+    .await
+    .expect("start");
+    let (code, out) = exec_out(
+        &mut rt,
+        &dev,
+        &[
+            "sh",
+            "-c",
+            "echo crisp-device-test > /dev/crisp-kmsg && echo written",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "written"), "{out}");
+    let (code, out) = exec_out(&mut rt, &dev, &["sh", "-c", "head -c 1 /dev/crisp-kmsg"]).await;
+    assert_ne!(
+        code, 0,
+        "write-only device permissions let a read through: {out}"
+    );
+    assert!(out.contains("not permitted"), "{out}");
+
+    // Not a device: refused, nothing left behind.
+    let mut bad = container(&s, "bad-dev", "true");
+    bad.devices = vec![cri::Device {
+        container_path: "/dev/x".into(),
+        host_path: "/etc/hostname".into(),
+        permissions: "rw".into(),
+    }];
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod_config(&s)),
+        })
+        .await
+        .expect_err("not a device");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("/etc/hostname"), "{}", err.message());
+
+    // A debug container in the PID namespace of `dev`: it sees dev's `sleep` as pid 1.
+    let mut debug = container(&s, "debug", "sleep 1000");
+    debug.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target.into(),
+                target_id: dev.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let debug_id = create(&mut rt, &s, &pod, debug).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: debug_id.clone(),
+    })
+    .await
+    .expect("start");
+    let (code, out) = exec_out(&mut rt, &debug_id, &["sh", "-c", "ps -o pid,args"]).await;
+    assert_eq!(code, 0, "{out}");
+    let sleeps = out.lines().filter(|l| l.contains("sleep 1000")).count();
+    assert_eq!(
+        sleeps, 2,
+        "both containers' processes in one namespace: {out}"
+    );
+    let (_, own) = exec_out(&mut rt, &dev, &["sh", "-c", "ps -o pid,args"]).await;
+    assert_eq!(
+        own.lines().filter(|l| l.contains("sleep 1000")).count(),
+        2,
+        "dev sees the debug container too: {own}"
+    );
+    let mut orphan = container(&s, "orphan", "true");
+    orphan.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target.into(),
+                target_id: "nope".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(orphan),
+            sandbox_config: Some(pod_config(&s)),
+        })
+        .await
+        .expect_err("no target");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let listed = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2, "refused creates left nothing");
+    teardown(&mut rt).await;
+}

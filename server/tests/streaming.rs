@@ -13,18 +13,34 @@ use server::streaming::spdy::{Decoder, Encoder, FLAG_FIN, Frame};
 
 /// `http://host:port/path` → (`host:port`, `/path`).
 fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("http URL");
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .expect("http(s) URL");
     let (addr, path) = rest.split_once('/').expect("path");
     (addr.to_owned(), format!("/{path}"))
 }
 
+/// A connection the clients below speak over: TCP, or TLS over TCP.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
 /// Sends an HTTP upgrade request and returns the connection after the response head,
 /// with the status code and the head.
-fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String) {
-    let (addr, path) = split_url(url);
-    let mut tcp = TcpStream::connect(&addr).expect("connect");
+fn upgrade(url: &str, headers: &[(&str, &str)]) -> (Box<dyn Conn>, u16, String) {
+    let (addr, _) = split_url(url);
+    let tcp = TcpStream::connect(&addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
+    upgrade_on(Box::new(tcp), url, headers)
+}
+
+fn upgrade_on(
+    mut tcp: Box<dyn Conn>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (Box<dyn Conn>, u16, String) {
+    let (addr, path) = split_url(url);
     let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -50,7 +66,7 @@ fn upgrade(url: &str, headers: &[(&str, &str)]) -> (TcpStream, u16, String) {
 
 /// A SPDY client connection.
 struct Spdy {
-    tcp: TcpStream,
+    tcp: Box<dyn Conn>,
     enc: Encoder,
     dec: Decoder,
     buf: Vec<u8>,
@@ -58,7 +74,15 @@ struct Spdy {
 
 impl Spdy {
     fn open(url: &str, protocol: &str) -> Self {
-        let (tcp, code, head) = upgrade(
+        let tcp = TcpStream::connect(split_url(url).0).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Self::open_on(Box::new(tcp), url, protocol)
+    }
+
+    fn open_on(conn: Box<dyn Conn>, url: &str, protocol: &str) -> Self {
+        let (tcp, code, head) = upgrade_on(
+            conn,
             url,
             &[
                 ("Connection", "Upgrade"),
@@ -696,5 +720,76 @@ async fn attach_gets_output_and_sends_input_and_detaching_keeps_the_container() 
         .await
         .expect_err("tty mismatch");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    teardown(&mut rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streaming_server_speaks_tls_when_configured() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let s = setup();
+    let (cert, key) = (s.net.sandbox.path("tls.crt"), s.net.sandbox.path("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (make test installs it)");
+    assert!(made.status.success(), "{made:?}");
+    s.net.sandbox.write_config(&format!(
+        "[streaming]\naddress = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let id = create(&mut rt, &s, &pod, container(&s, "sh", "sleep 1000")).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let url = exec_url(&mut rt, &id, &["echo", "over-tls"], false, false).await;
+    assert!(url.starts_with("https://"), "{url}");
+    let got = tokio::task::spawn_blocking(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&cert).expect("cert") {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let tcp = TcpStream::connect(split_url(&url).0).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let stream = rustls::StreamOwned::new(tls, tcp);
+        let mut c = Spdy::open_on(Box::new(stream), &url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdout")]);
+        c.syn(5, &[("streamtype", "stderr")]);
+        c.collect()
+    })
+    .await
+    .expect("client");
+    assert_eq!(got.get(&3).map(Vec::as_slice), Some(&b"over-tls\n"[..]));
     teardown(&mut rt).await;
 }

@@ -57,10 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "e2e-test-images/busybox".into(),
             "1.29-2",
-            match ipcs_layer() {
-                Ok(ipcs) => busybox.clone().layer(ipcs).build(),
+            match tools_layer() {
+                Ok(tools) => busybox.clone().layer(tools).build(),
                 Err(e) => {
-                    eprintln!("crisp-fixture: busybox without ipcs ({e})");
+                    eprintln!("crisp-fixture: busybox without ipcs and pgrep ({e})");
                     busybox.clone().build()
                 }
             },
@@ -214,7 +214,7 @@ fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::er
         .dir("var/lib/nginx/", 0o755)
         .dir("run/", 0o755)
         .host_file("usr/sbin/nginx", binary.to_str().ok_or("path")?, 0o755)?;
-    layer = with_libraries(layer, &binary)?;
+    layer = with_libraries(layer, &binary, &mut std::collections::HashSet::new())?;
     Ok(layer.finish())
 }
 
@@ -222,6 +222,7 @@ fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::er
 fn with_libraries(
     mut layer: LayerBuilder,
     binary: &std::path::Path,
+    added: &mut std::collections::HashSet<String>,
 ) -> Result<LayerBuilder, Box<dyn std::error::Error>> {
     let ldd = std::process::Command::new("ldd").arg(binary).output()?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
@@ -233,7 +234,7 @@ fn with_libraries(
             .split_whitespace()
             .next()
             .unwrap_or_default();
-        if !path.starts_with('/') {
+        if !path.starts_with('/') || !added.insert(path.to_owned()) {
             continue;
         }
         let real = std::fs::canonicalize(path)?;
@@ -246,16 +247,21 @@ fn with_libraries(
     Ok(layer)
 }
 
-/// util-linux's `ipcs` (Debian's busybox has none), for the IPC namespace specs.
-fn ipcs_layer() -> Result<fixture::Layer, Box<dyn std::error::Error>> {
-    let layer = LayerBuilder::new()
+/// util-linux's `ipcs` (for the IPC namespace specs) and procps's `pgrep` (the exec
+/// timeout spec), which Debian's busybox lacks, with their libraries.
+fn tools_layer() -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+    let mut layer = LayerBuilder::new()
         .dir("usr/", 0o755)
         .dir("usr/bin/", 0o755)
         .dir("lib/", 0o755)
         .dir("lib/x86_64-linux-gnu/", 0o755)
-        .dir("lib64/", 0o755)
-        .host_file("usr/bin/ipcs", "/usr/bin/ipcs", 0o755)?;
-    Ok(with_libraries(layer, std::path::Path::new("/usr/bin/ipcs"))?.finish())
+        .dir("lib64/", 0o755);
+    let mut added = std::collections::HashSet::new();
+    for tool in ["/usr/bin/ipcs", "/usr/bin/pgrep"] {
+        layer = layer.host_file(tool.trim_start_matches('/'), tool, 0o755)?;
+        layer = with_libraries(layer, std::path::Path::new(tool), &mut added)?;
+    }
+    Ok(layer.finish())
 }
 
 /// A setuid-root program printing its effective uid, compiled statically with the host's

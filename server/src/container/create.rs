@@ -5,7 +5,7 @@ use cri_proto::v1 as cri;
 use tonic::Status;
 
 use super::spec::{self, ImageDefaults, SpecInput};
-use super::{ContainerRecord, MountRecord, RECORD_VERSION, runtime_for, user};
+use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, runtime_for, user};
 use crate::errors::{handler_status, image_status};
 use crate::pod::{blocking, new_id, now_ns};
 use crate::state::Daemon;
@@ -122,6 +122,39 @@ pub async fn create(
         groups: Vec::new(),
         cgroup_path: String::new(),
         pid: 0,
+        stdin_once: container.stdin && container.stdin_once,
+    };
+
+    // PID namespace mode TARGET joins another running container's PID namespace.
+    let namespaces = container
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let target_pid_ns = if namespaces.pid == i32::from(cri::NamespaceMode::Target) {
+        let target = daemon
+            .containers
+            .get(&namespaces.target_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "target container {} of the PID namespace not found",
+                    namespaces.target_id
+                ))
+            })?;
+        let target = target.snapshot();
+        if target.state() != State::Running || target.pid == 0 {
+            return Err(Status::failed_precondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Some(std::path::PathBuf::from(format!(
+            "/proc/{}/ns/pid",
+            target.pid
+        )))
+    } else {
+        None
     };
 
     // Rootfs, identity and spec are filesystem work.
@@ -177,6 +210,7 @@ pub async fn create(
                     env,
                     cwd,
                     cgroup_driver: driver,
+                    target_pid_ns: target_pid_ns.clone(),
                 };
                 let spec = spec::build(&container, &input)?;
                 Ok::<_, Status>((spec, identity))

@@ -94,6 +94,9 @@ pub struct ContainerRecord {
     /// The init's pid as the handler reported it at create (0 in older records).
     #[serde(default)]
     pub pid: u32,
+    /// The container's stdin closes when the first attacher's stdin does.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 impl ContainerRecord {

@@ -293,6 +293,49 @@ pub struct SpecInput<'a> {
     pub cwd: String,
     /// The cgroup driver.
     pub cgroup_driver: conf::CgroupDriver,
+    /// The PID namespace of the container named by a TARGET namespace mode.
+    pub target_pid_ns: Option<std::path::PathBuf>,
+}
+
+/// A host device made available in the container: its OCI `linux.devices` entry and the
+/// cgroup rule allowing it.
+fn device(d: &cri::Device) -> Result<(Value, Value), Status> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !d.container_path.starts_with('/') {
+        return Err(Status::invalid_argument(format!(
+            "device path `{}` in the container must be absolute",
+            d.container_path
+        )));
+    }
+    let meta = std::fs::metadata(&d.host_path)
+        .map_err(|e| Status::invalid_argument(format!("device {}: {e}", d.host_path)))?;
+    let kind = if meta.file_type().is_char_device() {
+        "c"
+    } else if meta.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(Status::invalid_argument(format!(
+            "{} is not a character or block device",
+            d.host_path
+        )));
+    };
+    let permissions = if d.permissions.is_empty() {
+        "rwm"
+    } else {
+        d.permissions.as_str()
+    };
+    if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        return Err(Status::invalid_argument(format!(
+            "device permissions `{permissions}` must be made of r, w and m"
+        )));
+    }
+    let rdev = meta.rdev();
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    Ok((
+        json!({"path": d.container_path, "type": kind, "major": major, "minor": minor,
+               "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid()}),
+        json!({"allow": true, "type": kind, "major": major, "minor": minor, "access": permissions}),
+    ))
 }
 
 /// Builds the OCI spec as JSON (validated by deserializing it into oci-spec's type).
@@ -383,9 +426,17 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             let mode = security.namespace_options.as_ref().map(|n| n.pid);
             match mode.map(cri::NamespaceMode::try_from) {
                 Some(Ok(cri::NamespaceMode::Node)) => {}
-                Some(Ok(cri::NamespaceMode::Target | cri::NamespaceMode::Pod)) => {
-                    return Err(Status::unimplemented(
-                        "sharing another container's PID namespace is not supported by crisp yet",
+                Some(Ok(cri::NamespaceMode::Target)) => match &input.target_pid_ns {
+                    Some(path) => namespaces.push(json!({"type": "pid", "path": path})),
+                    None => {
+                        return Err(Status::invalid_argument(
+                            "PID namespace mode TARGET needs namespace_options.target_id",
+                        ));
+                    }
+                },
+                Some(Ok(cri::NamespaceMode::Pod)) => {
+                    return Err(Status::invalid_argument(
+                        "the pod has no shared PID namespace (its PID mode is CONTAINER)",
                     ));
                 }
                 _ => namespaces.push(json!({"type": "pid"})),
@@ -420,6 +471,24 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         }
     };
     let mut linux_resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut devices = Vec::new();
+    for d in &request.devices {
+        let (entry, rule) = device(d)?;
+        devices.push(entry);
+        if let Some(rules) = linux_resources["devices"].as_array_mut() {
+            rules.push(rule);
+        }
+    }
+    if !resources.hugepage_limits.is_empty() {
+        linux_resources["hugepageLimits"] = resources
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect();
+    }
+    if !resources.unified.is_empty() {
+        linux_resources["unified"] = json!(resources.unified);
+    }
     let mut cpu = serde_json::Map::new();
     if resources.cpu_shares > 0 {
         cpu.insert("shares".into(), resources.cpu_shares.into());
@@ -491,6 +560,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": linux_resources,
+            "devices": devices,
             "maskedPaths": masked,
             "readonlyPaths": readonly,
         },

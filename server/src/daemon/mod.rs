@@ -77,14 +77,21 @@ async fn serve(
     if local.ip().is_unspecified() {
         local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    let tls = match (&streaming.tls_cert, &streaming.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::streaming::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => return Err("streaming: tls_cert and tls_key go together".into()),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = daemon.streaming.set(crate::streaming::Streaming::new(
-        format!("http://{local}"),
+        format!("{scheme}://{local}"),
         streaming.token_timeout,
     ));
-    tracing::info!(address = %local, "streaming server listening");
+    tracing::info!(address = %local, tls = tls.is_some(), "streaming server listening");
     tokio::spawn(crate::streaming::serve(
         Arc::clone(&daemon),
         stream_listener,
+        tls,
     ));
     let metrics_address = daemon.config().metrics.address.clone();
     if !metrics_address.is_empty() {

@@ -341,13 +341,12 @@ async fn attach(
         resize,
         mut closed,
     } = input;
-    let bundle = daemon
+    let record = daemon
         .containers
         .get(&request.container_id)
         .map(|c| c.snapshot())
-        .filter(|r| r.state() == State::Running)
-        .map(|r| r.bundle.clone());
-    let Some(bundle) = bundle else {
+        .filter(|r| r.state() == State::Running);
+    let Some((bundle, stdin_once)) = record.map(|r| (r.bundle.clone(), r.stdin_once)) else {
         report(
             &output,
             version,
@@ -377,8 +376,12 @@ async fn attach(
         tasks.push(tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
                 if writer.lock().await.stdin(&data).await.is_err() {
-                    break;
+                    return;
                 }
+            }
+            // The client closed its stdin: a stdin_once container's input ends with it.
+            if stdin_once {
+                let _ = writer.lock().await.close_stdin().await;
             }
         }));
     }
