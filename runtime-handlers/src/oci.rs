@@ -323,6 +323,13 @@ impl OciRuntime {
         let json = serde_json::to_vec(process).map_err(|e| io(std::io::Error::other(e)))?;
         tokio::fs::write(&spec_path, json).await.map_err(io)?;
         let pid_path = spec_path.with_extension("pid");
+        // Whether the call times out here or the caller gives up (a gRPC deadline drops
+        // this future), the process runc started must not outlive the call.
+        let mut guard = ExecGuard {
+            pid_path: pid_path.clone(),
+            spec_path: spec_path.clone(),
+            finished: false,
+        };
         let mut child = self
             .command()
             .arg("exec")
@@ -361,19 +368,11 @@ impl OciRuntime {
             Some(t) if !t.is_zero() => tokio::time::timeout(t, collect).await.ok(),
             _ => Some(collect.await),
         };
-        let _ = tokio::fs::remove_file(&spec_path).await;
-        let exec_pid = tokio::fs::read_to_string(&pid_path).await.ok();
-        let _ = tokio::fs::remove_file(&pid_path).await;
+        // Dropping `collect` killed runc exec, but the process it started lives on in the
+        // container until the guard kills it.
+        guard.finished = result.is_some();
+        drop(guard);
         let Some((status, stdout, stderr)) = result else {
-            // Dropping `collect` killed runc exec, but the process it started lives on in
-            // the container: kill it too, so a timed-out probe leaves nothing behind.
-            if let Some(pid) = exec_pid
-                .and_then(|p| p.trim().parse::<i32>().ok())
-                .filter(|p| *p > 0)
-            {
-                // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
             return Err(HandlerError::Timeout {
                 id: id.to_owned(),
                 after: timeout.unwrap_or_default(),
@@ -389,6 +388,31 @@ impl OciRuntime {
             stdout,
             stderr,
         })
+    }
+}
+
+/// Kills an ExecSync's process (by the pid runc wrote) unless it finished, and removes
+/// the exec's files.
+struct ExecGuard {
+    pid_path: PathBuf,
+    spec_path: PathBuf,
+    finished: bool,
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(pid) = std::fs::read_to_string(&self.pid_path)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+        {
+            // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported,
+            // which has not finished (the call ended before it did).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_file(&self.pid_path);
+        let _ = std::fs::remove_file(&self.spec_path);
     }
 }
 

@@ -135,6 +135,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     let mut images = images;
+    images.push((
+        "e2e-test-images/httpd".into(),
+        "2.4.39-4",
+        busybox
+            .clone()
+            .layer(httpd_layer())
+            .env("PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .cmd(&["httpd-foreground"])
+            .build(),
+    ));
     match nginx_layer(&dir.join("nginx-deb")) {
         Ok(layer) => {
             let nginx = busybox.clone().layer(layer).layer(nginx_conf(80)).cmd(&[
@@ -292,6 +302,18 @@ fn nonewprivs_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn st
 
 /// A layer holding nginx.conf: master as root, workers as www-data, pid file where
 /// critest reads it, 200 for `/` on `port`.
+/// The multi-container specs' web server: busybox httpd on :80 in the foreground, behind
+/// the `httpd-foreground` command of the upstream image, announcing itself on stdout.
+fn httpd_layer() -> fixture::Layer {
+    let script = "#!/bin/sh\nmkdir -p /usr/local/apache2/htdocs\necho '<html><body><h1>It works!</h1></body></html>' > /usr/local/apache2/htdocs/index.html\necho 'httpd (busybox) serving /usr/local/apache2/htdocs on :80'\nexec httpd -f -v -p 80 -h /usr/local/apache2/htdocs\n";
+    LayerBuilder::new()
+        .dir("usr/", 0o755)
+        .dir("usr/local/", 0o755)
+        .dir("usr/local/bin/", 0o755)
+        .file("usr/local/bin/httpd-foreground", script.as_bytes(), 0o755)
+        .finish()
+}
+
 fn nginx_conf(port: u16) -> fixture::Layer {
     let conf = format!(
         "user www-data;\nworker_processes 1;\npid /var/run/nginx.pid;\nerror_log /dev/stderr;\nevents {{}}\nhttp {{\n  access_log off;\n  server {{\n    listen {port};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"

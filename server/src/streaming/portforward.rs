@@ -20,15 +20,18 @@ use crate::state::Daemon;
 /// The protocol name.
 pub const PROTOCOL: &str = "portforward.k8s.io";
 
-/// Connects to `localhost:port` from inside the network namespace pinned at `netns`: the
-/// socket is made on a thread that joined the namespace, and stays in it.
-async fn connect_in(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+/// Connects to `localhost:port` from inside the network namespace pinned at `netns` (the
+/// host's for a host-network pod): the socket is made on a thread that joined the
+/// namespace, and stays in it.
+async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let stream = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-        let ns = std::fs::File::open(&netns)?;
+        let ns = netns.map(std::fs::File::open).transpose()?;
         let handle = std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {
             // SAFETY: `ns` is an open namespace file; setns changes only this thread, which
             // ends after the connect.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if let Some(ns) = ns
+                && unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             let timeout = Duration::from_secs(10);
@@ -51,7 +54,7 @@ async fn connect_in(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::Tc
 /// One forwarded connection, once both of its streams are open.
 async fn forward(
     sender: session::Sender,
-    netns: PathBuf,
+    netns: Option<PathBuf>,
     port: u16,
     error: Incoming,
     mut data: Incoming,
@@ -97,15 +100,17 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let mut session = session::start(io);
-    let netns = daemon
-        .pods
-        .get(&request.pod_sandbox_id)
-        .and_then(|p| p.snapshot().netns());
-    let Some(netns) = netns.filter(|n| Path::new(n).exists()) else {
-        tracing::debug!(pod = %request.pod_sandbox_id, "port-forward to a pod without a network namespace");
+    let Some(pod) = daemon.pods.get(&request.pod_sandbox_id) else {
         session.sender.close();
         return;
     };
+    // A host-network pod's ports are the host's.
+    let netns = pod.snapshot().netns();
+    if netns.as_ref().is_some_and(|n| !Path::new(n).exists()) {
+        tracing::debug!(pod = %request.pod_sandbox_id, "port-forward to a pod whose network namespace is gone");
+        session.sender.close();
+        return;
+    }
     // Streams wait here for their partner: (requestid) -> error or data stream.
     let mut pending: HashMap<String, (Option<Incoming>, Option<Incoming>)> = HashMap::new();
     let mut forwards = Vec::new();
