@@ -133,18 +133,24 @@ impl ExecSession {
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
 
-    /// Kills the process now (the client went away).
+    /// Kills the process now (the client went away). Its parent (the runtime, or the
+    /// monitor for a terminal) reaps it and exits; until the process has started, the
+    /// parent itself is killed.
     pub fn kill(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+        match std::fs::read_to_string(&self.pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<i32>().ok())
             .filter(|p| *p > 0)
         {
             // SAFETY: kill takes no pointers; the pid is the exec'd process the runtime
-            // reported, and it has not been reaped (its runtime parent still waits on it).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // reported, and it has not been reaped (its parent still waits on it).
+            Some(pid) => unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            },
+            None => {
+                let _ = self.child.start_kill();
+            }
         }
-        let _ = self.child.start_kill();
     }
 
     fn cleanup(&self) {

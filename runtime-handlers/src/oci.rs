@@ -330,8 +330,11 @@ impl OciRuntime {
             spec_path: spec_path.clone(),
             finished: false,
         };
+        // runc exec stays the process's parent: it reaps the process once the guard kills
+        // it. Killing runc instead would orphan the process to the host's init.
         let mut child = self
             .command()
+            .kill_on_drop(false)
             .arg("exec")
             .arg("--process")
             .arg(&spec_path)
@@ -371,8 +374,19 @@ impl OciRuntime {
         // Dropping `collect` killed runc exec, but the process it started lives on in the
         // container until the guard kills it.
         guard.finished = result.is_some();
+        let killed = if result.is_none() { guard.kill() } else { None };
         drop(guard);
         let Some((status, stdout, stderr)) = result else {
+            // Answer once it is gone (reaped by the container's init), as kubelet and
+            // critest look for it right after.
+            if let Some(pid) = killed {
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while Path::new(&format!("/proc/{pid}")).exists()
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             return Err(HandlerError::Timeout {
                 id: id.to_owned(),
                 after: timeout.unwrap_or_default(),
@@ -399,17 +413,25 @@ struct ExecGuard {
     finished: bool,
 }
 
+impl ExecGuard {
+    /// Kills the process now; returns its pid.
+    fn kill(&mut self) -> Option<i32> {
+        let pid = std::fs::read_to_string(&self.pid_path)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)?;
+        // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported,
+        // which has not finished (the call ended before it did).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        self.finished = true;
+        Some(pid)
+    }
+}
+
 impl Drop for ExecGuard {
     fn drop(&mut self) {
-        if !self.finished
-            && let Some(pid) = std::fs::read_to_string(&self.pid_path)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-                .filter(|p| *p > 0)
-        {
-            // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported,
-            // which has not finished (the call ended before it did).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if !self.finished {
+            self.kill();
         }
         let _ = std::fs::remove_file(&self.pid_path);
         let _ = std::fs::remove_file(&self.spec_path);
@@ -676,10 +698,12 @@ impl RuntimeHandler for OciRuntime {
                 .arg(&self.root)
                 .arg("exec")
                 .arg("--detach");
-            cmd.kill_on_drop(true);
+            cmd.kill_on_drop(false);
             cmd
         } else {
             let mut cmd = self.command();
+            // As for ExecSync: runc reaps the process the session kills.
+            cmd.kill_on_drop(false);
             cmd.arg("exec");
             cmd
         };
