@@ -153,6 +153,19 @@ impl ExecSession {
         }
     }
 
+    /// Kills the process, waiting (up to 2 s) for the runtime to report its pid if it has
+    /// not yet: a process that just started must not survive its client.
+    pub async fn terminate(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !self.pid_file.exists() && std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.kill();
+    }
+
     fn cleanup(&self) {
         let _ = std::fs::remove_file(&self.pid_file);
         let _ = std::fs::remove_file(&self.spec_file);

@@ -288,6 +288,25 @@ async fn exec_over_spdy_and_websocket_with_and_without_a_terminal() {
     assert_eq!(stdout, b"abc");
     assert_eq!(exit_code_of(&status), 5);
 
+    // WebSocket v4, terminal: a tty of the size sent on the resize channel.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "sleep 0.3; tty; stty size; exit 6"],
+        true,
+        false,
+    )
+    .await;
+    let mut resize = vec![4u8];
+    resize.extend_from_slice(br#"{"Width":90,"Height":30}"#);
+    let (stdout, status) = ws_session(&url, "v4.channel.k8s.io", vec![resize], None).await;
+    let out = String::from_utf8_lossy(&stdout).into_owned();
+    assert!(
+        out.contains("/dev/pts/") && out.contains("30 90"),
+        "{out:?}"
+    );
+    assert_eq!(exit_code_of(&status), 6);
+
     // Tokens are single-use; unknown ones are 404.
     let url = exec_url(&mut rt, &id, &["true"], false, false).await;
     let reuse = url.clone();
@@ -359,12 +378,47 @@ async fn exec_over_spdy_and_websocket_with_and_without_a_terminal() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The same over WebSocket: the client goes once the process printed.
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["sh", "-c", "echo up; exec sleep 778"],
+        false,
+        false,
+    )
+    .await;
+    let (stdout, _) = ws_session(&url, "v5.channel.k8s.io", Vec::new(), Some(b"up")).await;
+    assert_eq!(stdout, b"up\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes(b"sleep\x00778\x00") > 0 || fds(crispd) > before {
+        assert!(
+            Instant::now() < deadline,
+            "left behind over WebSocket: {} processes, {} fds (was {before})",
+            processes(b"sleep\x00778\x00"),
+            fds(crispd)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     teardown(&mut rt).await;
 }
 
 /// Runs an exec over WebSocket: sends `stdin` on channel 0, closes it (v5 signal), and
 /// returns stdout and the status.
 async fn ws_exec(url: &str, protocol: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut first = vec![0u8];
+    first.extend_from_slice(stdin);
+    ws_session(url, protocol, vec![first, vec![255u8, 0]], None).await
+}
+
+/// Opens a WebSocket stream session, sends `messages` (each a channel byte and data), and
+/// returns stdout and the status once the server closes, or once stdout holds `until`
+/// (then the client hangs up).
+async fn ws_session(
+    url: &str,
+    protocol: &str,
+    messages: Vec<Vec<u8>>,
+    until: Option<&[u8]>,
+) -> (Vec<u8>, Vec<u8>) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let mut request = url
@@ -386,12 +440,9 @@ async fn ws_exec(url: &str, protocol: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>) 
             .and_then(|v| v.to_str().ok()),
         Some(protocol)
     );
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(stdin);
-    ws.send(Message::binary(frame)).await.expect("stdin");
-    ws.send(Message::binary(vec![255u8, 0]))
-        .await
-        .expect("close stdin");
+    for message in messages {
+        ws.send(Message::binary(message)).await.expect("send");
+    }
     let (mut stdout, mut status) = (Vec::new(), Vec::new());
     while let Some(Ok(message)) = tokio::time::timeout(Duration::from_secs(20), ws.next())
         .await
@@ -405,6 +456,9 @@ async fn ws_exec(url: &str, protocol: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>) 
                 3 => status.extend_from_slice(data),
                 _ => {}
             }
+        }
+        if until.is_some_and(|u| stdout.windows(u.len()).any(|w| w == u)) {
+            break;
         }
     }
     (stdout, status)
@@ -710,6 +764,15 @@ async fn attach_gets_output_and_sends_input_and_detaching_keeps_the_container() 
     .await
     .expect("client");
     assert!(String::from_utf8_lossy(&out).contains("err-two"), "{out:?}");
+    // And over WebSocket.
+    let url = attach_url(&mut rt).await;
+    let mut line = vec![0u8];
+    line.extend_from_slice(b"three\n");
+    let (stdout, _) = ws_session(&url, "v5.channel.k8s.io", vec![line], Some(b"echo-three")).await;
+    assert!(
+        String::from_utf8_lossy(&stdout).contains("echo-three"),
+        "{stdout:?}"
+    );
     let err = rt
         .attach(cri::AttachRequest {
             container_id: id.clone(),

@@ -35,7 +35,7 @@ pub async fn status(
         .containers
         .get(id)
         .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
-    let record = (*container.snapshot()).clone();
+    let record = container.snapshot();
     let state = record.state();
     let (exit_code, finished_at, reason) = match state {
         State::Exited { code, finished_at } => (
@@ -115,7 +115,7 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
     let filter = filter.unwrap_or_default();
     let mut out = Vec::new();
     for c in daemon.containers.all() {
-        let record = (*c.snapshot()).clone();
+        let record = c.snapshot();
         if !filter.id.is_empty() && !record.id.starts_with(&filter.id) {
             continue;
         }

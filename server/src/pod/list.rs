@@ -46,7 +46,7 @@ pub async fn status(
         .pods
         .get(id)
         .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
-    let record = (*pod.snapshot()).clone();
+    let record = pod.snapshot();
     let network = (record.network_mode != NsMode::Node).then(|| cri::PodSandboxNetworkStatus {
         ip: record.ips.first().cloned().unwrap_or_default(),
         additional_ips: record
@@ -101,7 +101,7 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::PodSandboxFilter>) -> Vec
     let filter = filter.unwrap_or_default();
     let mut out = Vec::new();
     for pod in daemon.pods.all() {
-        let record = (*pod.snapshot()).clone();
+        let record = pod.snapshot();
         if !filter.id.is_empty() && !record.id.starts_with(&filter.id) {
             continue;
         }

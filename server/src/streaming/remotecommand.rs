@@ -538,9 +538,9 @@ async fn run(
     }
     let exit = tokio::select! {
         exit = session.wait() => exit,
-        _ = closed.wait_for(|c| *c) => {
+        () = async { let _ = closed.wait_for(|c| *c).await; } => {
             tracing::debug!(container = %record.id, "exec client went away; killing the process");
-            session.kill();
+            session.terminate().await;
             for pump in &pumps {
                 pump.abort();
             }
