@@ -287,6 +287,19 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
     let runtime = crate::container::runtime_for(&daemon.config(), &record.handler).ok()?;
     let stats = runtime.container_stats(&record.handle()).await.ok()?;
     daemon.stats.record(&record.id, stats);
+    // The writable layer of a container this young is small: measure it now too.
+    let store = daemon.images.store();
+    let id = record.id.clone();
+    if let Ok((bytes, inodes, _)) =
+        tokio::task::spawn_blocking(move || store.snapshots.writable_usage(&id)).await
+        && let Some(entry) = guard(&daemon.stats.containers).get_mut(&record.id)
+    {
+        entry.writable = Some(Writable {
+            at: crate::pod::now_ns(),
+            bytes,
+            inodes,
+        });
+    }
     daemon.stats.sample(&record.id)
 }
 
