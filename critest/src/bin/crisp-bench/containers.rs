@@ -18,7 +18,35 @@ struct Figures {
     per_container_rss: u64,
     list_stats: f64,
     list_containers: f64,
+    list_containers_8: f64,
+    list_containers_32: f64,
     list_pods: f64,
+}
+
+/// Median latency of ListContainers calls made by `clients` clients at once, 10 each, ms.
+async fn concurrent_lists(
+    rt: &cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    clients: usize,
+) -> Result<f64, Error> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            for _ in 0..10 {
+                let t = Instant::now();
+                rt.list_containers(cri::ListContainersRequest::default())
+                    .await?;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, tonic::Status>(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(median(&mut all))
 }
 
 /// Median latency of `rounds` calls of `call`, ms.
@@ -155,6 +183,8 @@ async fn measure(
         }
     })
     .await?;
+    let list_containers_8 = concurrent_lists(&listing, 8).await?;
+    let list_containers_32 = concurrent_lists(&listing, 32).await?;
     let list_pods = timed(20, || {
         let mut rt = listing.clone();
         async move {
@@ -194,6 +224,8 @@ async fn measure(
         per_container_rss,
         list_stats,
         list_containers,
+        list_containers_8,
+        list_containers_32,
         list_pods,
     })
 }
@@ -267,6 +299,18 @@ pub async fn run(count: usize) -> Result<(), Error> {
         &format!("ListContainers, {count} running"),
         c.list_containers,
         d.list_containers,
+        "ms",
+    );
+    row(
+        &format!("ListContainers, {count} running, 8 clients at once (median call)"),
+        c.list_containers_8,
+        d.list_containers_8,
+        "ms",
+    );
+    row(
+        &format!("ListContainers, {count} running, 32 clients at once (median call)"),
+        c.list_containers_32,
+        d.list_containers_32,
         "ms",
     );
     row("ListPodSandbox", c.list_pods, d.list_pods, "ms");

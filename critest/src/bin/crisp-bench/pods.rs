@@ -61,6 +61,7 @@ struct Figures {
     stop: f64,
     remove: f64,
     parallel_per_pod: f64,
+    parallel_32_per_pod: f64,
     idle_rss: u64,
     loaded_rss: u64,
     per_pod_rss: u64,
@@ -141,38 +142,9 @@ async fn measure(
         remove.push(t.elapsed().as_secs_f64() * 1000.0);
     }
 
-    // 8 clients at once, each running its share of pods through their whole life.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..8 {
-        let mut rt = clients.runtime.clone();
-        let share = count / 8;
-        tasks.push(tokio::spawn(async move {
-            for j in 0..share {
-                let i = 10_000 + worker * 1000 + j;
-                let id = rt
-                    .run_pod_sandbox(cri::RunPodSandboxRequest {
-                        config: Some(pod(i)),
-                        runtime_handler: String::new(),
-                    })
-                    .await?
-                    .into_inner()
-                    .pod_sandbox_id;
-                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await?;
-                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-                    .await?;
-            }
-            Ok::<_, tonic::Status>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let parallel_per_pod =
-        started.elapsed().as_secs_f64() * 1000.0 / ((count / 8) * 8).max(1) as f64;
+    // 8, then 32 clients at once, each running its share of pods through their whole life.
+    let parallel_per_pod = parallel(&clients, 8, count, 10_000).await?;
+    let parallel_32_per_pod = parallel(&clients, 32, count.max(32), 20_000).await?;
 
     // Memory with 10 pods up.
     let before = helper_rss(markers);
@@ -206,10 +178,51 @@ async fn measure(
         stop: median(&mut stop),
         remove: median(&mut remove),
         parallel_per_pod,
+        parallel_32_per_pod,
         idle_rss,
         loaded_rss,
         per_pod_rss,
     })
+}
+
+/// `workers` clients at once, each creating, stopping and removing its share of `count`
+/// pods; the wall time per pod, ms.
+async fn parallel(
+    clients: &critest::Clients,
+    workers: usize,
+    count: usize,
+    base: usize,
+) -> Result<f64, Error> {
+    let started = Instant::now();
+    let share = count / workers;
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let mut rt = clients.runtime.clone();
+        tasks.push(tokio::spawn(async move {
+            for j in 0..share {
+                let i = base + worker * 100 + j;
+                let id = rt
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(pod(i)),
+                        runtime_handler: String::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .pod_sandbox_id;
+                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
+                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / (share * workers).max(1) as f64)
 }
 
 fn rt_clone(
@@ -261,7 +274,7 @@ pub async fn run(count: usize) -> Result<(), Error> {
     crate::print_table(
         "pods",
         &format!(
-            "{count} pods sequentially (medians), then {count} with 8 clients at once; CNI bridge+host-local+portmap+loopback; runc; pods with PID mode CONTAINER as kubelet sends"
+            "{count} pods sequentially (medians), then {count} with 8 and with 32 clients at once; CNI bridge+host-local+portmap+loopback; runc; pods with PID mode CONTAINER as kubelet sends"
         ),
     );
     let row = crate::print_row;
@@ -272,6 +285,12 @@ pub async fn run(count: usize) -> Result<(), Error> {
         "create+stop+remove, 8 clients, wall per pod",
         c.parallel_per_pod,
         d.parallel_per_pod,
+        "ms",
+    );
+    row(
+        "create+stop+remove, 32 clients, wall per pod",
+        c.parallel_32_per_pod,
+        d.parallel_32_per_pod,
         "ms",
     );
     row(
