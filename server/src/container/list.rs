@@ -122,7 +122,14 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
         if !filter.pod_sandbox_id.is_empty() && !record.pod_id.starts_with(&filter.pod_sandbox_id) {
             continue;
         }
-        let state = cri_state(record.state());
+        // Events know which containers exited without reading each exit file; a
+        // container nothing watches is asked directly.
+        let state = match daemon.events.exited(&record.id) {
+            Some(true) => cri::ContainerState::ContainerExited.into(),
+            Some(false) if record.started_at > 0 => cri::ContainerState::ContainerRunning.into(),
+            Some(false) => cri::ContainerState::ContainerCreated.into(),
+            None => cri_state(record.state()),
+        };
         if filter.state.as_ref().is_some_and(|s| s.state != state) {
             continue;
         }

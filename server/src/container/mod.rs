@@ -179,10 +179,12 @@ pub fn watch(
     container: std::sync::Arc<Container>,
     events: std::sync::Arc<crate::events::Events>,
 ) {
+    let snapshot = container.snapshot();
+    events.watching(&snapshot.id);
     tokio::spawn(async move {
-        let snapshot = container.snapshot();
         if let Err(e) = runtime.wait_container(&snapshot.handle()).await {
             tracing::warn!(id = %snapshot.id, error = %e, "lost track of the container's exit");
+            events.unwatched(&snapshot.id);
             return;
         }
         let record = container.record.lock().await;
