@@ -80,6 +80,24 @@ async fn events_follow_each_lifecycle_in_order_exactly_once() {
             ContainerStoppedEvent
         ]
     );
+    // ListContainers agrees with the event as soon as it is out.
+    let exited = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerExited.into(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        exited.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [quick.as_str()]
+    );
 
     // One stopped by StopContainer, then both removed.
     let long = create(&mut rt, &s, &pod, container(&s, "long", "sleep 300")).await;
