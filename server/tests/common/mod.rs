@@ -91,10 +91,28 @@ impl Sandbox {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         tweak(&mut cmd);
-        let child = cmd.spawn().expect("spawn crispd");
+        let mut child = cmd.spawn().expect("spawn crispd");
+        // Drain the log as it comes: a full pipe would block crispd's logging.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = child.stderr.take().map(|mut stderr| {
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.extend_from_slice(&buf[..n]);
+                    }
+                }
+            })
+        });
         let mut daemon = Daemon {
             child: Some(child),
             socket: self.socket(),
+            log,
+            reader,
         };
         daemon.wait_ready();
         daemon
@@ -105,6 +123,8 @@ impl Sandbox {
 pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -117,10 +137,7 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let mut err = String::new();
-                if let Some(mut stderr) = child.stderr.take() {
-                    let _ = stderr.read_to_string(&mut err);
-                }
+                let err = self.take_log();
                 panic!("crispd exited early with {status}: {err}");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -129,6 +146,15 @@ impl Daemon {
             "crispd did not listen on {} within 20s",
             self.socket.display()
         );
+    }
+
+    /// Everything logged so far, once the log has ended (the daemon exited).
+    fn take_log(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let bytes = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub fn pid(&self) -> i32 {
@@ -146,12 +172,8 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         // SAFETY: as above.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let mut err = String::new();
-        if let Some(mut stderr) = child.stderr.take() {
-            let _ = stderr.read_to_string(&mut err);
-        }
         let status = child.wait().expect("wait crispd");
-        (status, err)
+        (status, self.take_log())
     }
 
     /// SIGKILL: the daemon gets no chance to clean up (a crash).
