@@ -118,8 +118,11 @@ impl MetadataStore {
                 .mode(sled::Mode::LowSpace)
                 .open()
             {
+                // sled reports the lock as an error of kind Other, with the OS error in
+                // its message.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
