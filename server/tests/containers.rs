@@ -971,3 +971,84 @@ async fn devices_and_a_target_pid_namespace() {
     assert_eq!(listed.len(), 2, "refused creates left nothing");
     teardown(&mut rt).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_are_mounted_read_only_and_released() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let mounts_before = s.net.mounts();
+    let volume = |sub: &str, image: &str| cri::Mount {
+        container_path: "/vol".into(),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        readonly: true,
+        image_sub_path: sub.into(),
+        ..Default::default()
+    };
+    let mut config = container(
+        &s,
+        "vol",
+        "test -x /vol/bin/busybox && ! touch /vol/new 2>/dev/null && echo ro-ok; sleep 1000",
+    );
+    config.mounts = vec![volume("", &s.image)];
+    let id = create(&mut rt, &s, &pod, config).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let (code, out) = exec_out(
+        &mut rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "test -x /vol/bin/busybox && ! touch /vol/new 2>/dev/null && echo ro-ok",
+        ],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "ro-ok"), "{out}");
+    // A directory of the image.
+    let mut sub = container(&s, "vol-sub", "sleep 1000");
+    sub.mounts = vec![volume("etc", &s.image)];
+    let sub_id = create(&mut rt, &s, &pod, sub).await;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: sub_id.clone(),
+    })
+    .await
+    .expect("start");
+    let (code, out) = exec_out(&mut rt, &sub_id, &["cat", "/vol/passwd"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("root:"), "{out}");
+
+    for (bad, code) in [
+        (volume("", "not-pulled:1"), tonic::Code::NotFound),
+        (volume("../..", &s.image), tonic::Code::InvalidArgument),
+        (
+            volume("no-such-dir", &s.image),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let mut config = container(&s, "bad-vol", "true");
+        config.mounts = vec![bad];
+        let err = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod_config(&s)),
+            })
+            .await
+            .expect_err("bad volume");
+        assert_eq!(err.code(), code, "{}", err.message());
+    }
+    for cid in [id, sub_id] {
+        rt.remove_container(cri::RemoveContainerRequest { container_id: cid })
+            .await
+            .expect("remove");
+    }
+    assert_eq!(s.net.mounts(), mounts_before, "image volumes unmounted");
+    teardown(&mut rt).await;
+}

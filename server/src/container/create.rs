@@ -123,7 +123,28 @@ pub async fn create(
         cgroup_path: String::new(),
         pid: 0,
         stdin_once: container.stdin && container.stdin_once,
+        image_volumes: 0,
     };
+    // Image volumes: each image must be present (kubelet pulls them first).
+    let mut volume_chains = Vec::new();
+    for m in &container.mounts {
+        let Some(spec) = m.image.as_ref().filter(|i| !i.image.is_empty()) else {
+            continue;
+        };
+        let volume = daemon
+            .images
+            .find(&spec.image)
+            .await
+            .map_err(image_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "image {} of the volume at {} is not present; pull it first",
+                    spec.image, m.container_path
+                ))
+            })?;
+        volume_chains.push(volume.chain_ids.clone());
+    }
+    record.image_volumes = volume_chains.len();
 
     // PID namespace mode TARGET joins another running container's PID namespace.
     let namespaces = container
@@ -170,6 +191,17 @@ pub async fn create(
                 .snapshots
                 .mount_rootfs(&record.id, &record.chain_ids, &rootfs)
                 .map_err(|e| Status::internal(format!("preparing the rootfs: {e}")))?;
+            let mut volumes = Vec::new();
+            for (n, chain) in volume_chains.iter().enumerate() {
+                let (id, target) = record.image_volume(n);
+                if let Err(e) = store.snapshots.mount_rootfs(&id, chain, &target) {
+                    record.release_image_volumes(&store.snapshots);
+                    let _ = store.snapshots.release_rootfs(&record.id, &rootfs, true);
+                    let _ = std::fs::remove_dir_all(&record.bundle);
+                    return Err(Status::internal(format!("mounting an image volume: {e}")));
+                }
+                volumes.push(target);
+            }
             let built = (|| {
                 let security = container
                     .linux
@@ -211,11 +243,13 @@ pub async fn create(
                     cwd,
                     cgroup_driver: driver,
                     target_pid_ns: target_pid_ns.clone(),
+                    image_volumes: volumes.clone(),
                 };
                 let spec = spec::build(&container, &input)?;
                 Ok::<_, Status>((spec, identity))
             })();
             if built.is_err() {
+                record.release_image_volumes(&store.snapshots);
                 let _ = store.snapshots.release_rootfs(&record.id, &rootfs, true);
                 let _ = std::fs::remove_dir_all(&record.bundle);
             }
@@ -236,9 +270,9 @@ pub async fn create(
         .map_err(|e| Status::internal(format!("OCI spec: {e}")))?;
 
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
-        let _ = daemon
-            .images
-            .store()
+        let store = daemon.images.store();
+        record.release_image_volumes(&store.snapshots);
+        let _ = store
             .snapshots
             .release_rootfs(&record.id, &record.rootfs(), true);
         let _ = std::fs::remove_dir_all(&record.bundle);

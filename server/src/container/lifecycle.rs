@@ -148,7 +148,9 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
         .map_err(handler_status)?;
     let store = daemon.images.store();
     let (cid, rootfs, bundle) = (record.id.clone(), record.rootfs(), record.bundle.clone());
+    let volumes = record.clone();
     crate::pod::blocking(move || {
+        volumes.release_image_volumes(&store.snapshots);
         store
             .snapshots
             .release_rootfs(&cid, &rootfs, true)

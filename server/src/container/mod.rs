@@ -97,6 +97,29 @@ pub struct ContainerRecord {
     /// The container's stdin closes when the first attacher's stdin does.
     #[serde(default)]
     pub stdin_once: bool,
+    /// How many image volumes are mounted for it (`<bundle>/volumes/<n>`).
+    #[serde(default)]
+    pub image_volumes: usize,
+}
+
+impl ContainerRecord {
+    /// The snapshot ID and mount point of image volume `n`.
+    pub fn image_volume(&self, n: usize) -> (String, PathBuf) {
+        (
+            format!("{}-vol{n}", self.id),
+            self.bundle.join("volumes").join(n.to_string()),
+        )
+    }
+
+    /// Unmounts and discards the image volumes.
+    pub fn release_image_volumes(&self, snapshots: &storage::Snapshotter) {
+        for n in 0..self.image_volumes {
+            let (id, target) = self.image_volume(n);
+            if let Err(e) = snapshots.release_rootfs(&id, &target, true) {
+                tracing::warn!(container = %self.id, volume = n, error = %e, "releasing an image volume");
+            }
+        }
+    }
 }
 
 impl ContainerRecord {

@@ -295,6 +295,8 @@ pub struct SpecInput<'a> {
     pub cgroup_driver: conf::CgroupDriver,
     /// The PID namespace of the container named by a TARGET namespace mode.
     pub target_pid_ns: Option<std::path::PathBuf>,
+    /// Where each image volume (mounts with an image, in request order) is mounted.
+    pub image_volumes: Vec<std::path::PathBuf>,
 }
 
 /// A host device made available in the container: its OCI `linux.devices` entry and the
@@ -373,6 +375,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", ro]}));
         }
     }
+    let mut volumes = input.image_volumes.iter();
     for m in &request.mounts {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(Status::invalid_argument(format!(
@@ -381,9 +384,32 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             )));
         }
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(Status::unimplemented(
-                "image volumes are not supported by crisp yet",
-            ));
+            // An image's filesystem, read-only (optionally one of its directories).
+            let Some(root) = volumes.next() else {
+                return Err(Status::internal("an image volume was not mounted"));
+            };
+            let sub = Path::new(&m.image_sub_path);
+            if sub
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "image_sub_path `{}` must be a relative path inside the image",
+                    m.image_sub_path
+                )));
+            }
+            let source = root.join(sub);
+            let inside = std::fs::canonicalize(&source)
+                .ok()
+                .filter(|s| s.starts_with(root) && s.is_dir());
+            if inside.is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "image_sub_path `{}` is not a directory of the image",
+                    m.image_sub_path
+                )));
+            }
+            mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": ["rbind", "rprivate", "ro"]}));
+            continue;
         }
         let host = Path::new(&m.host_path);
         if !host.is_absolute() {
