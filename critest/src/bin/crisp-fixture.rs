@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "e2e-test-images/busybox".into(),
             "1.29-2",
-            match tools_layer() {
+            match tools_layer(&dir.join("busybox-deb")) {
                 Ok(tools) => busybox.clone().layer(tools).build(),
                 Err(e) => {
                     eprintln!("crisp-fixture: busybox without ipcs and pgrep ({e})");
@@ -185,22 +185,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// nginx from Debian's package (fetched with `apt-get download`, never installed on the
 /// host), with the shared libraries it links copied from the host, listening on :80.
-fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+/// Fetches Debian package `package` (never installing it) and unpacks it under `work`;
+/// returns the unpacked root.
+fn debian_package(
+    work: &std::path::Path,
+    package: &str,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(work)?;
     let status = std::process::Command::new("apt-get")
-        .args(["download", "-q", "nginx"])
+        .args(["download", "-q", package])
         .current_dir(work)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()?;
     if !status.success() {
-        return Err("apt-get download nginx failed".into());
+        return Err(format!("apt-get download {package} failed").into());
     }
     let deb = std::fs::read_dir(work)?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or("no nginx .deb")?;
+        .ok_or_else(|| format!("no {package} .deb"))?;
     let root = work.join("root");
     let status = std::process::Command::new("dpkg-deb")
         .arg("-x")
@@ -210,6 +215,11 @@ fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::er
     if !status.success() {
         return Err("dpkg-deb -x failed".into());
     }
+    Ok(root)
+}
+
+fn nginx_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+    let root = debian_package(work, "nginx")?;
     let binary = root.join("usr/sbin/nginx");
     let mut layer = LayerBuilder::new()
         .dir("usr/", 0o755)
@@ -258,9 +268,12 @@ fn with_libraries(
 }
 
 /// util-linux's `ipcs` (for the IPC namespace specs) and procps's `pgrep` (the exec
-/// timeout spec), which Debian's busybox lacks, with their libraries.
-fn tools_layer() -> Result<fixture::Layer, Box<dyn std::error::Error>> {
+/// timeout spec), which Debian's busybox lacks, with their libraries; and as `/bin/sh`
+/// the busybox of Debian's `busybox` package, whose shell runs commands from PATH (the
+/// static busybox's shell runs its own applets, so a masked `/bin/ls` is never opened).
+fn tools_layer(work: &std::path::Path) -> Result<fixture::Layer, Box<dyn std::error::Error>> {
     let mut layer = LayerBuilder::new()
+        .dir("bin/", 0o755)
         .dir("usr/", 0o755)
         .dir("usr/bin/", 0o755)
         .dir("lib/", 0o755)
@@ -270,6 +283,14 @@ fn tools_layer() -> Result<fixture::Layer, Box<dyn std::error::Error>> {
     for tool in ["/usr/bin/ipcs", "/usr/bin/pgrep"] {
         layer = layer.host_file(tool.trim_start_matches('/'), tool, 0o755)?;
         layer = with_libraries(layer, std::path::Path::new(tool), &mut added)?;
+    }
+    match debian_package(work, "busybox") {
+        Ok(root) => {
+            let shell = root.join("bin/busybox");
+            layer = layer.host_file("bin/sh", shell.to_str().ok_or("path")?, 0o755)?;
+            layer = with_libraries(layer, &shell, &mut added)?;
+        }
+        Err(e) => eprintln!("crisp-fixture: static busybox sh in the e2e image ({e})"),
     }
     Ok(layer.finish())
 }
