@@ -235,8 +235,8 @@ fn a_stale_socket_from_a_dead_daemon_is_replaced() {
     drop(std::os::unix::net::UnixListener::bind(sandbox.socket()).expect("bind"));
     assert!(sandbox.socket().exists());
     let daemon = sandbox.start();
-    let (status, _) = daemon.stop();
-    assert!(status.success());
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{status}: {log}");
 }
 
 #[test]
