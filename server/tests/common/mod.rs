@@ -98,12 +98,18 @@ impl Sandbox {
             let log = std::sync::Arc::clone(&log);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8192];
-                while let Ok(n) = stderr.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if let Ok(mut l) = log.lock() {
-                        l.extend_from_slice(&buf[..n]);
+                loop {
+                    match stderr.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if let Ok(mut l) = log.lock() {
+                                l.extend_from_slice(&buf[..n]);
+                            }
+                        }
+                        // A signal is no reason to stop draining (crispd would lose its
+                        // stderr).
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
                     }
                 }
             })
