@@ -294,3 +294,18 @@ fn a_bad_reload_keeps_the_running_configuration() {
     let (_, log) = daemon.stop();
     assert!(log.contains("reload failed"), "{log}");
 }
+
+#[test]
+fn bad_streaming_tls_settings_stop_crispd_with_a_clear_message() {
+    let sandbox = Sandbox::new("[streaming]\ntls_cert = \"/nonexistent/crisp.crt\"\n");
+    let (status, _, stderr) = sandbox.run(&[]);
+    assert!(!status.success());
+    assert!(stderr.contains("tls_key"), "{stderr}");
+    let sandbox = Sandbox::new(
+        "[streaming]\ntls_cert = \"/nonexistent/crisp.crt\"\ntls_key = \"/nonexistent/crisp.key\"\n",
+    );
+    let (status, _, stderr) = sandbox.run(&[]);
+    assert!(!status.success());
+    assert!(stderr.contains("/nonexistent/crisp.crt"), "{stderr}");
+    assert!(!sandbox.socket().exists(), "no socket left behind");
+}

@@ -59,12 +59,9 @@ async fn serve(
     let pods = crate::pod::restore(&config).await?;
     let containers =
         crate::container::load(&config.root).map_err(|e| format!("cannot load containers: {e}"))?;
-    let listener = socket::bind(&config.listen)?;
-    let socket_path = config.listen.clone();
-    let daemon = Arc::new(Daemon::new(config, images, pods, containers));
-    tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
-    tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
-    let streaming = daemon.config().streaming.clone();
+    // Every listener is set up before the CRI socket answers: a bad streaming or metrics
+    // setting stops crispd before it binds the socket kubelet waits for.
+    let streaming = config.streaming.clone();
     let stream_listener = tokio::net::TcpListener::bind(&streaming.address)
         .await
         .map_err(|e| {
@@ -82,6 +79,19 @@ async fn serve(
         (None, None) => None,
         _ => return Err("streaming: tls_cert and tls_key go together".into()),
     };
+    let metrics_listener = match config.metrics.address.as_str() {
+        "" => None,
+        address => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("metrics.address {address}: cannot listen: {e}"))?,
+        ),
+    };
+    let listener = socket::bind(&config.listen)?;
+    let socket_path = config.listen.clone();
+    let daemon = Arc::new(Daemon::new(config, images, pods, containers));
+    tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
+    tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = daemon.streaming.set(crate::streaming::Streaming::new(
         format!("{scheme}://{local}"),
@@ -93,11 +103,7 @@ async fn serve(
         stream_listener,
         tls,
     ));
-    let metrics_address = daemon.config().metrics.address.clone();
-    if !metrics_address.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&metrics_address)
-            .await
-            .map_err(|e| format!("metrics.address {metrics_address}: cannot listen: {e}"))?;
+    if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
         tokio::spawn(crate::metrics::serve(Arc::clone(&daemon), listener));
     }
