@@ -137,19 +137,8 @@ impl ExecSession {
     /// monitor for a terminal) reaps it and exits; until the process has started, the
     /// parent itself is killed.
     pub fn kill(&mut self) {
-        match std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0)
-        {
-            // SAFETY: kill takes no pointers; the pid is the exec'd process the runtime
-            // reported, and it has not been reaped (its parent still waits on it).
-            Some(pid) => unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            },
-            None => {
-                let _ = self.child.start_kill();
-            }
+        if kill_from_pid_file(&self.pid_file).is_none() {
+            let _ = self.child.start_kill();
         }
     }
 
@@ -170,6 +159,19 @@ impl ExecSession {
         let _ = std::fs::remove_file(&self.pid_file);
         let _ = std::fs::remove_file(&self.spec_file);
     }
+}
+
+/// SIGKILLs the process whose pid the runtime wrote to `pid_file` (its `--pid-file`);
+/// returns the pid, or `None` if none was written yet. The caller knows the process has
+/// not been reaped: its parent still waits on it.
+pub(crate) fn kill_from_pid_file(pid_file: &std::path::Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0)?;
+    // SAFETY: kill takes no pointers; the pid is an exec'd process its runtime reported.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    Some(pid)
 }
 
 impl Drop for ExecSession {

@@ -416,13 +416,7 @@ struct ExecGuard {
 impl ExecGuard {
     /// Kills the process now; returns its pid.
     fn kill(&mut self) -> Option<i32> {
-        let pid = std::fs::read_to_string(&self.pid_path)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0)?;
-        // SAFETY: kill takes no pointers; the pid is the exec'd process runc reported,
-        // which has not finished (the call ended before it did).
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let pid = crate::exec::kill_from_pid_file(&self.pid_path)?;
         self.finished = true;
         Some(pid)
     }
@@ -730,10 +724,17 @@ impl RuntimeHandler for OciRuntime {
             None
         };
         cmd.arg(c.id);
-        let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = std::fs::remove_file(&spec_path);
+                let _ = std::fs::remove_file(&socket_path);
+                return Err(HandlerError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                });
+            }
+        };
         let master = match console {
             None => None,
             Some(listener) => {

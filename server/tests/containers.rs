@@ -32,11 +32,7 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
         status(&mut rt, &id).await.state,
         i32::from(cri::ContainerState::ContainerCreated)
     );
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let err = rt
         .start_container(cri::StartContainerRequest {
             container_id: id.clone(),
@@ -162,11 +158,7 @@ async fn exit_codes_survive_a_daemon_that_was_down_when_the_container_exited() {
         let daemon = s.net.sandbox.start();
         let (mut rt, pod) = ready(&s, &daemon).await;
         let id = create(&mut rt, &s, &pod, container(&s, "job", "sleep 1; exit 5")).await;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start");
+        start(&mut rt, &id).await;
         daemon.kill();
         (id, pod)
     };
@@ -247,11 +239,7 @@ async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
         .await
         .expect_err("same name and attempt");
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let (_, mut images) = daemon.clients().await;
     let err = images
         .remove_image(cri::RemoveImageRequest {
@@ -344,11 +332,7 @@ async fn runsc_runs_containers_in_the_pods_network() {
         container(&s, "gvisor", "echo in gvisor; sleep 1000"),
     )
     .await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let out = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: id.clone(),
@@ -416,11 +400,7 @@ async fn crun_either_runs_or_fails_clearly_leaving_nothing() {
         }
         Ok(id) => {
             let id = id.into_inner().container_id;
-            rt.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
+            start(&mut rt, &id).await;
             let st = wait_exited(&mut rt, &id).await;
             assert_eq!(st.exit_code, 0);
         }
@@ -503,11 +483,7 @@ async fn the_log_is_reopened_after_rotation() {
         ),
     )
     .await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let log = s.net.sandbox.path("logs/ticker.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log)
@@ -579,11 +555,7 @@ async fn resources_are_applied_at_creation_and_updated_live() {
         ..Default::default()
     });
     let id = create(&mut rt, &s, &pod, config).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let limit = cgroup_file(&id, "memory.limit_in_bytes", "memory.max").expect("memory cgroup");
     assert_eq!(limit.trim(), (64u64 << 20).to_string());
     rt.update_container_resources(cri::UpdateContainerResourcesRequest {
@@ -622,11 +594,7 @@ async fn a_container_past_its_memory_limit_is_oom_killed() {
         ..Default::default()
     });
     let id = create(&mut rt, &s, &pod, config).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let st = wait_exited(&mut rt, &id).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (137, "OOMKilled"));
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -684,11 +652,7 @@ async fn seccomp_runtime_default_localhost_and_unconfined() {
             ..Default::default()
         });
         let id = create(&mut rt, &s, &pod, config).await;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start");
+        start(&mut rt, &id).await;
         let out = rt
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id.clone(),
@@ -767,11 +731,7 @@ async fn privileged_and_all_capabilities_get_what_crispd_can_grant() {
             ..Default::default()
         });
         let id = create(&mut rt, &s, &pod, config).await;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start");
+        start(&mut rt, &id).await;
         let out = rt
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id,
@@ -809,22 +769,6 @@ async fn privileged_and_all_capabilities_get_what_crispd_can_grant() {
     })
     .await
     .expect("remove pod");
-}
-
-async fn exec_out(rt: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &[&str]) -> (i32, String) {
-    let out = rt
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.to_owned(),
-            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
-            timeout: 10,
-        })
-        .await
-        .expect("exec")
-        .into_inner();
-    (
-        out.exit_code,
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,11 +812,7 @@ async fn devices_and_a_target_pid_namespace() {
         permissions: "w".into(),
     }];
     let dev = create(&mut rt, &s, &pod, with_device).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: dev.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &dev).await;
     let (code, out) = exec_out(
         &mut rt,
         &dev,
@@ -923,11 +863,7 @@ async fn devices_and_a_target_pid_namespace() {
         ..Default::default()
     });
     let debug_id = create(&mut rt, &s, &pod, debug).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: debug_id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &debug_id).await;
     let (code, out) = exec_out(&mut rt, &debug_id, &["sh", "-c", "ps -o pid,args"]).await;
     assert_eq!(code, 0, "{out}");
     let sleeps = out.lines().filter(|l| l.contains("sleep 1000")).count();
@@ -995,11 +931,7 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     );
     config.mounts = vec![volume("", &s.image)];
     let id = create(&mut rt, &s, &pod, config).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let (code, out) = exec_out(
         &mut rt,
         &id,
@@ -1015,11 +947,7 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     let mut sub = container(&s, "vol-sub", "sleep 1000");
     sub.mounts = vec![volume("etc", &s.image)];
     let sub_id = create(&mut rt, &s, &pod, sub).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: sub_id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &sub_id).await;
     let (code, out) = exec_out(&mut rt, &sub_id, &["cat", "/vol/passwd"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("root:"), "{out}");

@@ -49,11 +49,7 @@ async fn events_follow_each_lifecycle_in_order_exactly_once() {
         container(&s, "quick", "sleep 0.3; exit 3"),
     )
     .await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: quick.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &quick).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         let e = next_event(&mut events).await;
@@ -101,11 +97,7 @@ async fn events_follow_each_lifecycle_in_order_exactly_once() {
 
     // One stopped by StopContainer, then both removed.
     let long = create(&mut rt, &s, &pod, container(&s, "long", "sleep 300")).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: long.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &long).await;
     rt.stop_container(cri::StopContainerRequest {
         container_id: long.clone(),
         timeout: 1,
@@ -199,11 +191,7 @@ async fn stats_rise_with_cpu_and_memory_use_and_metrics_parse() {
         ("idle", "sleep 300"),
     ] {
         let id = create(&mut rt, &s, &pod, container(&s, name, script)).await;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("start");
+        start(&mut rt, &id).await;
         ids.push(id);
     }
     let (busy, hog, idle) = (ids[0].clone(), ids[1].clone(), ids[2].clone());

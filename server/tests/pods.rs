@@ -66,6 +66,25 @@ async fn status(
         .expect("status body")
 }
 
+/// The pid of the pod's PID-namespace init, from verbose PodSandboxStatus.
+async fn pid_namespace_init(
+    client: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> u64 {
+    let info = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .info;
+    let info: serde_json::Value =
+        serde_json::from_str(info.get("info").expect("verbose info")).expect("json");
+    info["pid"].as_u64().expect("pid")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_addresses_reach_each_other_and_publish_ports() {
     let net = Net::new("");
@@ -101,18 +120,7 @@ async fn pods_get_addresses_reach_each_other_and_publish_ports() {
     // The default PID mode (POD) gives each pod an init for its PID namespace.
     let mut pauses = Vec::new();
     for id in [&a, &b] {
-        let info = runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("status")
-            .into_inner()
-            .info;
-        let info: serde_json::Value =
-            serde_json::from_str(info.get("info").expect("verbose info")).expect("json");
-        let pid = info["pid"].as_u64().expect("pid");
+        let pid = pid_namespace_init(&mut runtime, id).await;
         assert!(
             pid > 0 && Path::new(&format!("/proc/{pid}")).exists(),
             "pause {pid} runs"
@@ -500,18 +508,7 @@ async fn a_sandbox_crisp_lost_track_of_is_released_at_startup() {
             .expect("run")
             .into_inner()
             .pod_sandbox_id;
-        let info = runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("status")
-            .into_inner()
-            .info;
-        let info: serde_json::Value =
-            serde_json::from_str(info.get("info").expect("verbose info")).expect("json");
-        let pause = info["pid"].as_u64().expect("pid");
+        let pause = pid_namespace_init(&mut runtime, &id).await;
         daemon.kill();
         (id, pause)
     };

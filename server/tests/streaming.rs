@@ -228,11 +228,7 @@ async fn exec_over_spdy_and_websocket_with_and_without_a_terminal() {
     let daemon = s.net.sandbox.start();
     let (mut rt, pod) = ready(&s, &daemon).await;
     let id = create(&mut rt, &s, &pod, container(&s, "sh", "sleep 1000")).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
 
     // SPDY, pipes: stdin in, stdout and stderr apart, the exit code in the v4 status.
     let url = exec_url(
@@ -480,11 +476,7 @@ async fn port_forward_over_spdy_and_websocket_reaches_the_pod() {
         ),
     )
     .await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let url =
         |rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>| {
             let pod = pod.clone();
@@ -671,11 +663,7 @@ async fn attach_gets_output_and_sends_input_and_detaching_keeps_the_container() 
     );
     config.stdin = true;
     let id = create(&mut rt, &s, &pod, config).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let attach_url =
         |rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>| {
             let mut rt = rt.clone();
@@ -821,11 +809,7 @@ async fn the_streaming_server_speaks_tls_when_configured() {
     let daemon = s.net.sandbox.start();
     let (mut rt, pod) = ready(&s, &daemon).await;
     let id = create(&mut rt, &s, &pod, container(&s, "sh", "sleep 1000")).await;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+    start(&mut rt, &id).await;
     let url = exec_url(&mut rt, &id, &["echo", "over-tls"], false, false).await;
     assert!(url.starts_with("https://"), "{url}");
     let got = tokio::task::spawn_blocking(move || {

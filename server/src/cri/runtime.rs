@@ -129,15 +129,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
         let items = crate::pod::list(&self.daemon, request.into_inner().filter).await;
-        let chunks: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = items
-            .chunks(500)
-            .map(|c| {
-                Ok(cri::StreamPodSandboxesResponse {
-                    pod_sandboxes: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(in_chunks(items, |c| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes: c }
+        })))
     }
 
     async fn create_container(
@@ -196,15 +190,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
         let items = crate::container::list(&self.daemon, request.into_inner().filter).await;
-        let chunks: Vec<Result<cri::StreamContainersResponse, Status>> = items
-            .chunks(500)
-            .map(|c| {
-                Ok(cri::StreamContainersResponse {
-                    containers: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(in_chunks(items, |c| {
+            cri::StreamContainersResponse { containers: c }
+        })))
     }
 
     async fn update_container_resources(
@@ -257,15 +245,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
         let stats = crate::stats::list_containers(&self.daemon, request.into_inner().filter).await;
-        let chunks: Vec<Result<cri::StreamContainerStatsResponse, Status>> = stats
-            .chunks(500)
-            .map(|c| {
-                Ok(cri::StreamContainerStatsResponse {
-                    container_stats: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(in_chunks(stats, |c| {
+            cri::StreamContainerStatsResponse { container_stats: c }
+        })))
     }
 
     async fn pod_sandbox_stats(
@@ -294,15 +276,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
         let stats =
             crate::stats::list_pod_sandboxes(&self.daemon, request.into_inner().filter).await;
-        let chunks: Vec<Result<cri::StreamPodSandboxStatsResponse, Status>> = stats
-            .chunks(500)
-            .map(|c| {
-                Ok(cri::StreamPodSandboxStatsResponse {
-                    pod_sandbox_stats: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(in_chunks(stats, |c| {
+            cri::StreamPodSandboxStatsResponse {
+                pod_sandbox_stats: c,
+            }
+        })))
     }
 
     async fn list_metric_descriptors(
@@ -328,15 +306,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
         let metrics = crate::stats::pod_metrics(&self.daemon).await;
-        let chunks: Vec<Result<cri::StreamPodSandboxMetricsResponse, Status>> = metrics
-            .chunks(500)
-            .map(|c| {
-                Ok(cri::StreamPodSandboxMetricsResponse {
-                    pod_sandbox_metrics: c.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(in_chunks(metrics, |c| {
+            cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics: c,
+            }
+        })))
     }
 
     async fn exec(
@@ -448,4 +422,19 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             }),
         }))
     }
+}
+
+/// The messages of a server stream: `items` in chunks of 500 (well under gRPC's 4 MiB
+/// message limit for any CRI item), each wrapped by `wrap`.
+fn in_chunks<T, R>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R,
+) -> std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<R, Status>> + Send>>
+where
+    T: Clone,
+    R: Send + 'static,
+{
+    let messages: Vec<Result<R, Status>> =
+        items.chunks(500).map(|c| Ok(wrap(c.to_vec()))).collect();
+    Box::pin(tokio_stream::iter(messages))
 }

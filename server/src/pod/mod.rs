@@ -342,19 +342,7 @@ fn release_unknown(config: &conf::Config, known: &std::collections::HashSet<Stri
         let state_dir = dir.path();
         let mut failures = Vec::new();
         kill_namespace_init(&network::pin_path(&state_dir, network::NamespaceKind::Pid));
-        for kind in [
-            network::NamespaceKind::Net,
-            network::NamespaceKind::Ipc,
-            network::NamespaceKind::Uts,
-            network::NamespaceKind::Pid,
-        ] {
-            if let Err(e) = network::remove_namespace(&network::pin_path(&state_dir, kind)) {
-                failures.push(e.to_string());
-            }
-        }
-        if let Err(e) = run::unmount_shm(&state_dir.join("shm")) {
-            failures.push(e.to_string());
-        }
+        remove_pins(&state_dir, &mut failures);
         if failures.is_empty()
             && let Err(e) = std::fs::remove_dir_all(&state_dir)
         {
@@ -448,22 +436,27 @@ pub fn release(config: &conf::Config, mut record: SandboxRecord) -> (SandboxReco
         }
     }
     if record.network.is_none() {
-        for kind in [
-            network::NamespaceKind::Net,
-            network::NamespaceKind::Ipc,
-            network::NamespaceKind::Uts,
-            network::NamespaceKind::Pid,
-        ] {
-            if let Err(e) = network::remove_namespace(&network::pin_path(&record.state_dir, kind)) {
-                failures.push(e.to_string());
-            }
-        }
-        let shm = record.state_dir.join("shm");
-        if let Err(e) = run::unmount_shm(&shm) {
-            failures.push(format!("unmounting {}: {e}", shm.display()));
-        }
+        remove_pins(&record.state_dir, &mut failures);
     }
     (record, failures)
+}
+
+/// Unpins a pod's namespaces and unmounts its /dev/shm, adding failures to `failures`.
+fn remove_pins(state_dir: &Path, failures: &mut Vec<String>) {
+    for kind in [
+        network::NamespaceKind::Net,
+        network::NamespaceKind::Ipc,
+        network::NamespaceKind::Uts,
+        network::NamespaceKind::Pid,
+    ] {
+        if let Err(e) = network::remove_namespace(&network::pin_path(state_dir, kind)) {
+            failures.push(e.to_string());
+        }
+    }
+    let shm = state_dir.join("shm");
+    if let Err(e) = run::unmount_shm(&shm) {
+        failures.push(format!("unmounting {}: {e}", shm.display()));
+    }
 }
 
 /// Loads the sandbox records at startup. A pod whose namespaces are gone (the node

@@ -148,3 +148,33 @@ pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cr
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Starts a created container.
+pub async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.to_owned(),
+    })
+    .await
+    .expect("start");
+}
+
+/// ExecSync: exit code, and stdout followed by stderr.
+pub async fn exec_out(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    cmd: &[&str],
+) -> (i32, String) {
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    (
+        out.exit_code,
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}

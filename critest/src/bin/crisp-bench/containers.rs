@@ -71,19 +71,7 @@ async fn measure(
     helper: &str,
     pause: Option<&str>,
 ) -> Result<Figures, Error> {
-    let mut clients = critest::Clients::connect(&daemon.socket).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while clients
-        .runtime
-        .version(cri::VersionRequest::default())
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err("daemon never answered".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut clients = crate::serving(daemon).await?;
     for img in std::iter::once(image).chain(pause) {
         clients
             .image

@@ -239,6 +239,24 @@ async fn timed_pull(socket: &Path, image: &str) -> Result<Duration, Error> {
     Ok(started.elapsed())
 }
 
+/// Clients of `daemon`, once it answers Version (at most 20 s).
+pub(crate) async fn serving(daemon: &Daemon) -> Result<critest::Clients, Error> {
+    let mut clients = critest::Clients::connect(&daemon.socket).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while clients
+        .runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            return Err("daemon never answered Version".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(clients)
+}
+
 pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
