@@ -24,6 +24,6 @@ pub use cni_exec::{
 pub use error::{CniError, NetnsError};
 pub use journal::{Intent, Journal};
 pub use netns::{
-    NamespaceKind, create_namespace, is_pinned, pin_path, pin_process_namespace, remove_namespace,
-    set_sysctl, sysctl_namespace,
+    NamespaceKind, adopt_namespace, create_namespace, is_pinned, pin_path, pin_process_namespace,
+    remove_namespace, set_sysctl, sysctl_namespace,
 };

@@ -23,6 +23,9 @@ pub enum NamespaceKind {
     Uts,
     /// Process IDs (pinned from a living init: see [`pin_process_namespace`]).
     Pid,
+    /// User and group IDs (made by a helper process, since a multi-threaded process
+    /// cannot unshare one: see [`adopt_namespace`]).
+    User,
 }
 
 impl NamespaceKind {
@@ -32,6 +35,7 @@ impl NamespaceKind {
             Self::Ipc => libc::CLONE_NEWIPC,
             Self::Uts => libc::CLONE_NEWUTS,
             Self::Pid => libc::CLONE_NEWPID,
+            Self::User => libc::CLONE_NEWUSER,
         }
     }
 
@@ -42,6 +46,7 @@ impl NamespaceKind {
             Self::Ipc => "ipc",
             Self::Uts => "uts",
             Self::Pid => "pid",
+            Self::User => "user",
         }
     }
 }
@@ -69,12 +74,7 @@ pub fn create_namespace(
     let hostname = hostname.map(str::to_owned);
     let result = std::thread::spawn(move || -> std::io::Result<()> {
         unshare(kind.flag())?;
-        if let Some(name) = hostname {
-            set_hostname(&name)?;
-        }
-        if kind == NamespaceKind::Net {
-            loopback_up()?;
-        }
+        configure_current(kind, hostname.as_deref())?;
         let source = CString::new(format!("/proc/thread-self/ns/{}", kind.proc_name()))
             .map_err(|_| std::io::Error::other("ns path"))?;
         bind_mount(&source, &target)
@@ -83,6 +83,56 @@ pub fn create_namespace(
     .map_err(|_| fail(std::io::Error::other("namespace thread panicked")))?;
     if let Err(e) = result {
         let _ = std::fs::remove_file(path);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// What a new namespace gets before a pod uses it: its hostname (UTS), its loopback
+/// interface up (network). Acts on the calling thread's namespaces.
+fn configure_current(kind: NamespaceKind, hostname: Option<&str>) -> std::io::Result<()> {
+    if let Some(name) = hostname {
+        set_hostname(name)?;
+    }
+    if kind == NamespaceKind::Net {
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+/// Pins the namespace of `kind` that process `pid` made for a pod (the helper that made
+/// a pod's user namespace made its other namespaces inside it) at `path`, and configures
+/// it as [`create_namespace`] would. On failure nothing is left.
+pub fn adopt_namespace(
+    kind: NamespaceKind,
+    pid: u32,
+    path: &Path,
+    hostname: Option<&str>,
+) -> Result<(), NetnsError> {
+    pin_process_namespace(kind, pid, path)?;
+    if hostname.is_none() && kind != NamespaceKind::Net {
+        return Ok(());
+    }
+    let fail = |source: std::io::Error| NetnsError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let configured = std::fs::File::open(path).and_then(|ns| {
+        let hostname = hostname.map(str::to_owned);
+        std::thread::spawn(move || -> std::io::Result<()> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `ns` is an open namespace file; setns changes only this thread,
+            // which ends right after.
+            if unsafe { libc::setns(ns.as_raw_fd(), kind.flag()) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            configure_current(kind, hostname.as_deref())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")))
+    });
+    if let Err(e) = configured {
+        let _ = remove_namespace(path);
         return Err(fail(e));
     }
     Ok(())

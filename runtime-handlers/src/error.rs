@@ -49,6 +49,14 @@ pub enum HandlerError {
         /// The timeout.
         after: Duration,
     },
+    /// The handler cannot do what the pod asks.
+    #[error("runtime handler {handler} does not support {what}")]
+    Unsupported {
+        /// The handler name.
+        handler: String,
+        /// What it cannot do.
+        what: String,
+    },
     /// Bundle files could not be written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -45,6 +45,41 @@ pub struct SandboxSpec {
     /// Where `server` pins that PID namespace once the init is up; the handler checks a
     /// process against it before it kills what it believes is the init.
     pub pid_pin: PathBuf,
+    /// The pod runs in its own user namespace with these ID maps. The handler then makes
+    /// that namespace and the pod's network, IPC, UTS and PID namespaces inside it, all
+    /// held by the init it returns, from which `server` pins them.
+    pub userns: Option<UserNamespace>,
+}
+
+/// One contiguous range of IDs: `size` IDs from `container` in the pod are the host's
+/// IDs from `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// First ID inside the namespace.
+    pub container: u32,
+    /// First host ID it maps to.
+    pub host: u32,
+    /// How many IDs.
+    pub size: u32,
+}
+
+/// A pod's user namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// User ID ranges.
+    pub uids: Vec<IdRange>,
+    /// Group ID ranges.
+    pub gids: Vec<IdRange>,
+}
+
+impl UserNamespace {
+    /// The text of a `/proc/<pid>/uid_map` or `gid_map` file for `ranges`.
+    pub fn map_text(ranges: &[IdRange]) -> String {
+        ranges
+            .iter()
+            .map(|r| format!("{} {} {}\n", r.container, r.host, r.size))
+            .collect()
+    }
 }
 
 /// A container a handler is asked to create.

@@ -22,7 +22,9 @@ pub use binary::resolve_binary;
 pub use console::receive_console;
 pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal};
-pub use handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
+pub use handler::{
+    ContainerRef, ContainerSpec, Features, IdRange, RuntimeHandler, SandboxSpec, UserNamespace,
+};
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
 };

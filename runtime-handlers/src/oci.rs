@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_spec::runtime::Process;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::error::HandlerError;
 use crate::exec::ExecSession;
-use crate::handler::{ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec};
+use crate::handler::{
+    ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec, UserNamespace,
+};
 use crate::stats::{ContainerStats, cgroup_stats};
 
 /// One configured OCI runtime.
@@ -86,6 +88,11 @@ pub struct ResourceUpdate {
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 
 impl OciRuntime {
+    /// gVisor's runsc, which runs its own kernel.
+    fn is_gvisor(&self) -> bool {
+        self.binary.file_name().is_some_and(|n| n == "runsc")
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&self.runtime_args).arg("--root").arg(&self.root);
@@ -450,14 +457,33 @@ fn monitor_of(pid: u32, id: &str) -> Option<i32> {
 
 /// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
 /// process may keep running (a monitor does); it is reaped in the background.
-async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, HandlerError> {
+async fn spawn_reporting(cmd: Command, binary: &Path) -> Result<String, HandlerError> {
+    spawn_reporting_after(cmd, binary, None::<fn(u32) -> std::io::Result<()>>).await
+}
+
+/// As [`spawn_reporting`], with a handshake first: the process says `userns` on its
+/// stdout once it has made a user namespace, `handshake` runs with its pid (and writes
+/// the namespace's ID maps), and a byte on its stdin lets it go on.
+async fn spawn_reporting_after<F>(
+    mut cmd: Command,
+    binary: &Path,
+    handshake: Option<F>,
+) -> Result<String, HandlerError>
+where
+    F: FnOnce(u32) -> std::io::Result<()>,
+{
     let io = |source: std::io::Error| HandlerError::Io {
         path: binary.to_owned(),
         source,
     };
     let (sync_r, sync_w) = pipe().map_err(io)?;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+    let talk = if handshake.is_some() {
+        std::process::Stdio::piped
+    } else {
+        std::process::Stdio::null
+    };
+    cmd.stdin(talk())
+        .stdout(talk())
         .stderr(std::process::Stdio::null());
     let raw = sync_w.as_raw_fd();
     // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts
@@ -475,6 +501,27 @@ async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, Hand
         source,
     })?;
     drop(sync_w);
+    if let Some(handshake) = handshake {
+        let (Some(mut stdin), Some(stdout), Some(pid)) =
+            (child.stdin.take(), child.stdout.take(), child.id())
+        else {
+            let _ = child.kill().await;
+            return Err(io(std::io::Error::other("the helper has no pipes")));
+        };
+        let mut said = String::new();
+        let mut lines = tokio::io::BufReader::new(stdout);
+        let read = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut said).await;
+        // Without the go-ahead the helper reports an error on fd 3 and exits.
+        if read.is_ok() && said.trim() == "userns" {
+            match handshake(pid) {
+                Ok(()) => stdin.write_all(b"\n").await.map_err(io)?,
+                Err(e) => {
+                    let _ = child.kill().await;
+                    return Err(io(e));
+                }
+            }
+        }
+    }
     let mut line = String::new();
     let mut reader = tokio::fs::File::from_std(std::fs::File::from(sync_r));
     reader.read_to_string(&mut line).await.map_err(io)?;
@@ -485,15 +532,30 @@ async fn spawn_reporting(mut cmd: Command, binary: &Path) -> Result<String, Hand
 }
 
 /// Starts the init of a pod's shared PID namespace (`crisp-monitor --pause`) and returns
-/// its pid. It outlives crispd; kill it with SIGKILL when the pod stops.
-async fn spawn_pause(monitor: &Path) -> Result<u32, HandlerError> {
+/// its pid. It outlives crispd; kill it with SIGKILL when the pod stops. With `userns`,
+/// the init also holds the pod's user namespace and the namespaces made inside it.
+async fn spawn_pause(monitor: &Path, userns: Option<&UserNamespace>) -> Result<u32, HandlerError> {
     let mut cmd = Command::new(monitor);
     cmd.arg("--pause");
-    let line = spawn_reporting(cmd, monitor).await?;
+    let line = match userns {
+        None => spawn_reporting(cmd, monitor).await?,
+        Some(ns) => {
+            cmd.arg("--userns");
+            let (uids, gids) = (
+                UserNamespace::map_text(&ns.uids),
+                UserNamespace::map_text(&ns.gids),
+            );
+            let write_maps = move |pid: u32| {
+                std::fs::write(format!("/proc/{pid}/gid_map"), gids.as_bytes())?;
+                std::fs::write(format!("/proc/{pid}/uid_map"), uids.as_bytes())
+            };
+            spawn_reporting_after(cmd, monitor, Some(write_maps)).await?
+        }
+    };
     match line.strip_prefix("ok ").and_then(|p| p.parse().ok()) {
         Some(pid) => Ok(pid),
         None => Err(HandlerError::Monitor {
-            id: "pod PID namespace".to_owned(),
+            id: "pod namespaces".to_owned(),
             message: line.strip_prefix("error ").unwrap_or(&line).to_owned(),
         }),
     }
@@ -546,6 +608,27 @@ fn kill_pid_namespace_init(pid: u32, pin: &Path) {
     }
 }
 
+/// Whether the running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid utsname for uname to write.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return false;
+    }
+    let release: String = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// Waits until process `pid` has exited, through a pidfd; `false` if it cannot be watched.
 async fn wait_process(pid: i32) -> bool {
     // SAFETY: pidfd_open takes no pointers.
@@ -576,15 +659,25 @@ impl RuntimeHandler for OciRuntime {
 
     fn features(&self) -> Features {
         Features {
-            // runc and crun mount with MOUNT_ATTR_RDONLY|AT_RECURSIVE (kernel 5.12+).
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
+            // `server` prepares recursively read-only copies with mount_setattr(2)
+            // (kernel 5.12), so any OCI runtime can bind them.
+            recursive_read_only_mounts: kernel_at_least(5, 12),
+            // A pod's rootfs shows the image's layers through ID-mapped mounts, which
+            // overlayfs accepts as layers from kernel 5.19. gVisor runs its own kernel
+            // and does not take a pod's user namespace.
+            user_namespaces: kernel_at_least(5, 19) && !self.is_gvisor(),
         }
     }
 
     async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<u32, HandlerError> {
-        if sandbox.share_pid {
-            spawn_pause(&self.monitor).await
+        if sandbox.userns.is_some() && !self.features().user_namespaces {
+            return Err(HandlerError::Unsupported {
+                handler: self.name.clone(),
+                what: "user namespaces".to_owned(),
+            });
+        }
+        if sandbox.share_pid || sandbox.userns.is_some() {
+            spawn_pause(&self.monitor, sandbox.userns.as_ref()).await
         } else {
             Ok(0)
         }

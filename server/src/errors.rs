@@ -32,6 +32,7 @@ pub fn handler_status(error: runtime_handlers::HandlerError) -> Status {
     match error {
         E::NotFound { .. } => Status::not_found(message),
         E::Timeout { .. } => Status::deadline_exceeded(message),
+        E::Unsupported { .. } => Status::invalid_argument(message),
         E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
         E::Spawn { .. } | E::Io { .. } => Status::internal(message),
     }

@@ -8,11 +8,23 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::SnapshotError;
-use crate::mount::{mount_overlay, unmount};
+use crate::mount::{CloneOptions, clone_tree, mount_overlay, unmount};
 use crate::snapshot::Snapshotter;
 
 /// The kernel refuses mount options longer than a page.
 const PAGE: usize = 4096;
+
+/// How a rootfs for a container in a user namespace is shown: the image's layers
+/// through the namespace's ID mapping, so that its root owns what the image's root owns.
+#[derive(Debug, Clone, Copy)]
+pub struct IdMapping<'a> {
+    /// The user namespace (a `/proc/<pid>/ns/user` or a pinned copy of one).
+    pub userns: &'a Path,
+    /// The host user ID that the namespace's root is.
+    pub root_uid: u32,
+    /// The host group ID that the namespace's root group is.
+    pub root_gid: u32,
+}
 
 impl Snapshotter {
     fn writable_dir(&self, id: &str) -> PathBuf {
@@ -25,11 +37,17 @@ impl Snapshotter {
 
     /// Creates the writable layer of container `id` over the image whose layer chain is
     /// `chain_ids` (bottom first) and mounts the merged rootfs at `target`.
+    ///
+    /// With `idmap`, the layers are seen through an ID-mapped copy of the snapshot tree
+    /// (the files on disk stay as they are, shared with every other container) and the
+    /// writable layer belongs to the namespace's root; what the container writes is
+    /// stored with host IDs.
     pub fn mount_rootfs(
         &self,
         id: &str,
         chain_ids: &[String],
         target: &Path,
+        idmap: Option<&IdMapping<'_>>,
     ) -> Result<(), SnapshotError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -51,6 +69,30 @@ impl Snapshotter {
         for d in [&upper, &work, &target.to_path_buf()] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
+        // The ID-mapped view of the layers; the overlay keeps what it needs of it, so it
+        // is detached again once the overlay is mounted.
+        let mapped = dir.join("layers-idmapped");
+        if let Some(map) = idmap {
+            let options = CloneOptions {
+                recursive: false,
+                read_only: true,
+                idmap: Some(map.userns),
+            };
+            clone_tree(self.root(), &mapped, &options).map_err(|source| SnapshotError::Mount {
+                kind: "id-mapped layers",
+                target: mapped.clone(),
+                source,
+            })?;
+            std::os::unix::fs::lchown(&upper, Some(map.root_uid), Some(map.root_gid))
+                .map_err(io(&upper))?;
+            lowers = lowers
+                .iter()
+                .map(|l| match Path::new(l).strip_prefix(self.root()) {
+                    Ok(rel) => mapped.join(rel).display().to_string(),
+                    Err(_) => l.clone(),
+                })
+                .collect();
+        }
         // overlayfs needs at least two layers when there is no upper; with an upper, one
         // lower suffices. An image with no layers gets an empty lower.
         if lowers.is_empty() {
@@ -64,8 +106,8 @@ impl Snapshotter {
             upper.display(),
             work.display()
         );
-        if options.len() >= PAGE {
-            return Err(SnapshotError::Mount {
+        let mounted = if options.len() >= PAGE {
+            Err(SnapshotError::Mount {
                 kind: "overlay",
                 target: target.to_owned(),
                 source: std::io::Error::new(
@@ -75,13 +117,19 @@ impl Snapshotter {
                         chain_ids.len()
                     ),
                 ),
-            });
+            })
+        } else {
+            mount_overlay(target, &options).map_err(|source| SnapshotError::Mount {
+                kind: "overlay",
+                target: target.to_owned(),
+                source,
+            })
+        };
+        if idmap.is_some() {
+            let _ = unmount(&mapped);
+            let _ = std::fs::remove_dir(&mapped);
         }
-        mount_overlay(target, &options).map_err(|source| SnapshotError::Mount {
-            kind: "overlay",
-            target: target.to_owned(),
-            source,
-        })
+        mounted
     }
 
     /// Unmounts a container's rootfs (if mounted) and, with `discard`, deletes its

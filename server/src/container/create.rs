@@ -5,7 +5,7 @@ use cri_proto::v1 as cri;
 use tonic::Status;
 
 use super::spec::{self, ImageDefaults, SpecInput};
-use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, runtime_for, user};
+use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, binds, runtime_for, user};
 use crate::errors::{handler_status, image_status};
 use crate::pod::{blocking, new_id, now_ns};
 use crate::state::Daemon;
@@ -187,17 +187,33 @@ pub async fn create(
         let container = container.clone();
         blocking(move || {
             let rootfs = record.rootfs();
-            store
-                .snapshots
-                .mount_rootfs(&record.id, &record.chain_ids, &rootfs)
-                .map_err(|e| Status::internal(format!("preparing the rootfs: {e}")))?;
+            let release = |record: &ContainerRecord| {
+                if let Err(e) = record.release_filesystems(&store.snapshots) {
+                    tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
+                }
+            };
+            let userns = network::pin_path(&pod.state_dir, network::NamespaceKind::User);
+            let idmap = pod.userns.as_ref().map(|u| storage::IdMapping {
+                userns: &userns,
+                root_uid: u.uid.host,
+                root_gid: u.gid.host,
+            });
+            if let Err(e) =
+                store
+                    .snapshots
+                    .mount_rootfs(&record.id, &record.chain_ids, &rootfs, idmap.as_ref())
+            {
+                release(&record);
+                return Err(Status::internal(format!("preparing the rootfs: {e}")));
+            }
             let mut volumes = Vec::new();
             for (n, chain) in volume_chains.iter().enumerate() {
                 let (id, target) = record.image_volume(n);
-                if let Err(e) = store.snapshots.mount_rootfs(&id, chain, &target) {
-                    record.release_image_volumes(&store.snapshots);
-                    let _ = store.snapshots.release_rootfs(&record.id, &rootfs, true);
-                    let _ = std::fs::remove_dir_all(&record.bundle);
+                if let Err(e) = store
+                    .snapshots
+                    .mount_rootfs(&id, chain, &target, idmap.as_ref())
+                {
+                    release(&record);
                     return Err(Status::internal(format!("mounting an image volume: {e}")));
                 }
                 volumes.push(target);
@@ -244,14 +260,14 @@ pub async fn create(
                     cgroup_driver: driver,
                     target_pid_ns: target_pid_ns.clone(),
                     image_volumes: volumes.clone(),
+                    bundle: &record.bundle,
                 };
                 let spec = spec::build(&container, &input)?;
+                binds::stage(&record.bundle, &container.mounts)?;
                 Ok::<_, Status>((spec, identity))
             })();
             if built.is_err() {
-                record.release_image_volumes(&store.snapshots);
-                let _ = store.snapshots.release_rootfs(&record.id, &rootfs, true);
-                let _ = std::fs::remove_dir_all(&record.bundle);
+                release(&record);
             }
             built
         })
@@ -271,11 +287,9 @@ pub async fn create(
 
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
         let store = daemon.images.store();
-        record.release_image_volumes(&store.snapshots);
-        let _ = store
-            .snapshots
-            .release_rootfs(&record.id, &record.rootfs(), true);
-        let _ = std::fs::remove_dir_all(&record.bundle);
+        if let Err(e) = record.release_filesystems(&store.snapshots) {
+            tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
+        }
     };
     let created = runtime
         .create_container(&runtime_handlers::ContainerSpec {
@@ -293,6 +307,12 @@ pub async fn create(
             cleanup(daemon, &record);
             return Err(handler_status(e));
         }
+    }
+    // The container's mount namespace has its own copies of the prepared binds now. The
+    // host's copies would keep the sources' submounts busy (a volume's owner could not
+    // remove a directory a submount sits on), so they go.
+    if let Err(e) = binds::release(&bundle) {
+        tracing::warn!(id = %id, error = %e, "detaching prepared bind mounts");
     }
     if let Err(e) = daemon.containers.save(&record) {
         let _ = runtime.delete_container(&id, true).await;

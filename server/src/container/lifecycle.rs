@@ -147,21 +147,11 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
         .await
         .map_err(handler_status)?;
     let store = daemon.images.store();
-    let (cid, rootfs, bundle) = (record.id.clone(), record.rootfs(), record.bundle.clone());
-    let volumes = record.clone();
+    let filesystems = record.clone();
     crate::pod::blocking(move || {
-        volumes.release_image_volumes(&store.snapshots);
-        store
-            .snapshots
-            .release_rootfs(&cid, &rootfs, true)
-            .map_err(|e| Status::internal(format!("releasing the rootfs of {cid}: {e}")))?;
-        match std::fs::remove_dir_all(&bundle) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Status::internal(format!(
-                "removing {}: {e}",
-                bundle.display()
-            ))),
-            _ => Ok(()),
-        }
+        filesystems
+            .release_filesystems(&store.snapshots)
+            .map_err(Status::internal)
     })
     .await?;
     daemon

@@ -6,6 +6,7 @@
 //! layer is kept by the snapshotter under the storage root, and its record is a JSON
 //! file under `<root>/containers/` written atomically.
 
+mod binds;
 mod create;
 mod exec;
 mod lifecycle;
@@ -111,13 +112,39 @@ impl ContainerRecord {
         )
     }
 
-    /// Unmounts and discards the image volumes.
-    pub fn release_image_volumes(&self, snapshots: &storage::Snapshotter) {
+    /// Detaches the container's prepared bind mounts, image volumes and rootfs, discards
+    /// its writable layers and deletes its bundle. Keeps going past a failure and reports
+    /// every one; the bundle is deleted only once nothing is mounted under it.
+    pub fn release_filesystems(&self, snapshots: &storage::Snapshotter) -> Result<(), String> {
+        let mut failures = Vec::new();
+        if let Err(e) = binds::release(&self.bundle) {
+            failures.push(format!("prepared bind mounts: {e}"));
+        }
         for n in 0..self.image_volumes {
             let (id, target) = self.image_volume(n);
             if let Err(e) = snapshots.release_rootfs(&id, &target, true) {
-                tracing::warn!(container = %self.id, volume = n, error = %e, "releasing an image volume");
+                failures.push(format!("image volume {n}: {e}"));
             }
+        }
+        if let Err(e) = snapshots.release_rootfs(&self.id, &self.rootfs(), true) {
+            failures.push(format!("rootfs: {e}"));
+        }
+        if failures.is_empty() {
+            match std::fs::remove_dir_all(&self.bundle) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    failures.push(format!("removing {}: {e}", self.bundle.display()));
+                }
+                _ => {}
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "releasing the filesystems of {}: {}",
+                self.id,
+                failures.join("; ")
+            ))
         }
     }
 }

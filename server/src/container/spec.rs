@@ -297,6 +297,8 @@ pub struct SpecInput<'a> {
     pub target_pid_ns: Option<std::path::PathBuf>,
     /// Where each image volume (mounts with an image, in request order) is mounted.
     pub image_volumes: Vec<std::path::PathBuf>,
+    /// The container's bundle directory.
+    pub bundle: &'a Path,
 }
 
 /// A host device made available in the container: its OCI `linux.devices` entry and the
@@ -376,7 +378,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         }
     }
     let mut volumes = input.image_volumes.iter();
-    for m in &request.mounts {
+    for (n, m) in request.mounts.iter().enumerate() {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
             return Err(Status::invalid_argument(format!(
                 "mount destination `{}` must be an absolute path",
@@ -433,13 +435,11 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
             _ => "rprivate",
         };
         let mut options = vec!["rbind", propagation, if m.readonly { "ro" } else { "rw" }];
-        if m.recursive_read_only {
-            return Err(Status::unimplemented(
-                "recursive read-only mounts are not supported by crisp yet",
-            ));
-        }
         options.retain(|o| !o.is_empty());
-        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": options}));
+        super::binds::check(m)?;
+        let source = super::binds::staged_source(input.bundle, n, m)
+            .unwrap_or_else(|| std::path::PathBuf::from(&m.host_path));
+        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": options}));
     }
 
     let mut namespaces = vec![json!({"type": "mount"})];
@@ -476,6 +476,9 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
     }
     if pod.ipc_mode != NsMode::Node {
         namespaces.push(json!({"type": "ipc", "path": network::pin_path(&pod.state_dir, network::NamespaceKind::Ipc)}));
+    }
+    if pod.userns.is_some() {
+        namespaces.push(json!({"type": "user", "path": network::pin_path(&pod.state_dir, network::NamespaceKind::User)}));
     }
 
     let cgroups_path = match input.cgroup_driver {
@@ -600,6 +603,13 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         cri::MountPropagation::PropagationHostToContainer,
     )) {
         spec["linux"]["rootfsPropagation"] = "rslave".into();
+    }
+    if let Some(u) = pod.userns {
+        // The runtime joins the pod's user namespace; it needs the maps too (to own what
+        // it makes for the container, such as /dev).
+        let map = |r: crate::pod::IdRange| json!([{"containerID": r.container, "hostID": r.host, "size": r.size}]);
+        spec["linux"]["uidMappings"] = map(u.uid);
+        spec["linux"]["gidMappings"] = map(u.gid);
     }
     if let Some(profile) = super::seccomp::profile(&security, &caps)? {
         spec["linux"]["seccomp"] = profile;

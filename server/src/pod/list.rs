@@ -82,6 +82,7 @@ pub async fn status(
                         network: cri_mode(record.network_mode),
                         pid: cri_mode(record.pid_mode),
                         ipc: cri_mode(record.ipc_mode),
+                        userns_options: Some(userns_options(record.userns)),
                         ..Default::default()
                     }),
                 }),
@@ -129,4 +130,24 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::PodSandboxFilter>) -> Vec
     }
     out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
     out
+}
+
+/// The pod's user namespace as the CRI spells it.
+fn userns_options(userns: Option<super::UsernsRecord>) -> cri::UserNamespace {
+    let map = |r: super::IdRange| cri::IdMapping {
+        container_id: r.container,
+        host_id: r.host,
+        length: r.size,
+    };
+    match userns {
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod.into(),
+            uids: vec![map(u.uid)],
+            gids: vec![map(u.gid)],
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node.into(),
+            ..Default::default()
+        },
+    }
 }

@@ -42,6 +42,37 @@ pub enum NsMode {
     Target,
 }
 
+/// One range of IDs in a pod's user namespace: `size` IDs from `container` are the host's
+/// IDs from `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    /// First ID inside the pod.
+    pub container: u32,
+    /// First host ID.
+    pub host: u32,
+    /// How many.
+    pub size: u32,
+}
+
+/// A pod's own user namespace (mode POD), pinned at `<state_dir>/ns/user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsRecord {
+    /// The user ID range (it maps the pod's root).
+    pub uid: IdRange,
+    /// The group ID range.
+    pub gid: IdRange,
+}
+
+impl UsernsRecord {
+    fn handler_ranges(r: IdRange) -> Vec<runtime_handlers::IdRange> {
+        vec![runtime_handlers::IdRange {
+            container: r.container,
+            host: r.host,
+            size: r.size,
+        }]
+    }
+}
+
 /// The network the pod got from CNI, kept until it is released.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkJournal {
@@ -109,9 +140,13 @@ pub struct SandboxRecord {
     pub network: Option<NetworkJournal>,
     /// IPs reported after the network is released (kept for status, as containerd does).
     pub ips: Vec<String>,
-    /// The init of the pod's shared PID namespace (PID mode POD), 0 if none.
+    /// The init of the pod's shared PID namespace (PID mode POD) or of its user
+    /// namespace, 0 if none.
     #[serde(default)]
     pub pause_pid: u32,
+    /// The pod's user namespace; `None` runs it in the host's.
+    #[serde(default)]
+    pub userns: Option<UsernsRecord>,
 }
 
 impl SandboxRecord {
@@ -127,6 +162,10 @@ impl SandboxRecord {
             state_dir: self.state_dir.clone(),
             share_pid: self.pid_mode == NsMode::Pod,
             pid_pin: network::pin_path(&self.state_dir, network::NamespaceKind::Pid),
+            userns: self.userns.map(|u| runtime_handlers::UserNamespace {
+                uids: UsernsRecord::handler_ranges(u.uid),
+                gids: UsernsRecord::handler_ranges(u.gid),
+            }),
         }
     }
 
@@ -448,6 +487,7 @@ fn remove_pins(state_dir: &Path, failures: &mut Vec<String>) {
         network::NamespaceKind::Ipc,
         network::NamespaceKind::Uts,
         network::NamespaceKind::Pid,
+        network::NamespaceKind::User,
     ] {
         if let Err(e) = network::remove_namespace(&network::pin_path(state_dir, kind)) {
             failures.push(e.to_string());

@@ -9,7 +9,10 @@ use std::path::Path;
 use cri_proto::v1 as cri;
 use tonic::Status;
 
-use super::{NetworkJournal, NsMode, SandboxRecord, blocking, name_key, new_id, now_ns, release};
+use super::{
+    IdRange, NetworkJournal, NsMode, SandboxRecord, UsernsRecord, blocking, name_key, new_id,
+    now_ns, release,
+};
 use crate::state::Daemon;
 
 /// Annotation older containerd setups use to ask for the untrusted-workload handler.
@@ -79,6 +82,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         .as_ref()
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_default();
+    let userns = user_namespace(&ns)?;
     let id = new_id();
     let network_mode = mode(ns.network);
     let record = SandboxRecord {
@@ -104,6 +108,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         network: None,
         ips: Vec::new(),
         pause_pid: 0,
+        userns,
     };
     let mut record = record;
     let ports: Vec<network::PortMapping> = pod_config
@@ -191,6 +196,69 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     Ok(id)
 }
 
+/// The pod's user namespace, from `namespace_options.userns_options`: NODE (or none)
+/// is the host's; POD is the pod's own, with one ID range for users and one for groups,
+/// which must map the pod's root. CONTAINER and TARGET have no meaning for a pod.
+fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, Status> {
+    let Some(userns) = &ns.userns_options else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(userns.mode) {
+        Ok(cri::NamespaceMode::Node) => {
+            if !userns.uids.is_empty() || !userns.gids.is_empty() {
+                return Err(Status::invalid_argument(
+                    "user namespace mode NODE takes no ID mappings",
+                ));
+            }
+            Ok(None)
+        }
+        Ok(cri::NamespaceMode::Pod) => {
+            for (what, m) in [("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)] {
+                if m == i32::from(cri::NamespaceMode::Node) {
+                    return Err(Status::invalid_argument(format!(
+                        "a pod in its own user namespace cannot use the host's {what} namespace"
+                    )));
+                }
+            }
+            let range = |what: &str, maps: &[cri::IdMapping]| -> Result<IdRange, Status> {
+                let [m] = maps else {
+                    return Err(Status::invalid_argument(format!(
+                        "user namespace mode POD needs exactly one {what} mapping, got {}",
+                        maps.len()
+                    )));
+                };
+                if m.container_id != 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "the {what} mapping must start at container ID 0 (the pod's root), not {}",
+                        m.container_id
+                    )));
+                }
+                if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
+                    return Err(Status::invalid_argument(format!(
+                        "the {what} mapping {}+{} is not a range of host IDs",
+                        m.host_id, m.length
+                    )));
+                }
+                Ok(IdRange {
+                    container: m.container_id,
+                    host: m.host_id,
+                    size: m.length,
+                })
+            };
+            Ok(Some(UsernsRecord {
+                uid: range("uid", &userns.uids)?,
+                gid: range("gid", &userns.gids)?,
+            }))
+        }
+        _ => Err(Status::invalid_argument(format!(
+            "user namespace mode {} is not supported for a pod; use POD or NODE",
+            cri::NamespaceMode::try_from(userns.mode)
+                .map(|m| m.as_str_name())
+                .unwrap_or("unknown")
+        ))),
+    }
+}
+
 /// What the pod asks of CNI.
 struct Network<'a> {
     ports: &'a [network::PortMapping],
@@ -222,6 +290,26 @@ fn setup(
             Status::internal
         );
     }
+    // A pod in its own user namespace got its namespaces from the handler's init, made
+    // inside that user namespace; other pods get new ones here.
+    let adopt_from = record.userns.map(|_| record.pause_pid);
+    let make = |kind: Kind, hostname: Option<&str>| {
+        let pin = network::pin_path(&record.state_dir, kind);
+        match adopt_from {
+            Some(pid) => network::adopt_namespace(kind, pid, &pin, hostname),
+            None => network::create_namespace(kind, &pin, hostname),
+        }
+    };
+    if let Some(pid) = adopt_from {
+        attempt!(
+            network::pin_process_namespace(
+                Kind::User,
+                pid,
+                &network::pin_path(&record.state_dir, Kind::User)
+            ),
+            Status::internal
+        );
+    }
     let host_network = record.network_mode == NsMode::Node;
     let hostname = if host_network || record.hostname.is_empty() {
         host_hostname()
@@ -229,23 +317,11 @@ fn setup(
         record.hostname.clone()
     };
     if !host_network {
-        let netns = network::pin_path(&record.state_dir, Kind::Net);
-        attempt!(
-            network::create_namespace(Kind::Net, &netns, None),
-            Status::internal
-        );
-        let uts = network::pin_path(&record.state_dir, Kind::Uts);
-        attempt!(
-            network::create_namespace(Kind::Uts, &uts, Some(&hostname)),
-            Status::internal
-        );
+        attempt!(make(Kind::Net, None), Status::internal);
+        attempt!(make(Kind::Uts, Some(&hostname)), Status::internal);
     }
     if record.ipc_mode != NsMode::Node {
-        let ipc = network::pin_path(&record.state_dir, Kind::Ipc);
-        attempt!(
-            network::create_namespace(Kind::Ipc, &ipc, None),
-            Status::internal
-        );
+        attempt!(make(Kind::Ipc, None), Status::internal);
         attempt!(mount_shm(&record.state_dir.join("shm")), Status::internal);
     }
     for (key, value) in sysctls {
@@ -257,7 +333,7 @@ fn setup(
         let own = match kind {
             Kind::Net | Kind::Uts => !host_network,
             Kind::Ipc => record.ipc_mode != NsMode::Node,
-            Kind::Pid => false,
+            Kind::Pid | Kind::User => false,
         };
         if !own {
             return Err(Status::invalid_argument(format!(

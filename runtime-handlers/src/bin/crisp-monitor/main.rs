@@ -121,6 +121,36 @@ fn runtime_error(log: &Path) -> String {
 /// `crisp-monitor --pause`: the init of a pod's shared PID namespace. The helper
 /// unshares the PID namespace, forks that init (pid 1 there: it only reaps orphans),
 /// reports `ok <pid>` on fd 3 and exits, leaving the init to its new parent.
+/// With `--userns`, it first makes a user namespace and waits for its caller to write
+/// the ID maps (see [`enter_new_userns`]), then makes the pod's network, IPC and UTS
+/// namespaces inside it, and the init runs as the namespace's root.
+///
+/// A process cannot write its own ID maps beyond its own ID, and a multi-threaded one
+/// (crispd) cannot unshare a user namespace: hence this helper.
+fn enter_new_userns() -> Result<(), String> {
+    // SAFETY: unshare takes no pointers; this process is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWUSER): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: writes a static buffer to stdout, the caller's pipe.
+    if unsafe { libc::write(1, c"userns\n".as_ptr().cast(), 7) } != 7 {
+        return Err(format!(
+            "telling the caller: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into `byte`.
+    let n = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
+    if n != 1 {
+        return Err("the caller did not write the ID maps".to_owned());
+    }
+    Ok(())
+}
+
 /// `crisp-monitor --exec RUNTIME ARG...`: the parent of a terminal exec. The runtime can
 /// hand a pty master to a console socket only when it detaches, so the exec'd process
 /// would lose its parent; this process becomes the subreaper that adopts it, and exits
@@ -169,16 +199,41 @@ fn exec_main() -> ExitCode {
     }
 }
 
-fn pause_main() -> ExitCode {
-    // SAFETY: setsid and unshare take no pointers. This process is single-threaded here.
+fn pause_main(userns: bool) -> ExitCode {
+    // SAFETY: setsid takes no pointers. This process is single-threaded here.
     unsafe { libc::setsid() };
-    // SAFETY: as above.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+    let mut flags = libc::CLONE_NEWPID;
+    if userns {
+        if let Err(e) = enter_new_userns() {
+            report(&format!("error {e}\n"));
+            return ExitCode::FAILURE;
+        }
+        // The pod's other namespaces belong to its user namespace: made from inside it.
+        flags |= libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    }
+    // SAFETY: unshare takes no pointers.
+    if unsafe { libc::unshare(flags) } != 0 {
         report(&format!(
-            "error unshare(CLONE_NEWPID): {}\n",
+            "error unshare: {}\n",
             std::io::Error::last_os_error()
         ));
         return ExitCode::FAILURE;
+    }
+    if userns {
+        // Become the namespace's root (host IDs as mapped), as a pod's processes are.
+        // SAFETY: plain credential calls on this single-threaded process.
+        let rc = unsafe {
+            libc::setgroups(0, std::ptr::null())
+                | libc::setresgid(0, 0, 0)
+                | libc::setresuid(0, 0, 0)
+        };
+        if rc != 0 {
+            report(&format!(
+                "error becoming root in the user namespace: {}\n",
+                std::io::Error::last_os_error()
+            ));
+            return ExitCode::FAILURE;
+        }
     }
     // SAFETY: single-threaded, so fork is safe; the child only calls async-signal-safe
     // functions (dup2, open, waitpid, pause).
@@ -218,7 +273,7 @@ fn main() -> ExitCode {
     // SAFETY: close_range takes no pointers; no descriptor above 3 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
-        return pause_main();
+        return pause_main(std::env::args_os().nth(2).is_some_and(|a| a == "--userns"));
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
         return exec_main();
