@@ -55,6 +55,7 @@ pub async fn status(
     if verbose {
         let json = serde_json::json!({
             "sandboxID": record.pod_id,
+            "pid": record.pid,
             "runtimeHandler": record.handler,
             "bundle": record.bundle,
             "rootfs": record.rootfs(),
