@@ -13,6 +13,7 @@ test: deps lint
 
 deps:
 	sh scripts/install-deps.sh
+	sh scripts/cgroup-hybrid.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

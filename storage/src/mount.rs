@@ -76,8 +76,8 @@ const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
 /// Mounts a copy of the mount tree at `source` on `target` (created as an empty
 /// directory, or an empty file when `source` is not a directory), changed as `options`
 /// says and private (mount events do not propagate into or out of it). The copy is
-/// changed before it is attached, so nothing can see it half-made. Unmount it with
-/// [`unmount`].
+/// changed before it is attached, so nothing can see it half-made. [`unmount_all_in`]
+/// detaches such copies.
 pub fn clone_tree(source: &Path, target: &Path, options: &CloneOptions<'_>) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let c_source = c_path(source)?;

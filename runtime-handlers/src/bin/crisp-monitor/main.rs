@@ -272,6 +272,11 @@ fn main() -> ExitCode {
     // left open (crispd may have inherited descriptors) must not live on with us.
     // SAFETY: close_range takes no pointers; no descriptor above 3 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
+    // The report pipe is for this process only: a runtime that keeps inherited
+    // descriptors in the container (crun does) would hold it open, and crispd, which reads
+    // the report to its end, would wait for the container to exit.
+    // SAFETY: fcntl on a descriptor number; an unused one just fails.
+    unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
         return pause_main(std::env::args_os().nth(2).is_some_and(|a| a == "--userns"));
     }
