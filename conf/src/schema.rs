@@ -225,6 +225,9 @@ pub struct RuntimeHandlerConfig {
     pub root: Option<PathBuf>,
     /// Extra arguments put before every runtime subcommand (e.g. runsc's `--network=host`).
     pub runtime_args: Vec<String>,
+    /// OCI: run ExecSync through the runtime's `exec` instead of crisp's own entry into
+    /// the container (which runsc containers never get: they run on gVisor's kernel).
+    pub runtime_exec: bool,
     /// microVM: the guest kernel image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,

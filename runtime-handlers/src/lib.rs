@@ -11,14 +11,18 @@
 
 pub mod attach;
 mod binary;
+mod caps;
 mod console;
 mod error;
 mod exec;
 mod handler;
 mod oci;
+pub mod seccomp;
 mod stats;
+mod syscalls_x86_64;
 
 pub use binary::resolve_binary;
+pub use caps::{CAPABILITIES, capability_number, last_capability};
 pub use console::receive_console;
 pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal};
@@ -28,4 +32,4 @@ pub use handler::{
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
 };
-pub use stats::{ContainerStats, cgroup_stats};
+pub use stats::{ContainerStats, cgroup_directories, cgroup_stats};

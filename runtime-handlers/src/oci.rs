@@ -33,6 +33,8 @@ pub struct OciRuntime {
     pub runtime_args: Vec<String>,
     /// The monitor binary.
     pub monitor: PathBuf,
+    /// ExecSync through the runtime's `exec` rather than `crisp-monitor --enter`.
+    pub runtime_exec: bool,
 }
 
 /// What the runtime reports of a container.
@@ -312,10 +314,37 @@ impl OciRuntime {
     }
 
     /// Runs `process` in the container and collects its output, killing it at `timeout`.
+    /// Through `crisp-monitor --enter` when the handler allows it and the container's
+    /// init `pid` is known, else (or when the monitor says the container needs the
+    /// runtime) through the runtime's `exec`.
     async fn exec_in(
         &self,
         id: &str,
         bundle: &Path,
+        pid: u32,
+        process: &Process,
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, HandlerError> {
+        if !self.runtime_exec && !self.is_gvisor() && pid > 0 {
+            match self
+                .exec_once(id, bundle, Some(pid), process, timeout)
+                .await
+            {
+                Err(HandlerError::Unsupported { what, .. }) => {
+                    tracing::debug!(id, why = %what, "exec through the runtime");
+                }
+                done => return done,
+            }
+        }
+        self.exec_once(id, bundle, None, process, timeout).await
+    }
+
+    /// One ExecSync attempt: natively into init `native` if given, else with the runtime.
+    async fn exec_once(
+        &self,
+        id: &str,
+        bundle: &Path,
+        native: Option<u32>,
         process: &Process,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, HandlerError> {
@@ -331,31 +360,68 @@ impl OciRuntime {
         tokio::fs::write(&spec_path, json).await.map_err(io)?;
         let pid_path = spec_path.with_extension("pid");
         // Whether the call times out here or the caller gives up (a gRPC deadline drops
-        // this future), the process runc started must not outlive the call.
+        // this future), the process started must not outlive the call.
         let mut guard = ExecGuard {
             pid_path: pid_path.clone(),
             spec_path: spec_path.clone(),
             finished: false,
         };
-        // runc exec stays the process's parent: it reaps the process once the guard kills
-        // it. Killing runc instead would orphan the process to the host's init.
-        let mut child = self
-            .command()
+        // runc exec (or the monitor) stays the process's parent: it reaps the process
+        // once the guard kills it. Killing the parent instead would orphan the process.
+        let (mut cmd, binary) = match native {
+            Some(init) => {
+                let mut cmd = Command::new(&self.monitor);
+                cmd.arg("--enter")
+                    .arg("--id")
+                    .arg(id)
+                    .arg("--pid")
+                    .arg(init.to_string())
+                    .arg("--bundle")
+                    .arg(bundle)
+                    .arg("--process")
+                    .arg(&spec_path)
+                    .arg("--pid-file")
+                    .arg(&pid_path);
+                (cmd, &self.monitor)
+            }
+            None => {
+                let mut cmd = self.command();
+                cmd.arg("exec")
+                    .arg("--process")
+                    .arg(&spec_path)
+                    .arg("--pid-file")
+                    .arg(&pid_path)
+                    .arg(id);
+                (cmd, &self.binary)
+            }
+        };
+        // The monitor reports on fd 3 whether it got the process running.
+        let (report_r, report_w) = pipe().map_err(io)?;
+        let raw = report_w.as_raw_fd();
+        if native.is_some() {
+            // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .kill_on_drop(false)
-            .arg("exec")
-            .arg("--process")
-            .arg(&spec_path)
-            .arg("--pid-file")
-            .arg(&pid_path)
-            .arg(id)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|source| HandlerError::Spawn {
-                binary: self.binary.clone(),
+                binary: binary.clone(),
                 source,
             })?;
+        drop(report_w);
+        let mut report = String::new();
+        let mut report_reader = tokio::fs::File::from_std(std::fs::File::from(report_r));
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
         let collect = async {
@@ -370,7 +436,10 @@ impl OciRuntime {
                     let _ = s.take(MAX_EXEC_OUTPUT as u64).read_to_end(&mut err).await;
                 }
             };
-            tokio::join!(read_out, read_err);
+            let read_report = async {
+                let _ = report_reader.read_to_string(&mut report).await;
+            };
+            tokio::join!(read_out, read_err, read_report);
             let status = child.wait().await;
             (status, out, err)
         };
@@ -400,6 +469,23 @@ impl OciRuntime {
             });
         };
         let status = status.map_err(io)?;
+        if native.is_some() {
+            let report = report.trim();
+            if let Some(why) = report.strip_prefix("unsupported ") {
+                return Err(HandlerError::Unsupported {
+                    handler: self.name.clone(),
+                    what: format!("entering this container natively ({why})"),
+                });
+            }
+            if !report.starts_with("ok ") {
+                return Err(HandlerError::Runtime {
+                    handler: self.name.clone(),
+                    operation: "exec".to_owned(),
+                    id: id.to_owned(),
+                    message: report.strip_prefix("error ").unwrap_or(report).to_owned(),
+                });
+            }
+        }
         use std::os::unix::process::ExitStatusExt;
         let exit_code = status
             .code()
@@ -743,7 +829,7 @@ impl RuntimeHandler for OciRuntime {
         process: &Process,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, HandlerError> {
-        self.exec_in(c.id, c.bundle, process, timeout).await
+        self.exec_in(c.id, c.bundle, c.pid, process, timeout).await
     }
 
     async fn update_container(

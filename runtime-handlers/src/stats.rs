@@ -100,12 +100,23 @@ fn cgroup_dirs(pid: u32) -> std::io::Result<(HashMap<String, PathBuf>, Option<Pa
             continue;
         }
         for controller in controllers.split(',') {
+            let controller = controller.strip_prefix("name=").unwrap_or(controller);
             if let Some(mount) = mounts.v1.get(controller) {
                 v1.insert(controller.to_owned(), mount.join(relative));
             }
         }
     }
     Ok((v1, v2))
+}
+
+/// Every cgroup directory process `pid` is in (one per v1 hierarchy, and the v2 one),
+/// each once.
+pub fn cgroup_directories(pid: u32) -> std::io::Result<Vec<PathBuf>> {
+    let (v1, v2) = cgroup_dirs(pid)?;
+    let mut dirs: Vec<PathBuf> = v1.into_values().chain(v2).collect();
+    dirs.sort();
+    dirs.dedup();
+    Ok(dirs)
 }
 
 fn read_u64(path: &Path) -> Option<u64> {

@@ -290,6 +290,7 @@ pub fn runtime_for(
         root: config.runtime_root(handler),
         runtime_args: h.runtime_args.clone(),
         monitor: monitor_binary(),
+        runtime_exec: h.runtime_exec,
     }))
 }
 

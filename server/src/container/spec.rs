@@ -44,54 +44,8 @@ fn bounding_set() -> u64 {
 
 /// Every capability the kernel knows (for privileged containers and `ALL`).
 fn all_caps() -> Vec<String> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
-    const NAMES: &[&str] = &[
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "KILL",
-        "SETGID",
-        "SETUID",
-        "SETPCAP",
-        "LINUX_IMMUTABLE",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_ADMIN",
-        "NET_RAW",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "SYS_MODULE",
-        "SYS_RAWIO",
-        "SYS_CHROOT",
-        "SYS_PTRACE",
-        "SYS_PACCT",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_NICE",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "MKNOD",
-        "LEASE",
-        "AUDIT_WRITE",
-        "AUDIT_CONTROL",
-        "SETFCAP",
-        "MAC_OVERRIDE",
-        "MAC_ADMIN",
-        "SYSLOG",
-        "WAKE_ALARM",
-        "BLOCK_SUSPEND",
-        "AUDIT_READ",
-        "PERFMON",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-    ];
-    NAMES
+    let last = runtime_handlers::last_capability();
+    runtime_handlers::CAPABILITIES
         .iter()
         .take(last as usize + 1)
         .map(|n| format!("CAP_{n}"))
@@ -100,10 +54,7 @@ fn all_caps() -> Vec<String> {
 
 /// The capability's bit number, for the names `all_caps` knows.
 fn cap_number(name: &str) -> Option<u32> {
-    all_caps()
-        .iter()
-        .position(|c| c == name)
-        .and_then(|p| u32::try_from(p).ok())
+    runtime_handlers::capability_number(name).filter(|n| *n <= runtime_handlers::last_capability())
 }
 
 const MASKED: &[&str] = &[

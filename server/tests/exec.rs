@@ -1,0 +1,155 @@
+//! ExecSync through crisp's own entry into a container (`crisp-monitor --enter`) against
+//! the same through `runc exec`: the process must land in the same place with the same
+//! confinement either way.
+
+mod common;
+
+use common::workload::*;
+use cri_proto::v1 as cri;
+
+/// What an exec'd process can tell about its confinement, with the container's init (pid 1:
+/// the pods below do not share a PID namespace) for comparison.
+const PROBE: &str = "id; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status; \
+     for n in mnt net ipc uts pid cgroup; do [ \"$(readlink /proc/self/ns/$n)\" = \"$(readlink /proc/1/ns/$n)\" ] && echo same-$n; done; \
+     [ \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" ] && echo same-cgroups; \
+     ulimit -n; umask; pwd; echo $GREETING; unshare -U true 2>/dev/null; echo unshare=$?; touch /x 2>/dev/null; echo touch=$?";
+
+fn confined(s: &Setup, name: &str) -> cri::ContainerConfig {
+    let mut c = container(s, name, "sleep 1000");
+    c.working_dir = "/etc".into();
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            supplemental_groups: vec![1234],
+            no_new_privs: true,
+            readonly_rootfs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["NET_RAW".into(), "CHOWN".into()],
+                add_capabilities: vec!["SYS_NICE".into()],
+                ..Default::default()
+            }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault.into(),
+                ..Default::default()
+            }),
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
+fn pod(s: &Setup, name: &str) -> cri::PodSandboxConfig {
+    let mut config = pod_config(s);
+    if let Some(m) = config.metadata.as_mut() {
+        m.name = name.into();
+        m.uid = format!("uid-{name}");
+    }
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_exec_confines_the_process_as_runc_exec_does() {
+    let s = setup();
+    let text = std::fs::read_to_string(s.net.sandbox.config_path()).expect("config");
+    std::fs::write(
+        s.net.sandbox.config_path(),
+        format!("{text}\n[runtimes.runc-cli]\npath = \"runc\"\nruntime_exec = true\n"),
+    )
+    .expect("config");
+    let daemon = s.net.sandbox.start();
+    let (mut rt, _) = ready(&s, &daemon).await;
+    let mut outputs = Vec::new();
+    for handler in ["runc", "runc-cli"] {
+        let config = pod(&s, handler);
+        let pod_id = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect("pod")
+            .into_inner()
+            .pod_sandbox_id;
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id,
+                config: Some(confined(&s, "probe")),
+                sandbox_config: Some(config),
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .container_id;
+        start(&mut rt, &id).await;
+        let (code, out) = exec_out(&mut rt, &id, &["sh", "-c", PROBE]).await;
+        assert_eq!(code, 0, "{handler}: {out}");
+        // Exit codes, a missing command and a timeout.
+        let (code, _) = exec_out(&mut rt, &id, &["sh", "-c", "exit 7"]).await;
+        assert_eq!(code, 7, "{handler}");
+        let missing = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["no-such-command".into()],
+                timeout: 5,
+            })
+            .await;
+        let missing_failed = match missing {
+            Err(_) => true,
+            Ok(r) => r.into_inner().exit_code != 0,
+        };
+        assert!(missing_failed, "{handler}: a missing command fails");
+        let started = std::time::Instant::now();
+        let timed_out = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["sleep".into(), "30".into()],
+                timeout: 1,
+            })
+            .await
+            .expect_err("timeout");
+        assert_eq!(timed_out.code(), tonic::Code::DeadlineExceeded, "{handler}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let (_, ps) = exec_out(&mut rt, &id, &["ps", "-o", "args"]).await;
+        assert!(
+            !ps.contains("sleep 30"),
+            "{handler}: the timed-out process is gone: {ps}"
+        );
+        outputs.push(out);
+    }
+    assert_eq!(outputs[0], outputs[1], "native and runc exec see the same");
+    let out = &outputs[0];
+    for expected in [
+        "uid=1000 gid=0(root) groups=1234",
+        "CapBnd:\t00000000a88405fa",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "same-mnt",
+        "same-net",
+        "same-ipc",
+        "same-uts",
+        "same-pid",
+        "same-cgroups",
+        "unshare=1",
+        "touch=1",
+        "/etc",
+        "hi",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    teardown(&mut rt).await;
+}
