@@ -416,17 +416,16 @@ fn become_process(p: &Prepared) -> String {
             return fail("setting capabilities");
         }
         libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        // Best effort, as runc: the kernel refuses an ambient capability that is not
+        // also inheritable, and runc goes on without it.
         for &cap in &p.ambient {
-            if libc::prctl(
+            libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
                 cap as libc::c_ulong,
                 0,
                 0,
-            ) != 0
-            {
-                return fail("raising an ambient capability");
-            }
+            );
         }
         if let Some(mask) = p.umask {
             libc::umask(mask as libc::mode_t);
