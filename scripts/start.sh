@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 sh scripts/install-deps.sh
 sh scripts/build-release.sh
 install -m 0755 target/release/crispd /usr/local/bin/crispd
-# The per-container monitor lives beside crispd.
+# The per-container monitor and the ExecSync helper live beside crispd.
 install -m 0755 target/release/crisp-monitor /usr/local/bin/crisp-monitor
+install -m 0755 target/release/crisp-enter /usr/local/bin/crisp-enter
 
 # The shipped example is exactly the defaults; install it once, never over an edited file.
 install -d /etc/crisp /etc/crisp/crisp.d

@@ -33,7 +33,9 @@ pub struct OciRuntime {
     pub runtime_args: Vec<String>,
     /// The monitor binary.
     pub monitor: PathBuf,
-    /// ExecSync through the runtime's `exec` rather than `crisp-monitor --enter`.
+    /// The helper that runs ExecSync processes without the runtime (`crisp-enter`).
+    pub enter: PathBuf,
+    /// ExecSync through the runtime's `exec` rather than `crisp-enter`.
     pub runtime_exec: bool,
 }
 
@@ -314,7 +316,7 @@ impl OciRuntime {
     }
 
     /// Runs `process` in the container and collects its output, killing it at `timeout`.
-    /// Through `crisp-monitor --enter` when the handler allows it and the container's
+    /// Through `crisp-enter` when the handler allows it and the container's
     /// init `pid` is known, else (or when the monitor says the container needs the
     /// runtime) through the runtime's `exec`.
     async fn exec_in(
@@ -370,9 +372,8 @@ impl OciRuntime {
         // once the guard kills it. Killing the parent instead would orphan the process.
         let (mut cmd, binary) = match native {
             Some(init) => {
-                let mut cmd = Command::new(&self.monitor);
-                cmd.arg("--enter")
-                    .arg("--id")
+                let mut cmd = Command::new(&self.enter);
+                cmd.arg("--id")
                     .arg(id)
                     .arg("--pid")
                     .arg(init.to_string())
@@ -382,7 +383,7 @@ impl OciRuntime {
                     .arg(&spec_path)
                     .arg("--pid-file")
                     .arg(&pid_path);
-                (cmd, &self.monitor)
+                (cmd, &self.enter)
             }
             None => {
                 let mut cmd = self.command();
@@ -395,23 +396,18 @@ impl OciRuntime {
                 (cmd, &self.binary)
             }
         };
-        // The monitor reports on fd 3 whether it got the process running.
+        // crisp-enter reports on its stdin (a pipe here) whether it got the process
+        // running; the runtime gets no stdin.
         let (report_r, report_w) = pipe().map_err(io)?;
-        let raw = report_w.as_raw_fd();
-        if native.is_some() {
-            // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::dup2(raw, 3) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
+        let stdin = if native.is_some() {
+            std::process::Stdio::from(report_w)
+        } else {
+            drop(report_w);
+            std::process::Stdio::null()
+        };
         let mut child = cmd
             .kill_on_drop(false)
-            .stdin(std::process::Stdio::null())
+            .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -419,7 +415,8 @@ impl OciRuntime {
                 binary: binary.clone(),
                 source,
             })?;
-        drop(report_w);
+        // The command holds the report pipe's write end until dropped.
+        drop(cmd);
         let mut report = String::new();
         let mut report_reader = tokio::fs::File::from_std(std::fs::File::from(report_r));
         let mut stdout = child.stdout.take();

@@ -1,5 +1,5 @@
 //! An OCI seccomp profile compiled to a classic BPF program for the native exec path
-//! (`crisp-monitor --enter`), with the semantics runc gets from libseccomp: the first
+//! (`crisp-enter`), with the semantics runc gets from libseccomp: the first
 //! rule naming a call whose argument conditions all hold decides; otherwise the
 //! profile's default action. A syscall entry with two conditions on the same argument
 //! becomes one rule per condition (runc's reading), else one rule with all of them.

@@ -13,6 +13,7 @@ fn runtime(dir: &Path) -> OciRuntime {
         root: dir.join("runc-root"),
         runtime_args: Vec::new(),
         monitor: PathBuf::from(env!("CARGO_BIN_EXE_crisp-monitor")),
+        enter: PathBuf::from(env!("CARGO_BIN_EXE_crisp-enter")),
         runtime_exec: false,
     }
 }

@@ -290,17 +290,23 @@ pub fn runtime_for(
         root: config.runtime_root(handler),
         runtime_args: h.runtime_args.clone(),
         monitor: monitor_binary(),
+        enter: helper_binary("crisp-enter"),
         runtime_exec: h.runtime_exec,
     }))
 }
 
 /// The monitor: beside crispd, else on PATH.
 pub(crate) fn monitor_binary() -> PathBuf {
+    helper_binary("crisp-monitor")
+}
+
+/// One of crisp's helper executables: beside crispd, else on PATH.
+fn helper_binary(name: &str) -> PathBuf {
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("crisp-monitor")))
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
         .filter(|p| p.is_file());
     beside
-        .or_else(|| runtime_handlers::resolve_binary(Path::new("crisp-monitor")))
-        .unwrap_or_else(|| PathBuf::from("crisp-monitor"))
+        .or_else(|| runtime_handlers::resolve_binary(Path::new(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
 }

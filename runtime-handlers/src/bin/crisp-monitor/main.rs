@@ -12,7 +12,6 @@
 //! beyond the line buffers.
 
 mod attach;
-mod enter;
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -283,9 +282,6 @@ fn main() -> ExitCode {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
         return exec_main();
-    }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "--enter") {
-        return enter::main();
     }
     let args = match parse_args() {
         Ok(a) => a,
