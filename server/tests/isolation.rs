@@ -229,12 +229,51 @@ async fn a_pod_in_its_own_user_namespace() {
         .expect("userns pod")
         .into_inner()
         .pod_sandbox_id;
+    // A volume owned by the host's root, once ID-mapped (as kubelet asks for a pod's
+    // volumes) and once plain.
+    let volume = s.net.sandbox.path("volume");
+    std::fs::create_dir_all(&volume).expect("volume");
+    std::fs::write(volume.join("file"), "x").expect("volume file");
     let mut c = container(
         &s,
         "inside",
         "cat /proc/self/uid_map; id -u; echo data > /written; stat -c %u /bin/busybox; sleep 1000",
     );
     c.linux = None;
+    let mapped = vec![range(0, host, 65536)];
+    c.mounts = vec![
+        cri::Mount {
+            container_path: "/mapped".into(),
+            host_path: volume.display().to_string(),
+            uid_mappings: mapped.clone(),
+            gid_mappings: mapped.clone(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/plain".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        },
+    ];
+    let mut wrong = c.clone();
+    if let Some(m) = wrong.metadata.as_mut() {
+        m.name = "wrong-map".into();
+    }
+    wrong.mounts[0].uid_mappings = vec![range(0, 5000, 65536)];
+    let err = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(wrong),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("mappings other than the pod's");
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
     let id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
@@ -270,6 +309,31 @@ async fn a_pod_in_its_own_user_namespace() {
         .join("upper");
     let meta = std::fs::metadata(upper.join("new")).expect("written file in the writable layer");
     assert_eq!((meta.uid(), meta.gid()), (host, host));
+    // The ID-mapped volume shows the host root's file as the pod root's, and what the
+    // pod's root writes there belongs to the host's root; the plain one shows nobody.
+    let (code, out) = exec_out(
+        &mut rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "stat -c %u /mapped/file /plain/file; touch /mapped/new && echo wrote",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "wrote"],
+        "{out}"
+    );
+    let meta = std::fs::metadata(volume.join("new")).expect("written through the mapping");
+    assert_eq!(meta.uid(), 0);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(
+        !mounts.contains("/binds/"),
+        "no ID-mapped copy left on the host"
+    );
     let info = rt
         .container_status(cri::ContainerStatusRequest {
             container_id: id.clone(),

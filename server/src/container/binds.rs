@@ -1,10 +1,12 @@
 //! Bind mounts that crisp prepares itself before the OCI runtime sees them.
 //!
 //! A recursive read-only mount (`Mount.recursive_read_only`) must make every mount under
-//! its source read-only too. runc before 1.2 cannot (it has no `rro` option), so crisp
-//! attaches a private copy of the source tree, made read-only mount by mount with
-//! mount_setattr(2), at `<bundle>/binds/<n>` (n = the mount's index in the request), and
-//! the runtime binds that copy. The copies are detached once the runtime has created the
+//! its source read-only too, and an ID-mapped one (`Mount.uid_mappings`, for a pod in its
+//! own user namespace) must show the source's files through the pod's ID mapping. runc
+//! before 1.2 can do neither (no `rro`, no `idmap`), so crisp attaches a private copy of
+//! the source tree, changed mount by mount with mount_setattr(2), at
+//! `<bundle>/binds/<n>` (n = the mount's index in the request), and the runtime binds
+//! that copy. The copies are detached once the runtime has created the
 //! container (its mount namespace holds its own), or when a failed create is undone
 //! ([`release`]).
 
@@ -13,16 +15,38 @@ use std::path::{Path, PathBuf};
 use cri_proto::v1 as cri;
 use tonic::Status;
 
-/// Where the prepared copy of request mount `n` is attached, if the mount needs one.
-pub fn staged_source(bundle: &Path, n: usize, mount: &cri::Mount) -> Option<PathBuf> {
-    mount
-        .recursive_read_only
-        .then(|| bundle.join("binds").join(n.to_string()))
+use crate::pod::{IdRange, UsernsRecord};
+
+/// Whether a mount asks for ID mapping.
+fn idmapped(mount: &cri::Mount) -> bool {
+    !mount.uid_mappings.is_empty() || !mount.gid_mappings.is_empty()
 }
 
-/// Checks a recursive read-only request: it needs `readonly` and private propagation
-/// (a read-only copy cannot receive or send mount events).
-pub fn check(mount: &cri::Mount) -> Result<(), Status> {
+/// Where the prepared copy of request mount `n` is attached, if the mount needs one.
+pub fn staged_source(bundle: &Path, n: usize, mount: &cri::Mount) -> Option<PathBuf> {
+    (mount.recursive_read_only || idmapped(mount)).then(|| bundle.join("binds").join(n.to_string()))
+}
+
+/// Checks a mount that needs a prepared copy. ID mapping is the pod's own: the mount's
+/// mappings must be the pod's. Recursive read-only needs `readonly` and private
+/// propagation (a read-only copy cannot receive or send mount events).
+pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Status> {
+    if idmapped(mount) {
+        let same = |maps: &[cri::IdMapping], r: Option<IdRange>| match (maps, r) {
+            ([m], Some(r)) => {
+                (m.container_id, m.host_id, m.length) == (r.container, r.host, r.size)
+            }
+            _ => false,
+        };
+        if !same(&mount.uid_mappings, pod.map(|u| u.uid))
+            || !same(&mount.gid_mappings, pod.map(|u| u.gid))
+        {
+            return Err(Status::invalid_argument(format!(
+                "mount at {}: ID mappings must be the pod's user namespace mappings",
+                mount.container_path
+            )));
+        }
+    }
     if !mount.recursive_read_only {
         return Ok(());
     }
@@ -45,18 +69,22 @@ pub fn check(mount: &cri::Mount) -> Result<(), Status> {
     Ok(())
 }
 
-/// Attaches the copies the request's mounts need. On failure, the copies made so far are
-/// detached again.
-pub fn stage(bundle: &Path, mounts: &[cri::Mount]) -> Result<(), Status> {
+/// Attaches the copies the request's mounts need; `userns` is the pod's pinned user
+/// namespace, if it has one. On failure, the copies made so far are detached again.
+pub fn stage(
+    bundle: &Path,
+    mounts: &[cri::Mount],
+    userns: Option<(&Path, &UsernsRecord)>,
+) -> Result<(), Status> {
     for (n, m) in mounts.iter().enumerate() {
         let Some(target) = staged_source(bundle, n, m) else {
             continue;
         };
-        let made = check(m).and_then(|()| {
+        let made = check(m, userns.map(|(_, u)| u)).and_then(|()| {
             let options = storage::CloneOptions {
                 recursive: true,
-                read_only: true,
-                idmap: None,
+                read_only: m.recursive_read_only,
+                idmap: userns.filter(|_| idmapped(m)).map(|(pin, _)| pin),
             };
             storage::clone_tree(Path::new(&m.host_path), &target, &options).map_err(|e| {
                 let status = match e.kind() {
@@ -64,7 +92,7 @@ pub fn stage(bundle: &Path, mounts: &[cri::Mount]) -> Result<(), Status> {
                     _ => Status::internal,
                 };
                 status(format!(
-                    "making a recursively read-only copy of {} for {}: {e}",
+                    "preparing {} for {} (recursively read-only or ID-mapped): {e}",
                     m.host_path, m.container_path
                 ))
             })

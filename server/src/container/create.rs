@@ -263,7 +263,8 @@ pub async fn create(
                     bundle: &record.bundle,
                 };
                 let spec = spec::build(&container, &input)?;
-                binds::stage(&record.bundle, &container.mounts)?;
+                let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
+                binds::stage(&record.bundle, &container.mounts, pinned)?;
                 Ok::<_, Status>((spec, identity))
             })();
             if built.is_err() {

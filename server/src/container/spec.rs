@@ -387,7 +387,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         };
         let mut options = vec!["rbind", propagation, if m.readonly { "ro" } else { "rw" }];
         options.retain(|o| !o.is_empty());
-        super::binds::check(m)?;
+        super::binds::check(m, pod.userns.as_ref())?;
         let source = super::binds::staged_source(input.bundle, n, m)
             .unwrap_or_else(|| std::path::PathBuf::from(&m.host_path));
         mounts.push(json!({"destination": m.container_path, "type": "bind", "source": source, "options": options}));
