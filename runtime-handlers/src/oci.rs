@@ -97,6 +97,15 @@ impl OciRuntime {
         self.binary.file_name().is_some_and(|n| n == "runsc")
     }
 
+    /// runc and crun, whose container processes are host processes in host namespaces:
+    /// the only runtimes crisp-enter may enter containers of. Any other runtime (a
+    /// sandbox or VM runtime, a renamed or wrapped binary) gets ExecSync through itself.
+    fn runs_on_host_kernel(&self) -> bool {
+        self.binary
+            .file_name()
+            .is_some_and(|n| n == "runc" || n == "crun")
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&self.runtime_args).arg("--root").arg(&self.root);
@@ -327,7 +336,7 @@ impl OciRuntime {
         process: &Process,
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, HandlerError> {
-        if !self.runtime_exec && !self.is_gvisor() && pid > 0 {
+        if !self.runtime_exec && self.runs_on_host_kernel() && pid > 0 {
             match self
                 .exec_once(id, bundle, Some(pid), process, timeout)
                 .await
@@ -405,16 +414,29 @@ impl OciRuntime {
             drop(report_w);
             std::process::Stdio::null()
         };
-        let mut child = cmd
+        let spawned = cmd
             .kill_on_drop(false)
             .stdin(stdin)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| HandlerError::Spawn {
-                binary: binary.clone(),
-                source,
-            })?;
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            // No crisp-enter (an install that copied only crispd): the runtime can do it.
+            Err(e) if native.is_some() => {
+                return Err(HandlerError::Unsupported {
+                    handler: self.name.clone(),
+                    what: format!("entering containers natively ({}: {e})", binary.display()),
+                });
+            }
+            Err(source) => {
+                return Err(HandlerError::Spawn {
+                    binary: binary.clone(),
+                    source,
+                });
+            }
+        };
+        let helper = child.id();
         // The command holds the report pipe's write end until dropped.
         drop(cmd);
         let mut report = String::new();
@@ -448,6 +470,15 @@ impl OciRuntime {
         // container until the guard kills it.
         guard.finished = result.is_some();
         let killed = if result.is_none() { guard.kill() } else { None };
+        if result.is_none()
+            && killed.is_none()
+            && let Some(helper) = native.and(helper)
+        {
+            // Still setting up (no process yet): ending crisp-enter ends the process
+            // too (it dies with its parent).
+            // SAFETY: kill takes no pointers; `helper` is our unreaped child.
+            unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+        }
         drop(guard);
         let Some((status, stdout, stderr)) = result else {
             // Answer once it is gone (reaped by the container's init), as kubelet and

@@ -5,7 +5,10 @@
 //! becomes one rule per condition (runc's reading), else one rule with all of them.
 //!
 //! x86_64 only. Calls made through another ABI (i386 `int 0x80`, x32) get EPERM: stricter
-//! than a profile that lists those architectures, never looser.
+//! than a profile that lists those architectures, never looser. A call number above every
+//! known one gets ENOSYS when the profile denies by default (as runc does, so that libc
+//! falls back to an older call). A profile naming a call this table does not know, or
+//! too long for one BPF program, is refused: the runtime applies it instead.
 
 use oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator,
@@ -32,10 +35,108 @@ pub enum SeccompError {
     /// An argument index past the six a system call has.
     #[error("seccomp argument index {0} is out of range")]
     ArgIndex(usize),
-    /// A rule too long for a classic BPF jump.
-    #[error("a seccomp rule is too long")]
+    /// A rule too long for a classic BPF jump, or a program past the kernel's limit.
+    #[error("the seccomp filter is too long")]
     TooLong,
+    /// A system call crisp's table does not know.
+    #[error("seccomp profile names `{0}`, which crisp's syscall table does not know")]
+    UnknownSyscall(String),
 }
+
+/// Calls that exist only on other ABIs (i386 and older ports), never on x86_64: a
+/// profile naming them means nothing here, and libseccomp skips them on x86_64 too.
+const NOT_ON_X86_64: &[&str] = &[
+    "_llseek",
+    "_newselect",
+    "bdflush",
+    "break",
+    "chown32",
+    "clock_adjtime64",
+    "clock_getres_time64",
+    "clock_gettime64",
+    "clock_nanosleep_time64",
+    "clock_settime64",
+    "fadvise64_64",
+    "fchown32",
+    "fcntl64",
+    "fstat64",
+    "fstatat64",
+    "fstatfs64",
+    "ftime",
+    "ftruncate64",
+    "futex_time64",
+    "getegid32",
+    "geteuid32",
+    "getgid32",
+    "getgroups32",
+    "getresgid32",
+    "getresuid32",
+    "getuid32",
+    "gtty",
+    "idle",
+    "io_pgetevents_time64",
+    "ipc",
+    "lchown32",
+    "lock",
+    "lstat64",
+    "mmap2",
+    "mpx",
+    "mq_timedreceive_time64",
+    "mq_timedsend_time64",
+    "nice",
+    "oldfstat",
+    "oldlstat",
+    "oldolduname",
+    "oldstat",
+    "olduname",
+    "ppoll_time64",
+    "prof",
+    "profil",
+    "pselect6_time64",
+    "readdir",
+    "recvmmsg_time64",
+    "rt_sigtimedwait_time64",
+    "sched_rr_get_interval_time64",
+    "semtimedop_time64",
+    "sendfile64",
+    "setfsgid32",
+    "setfsuid32",
+    "setgid32",
+    "setgroups32",
+    "setregid32",
+    "setresgid32",
+    "setresuid32",
+    "setreuid32",
+    "setuid32",
+    "sgetmask",
+    "sigaction",
+    "signal",
+    "sigpending",
+    "sigprocmask",
+    "sigreturn",
+    "sigsuspend",
+    "socketcall",
+    "ssetmask",
+    "stat64",
+    "statfs64",
+    "stime",
+    "stty",
+    "timer_gettime64",
+    "timer_settime64",
+    "timerfd_gettime64",
+    "timerfd_settime64",
+    "truncate64",
+    "ugetrlimit",
+    "ulimit",
+    "umount",
+    "utimensat_time64",
+    "vm86",
+    "vm86old",
+    "waitpid",
+];
+
+/// The kernel's limit on a classic BPF program's length.
+const MAX_INSTRUCTIONS: usize = 4096;
 
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_ALU_AND_K: u16 = 0x54;
@@ -242,11 +343,12 @@ fn rule(nr: u32, args: &[&LinuxSeccompArg], ret: u32) -> Result<Vec<Instruction>
     Ok(out)
 }
 
-/// Compiles `profile` for x86_64. Calls the table does not know are skipped, as
-/// libseccomp skips calls it does not know.
+/// Compiles `profile` for x86_64.
 pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError> {
     let default = action(profile.default_action(), profile.default_errno_ret())?;
     let other_abi = RET_ERRNO | libc::EPERM as u32;
+    let newest = SYSCALLS.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let denies = default != RET_ALLOW && default != RET_LOG;
     let mut out = vec![
         stmt(BPF_LD_W_ABS, OFFSET_ARCH),
         jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -255,6 +357,10 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError>
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, other_abi),
     ];
+    if denies {
+        out.push(jump(BPF_JGT_K, newest, 0, 1));
+        out.push(stmt(BPF_RET_K, RET_ERRNO | libc::ENOSYS as u32));
+    }
     for call in profile.syscalls().as_deref().unwrap_or_default() {
         let ret = action(call.action(), call.errno_ret())?;
         if ret == default {
@@ -271,7 +377,10 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError>
         };
         for name in call.names() {
             let Some(nr) = syscall_number(name) else {
-                continue;
+                if NOT_ON_X86_64.contains(&name.as_str()) {
+                    continue;
+                }
+                return Err(SeccompError::UnknownSyscall(name.clone()));
             };
             for r in &rules {
                 out.extend(rule(nr, r, ret)?);
@@ -279,6 +388,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError>
         }
     }
     out.push(stmt(BPF_RET_K, default));
+    if out.len() > MAX_INSTRUCTIONS {
+        return Err(SeccompError::TooLong);
+    }
     Ok(out)
 }
 
@@ -392,8 +504,7 @@ mod tests {
                   {"names":["kill"],"action":"SCMP_ACT_ALLOW"},
                   {"names":["lseek"],"action":"SCMP_ACT_ALLOW","args":[{"index":2,"value":4294967296,"op":"SCMP_CMP_GE"}]},
                   {"names":["mmap"],"action":"SCMP_ACT_ALLOW","args":[{"index":1,"value":4096,"op":"SCMP_CMP_LT"}]},
-                  {"names":["futex"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":5,"op":"SCMP_CMP_GT"},{"index":0,"value":2,"op":"SCMP_CMP_LE"}]},
-                  {"names":["not_a_call"],"action":"SCMP_ACT_ALLOW"}
+                  {"names":["futex"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":5,"op":"SCMP_CMP_GT"},{"index":0,"value":2,"op":"SCMP_CMP_LE"}]}
                 ]}"#,
         );
         let prog = compile(&p).expect("compile");
@@ -446,9 +557,29 @@ mod tests {
         assert_eq!(run(&prog, nr("futex"), x, [6, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, nr("futex"), x, [2, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, nr("futex"), x, [4, 0, 0, 0, 0, 0]), enosys);
+        // Calls newer than the table: ENOSYS, so libc falls back.
+        assert_eq!(run(&prog, 999, x, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
         // Other ABIs are refused outright.
         assert_eq!(run(&prog, 0, 0x4000_0003, [0; 6]), RET_ERRNO | 1);
         assert_eq!(run(&prog, X32_SYSCALL_BIT, x, [0; 6]), RET_ERRNO | 1);
+    }
+
+    #[test]
+    fn unknown_calls_are_left_to_the_runtime() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["not_a_call"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        assert_eq!(
+            compile(&p),
+            Err(SeccompError::UnknownSyscall("not_a_call".into()))
+        );
+        // i386-only calls mean nothing on x86_64 and are skipped, as libseccomp does.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["stime","vm86","umount","mount"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let prog = compile(&p).expect("compile");
+        let mount = syscall_number("mount").expect("mount");
+        assert_eq!(run(&prog, mount, AUDIT_ARCH_X86_64, [0; 6]), RET_ERRNO | 1);
     }
 
     #[test]

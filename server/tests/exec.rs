@@ -14,6 +14,20 @@ const PROBE: &str = "id; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPriv
      [ \"$(cat /proc/self/cgroup)\" = \"$(cat /proc/1/cgroup)\" ] && echo same-cgroups; \
      ulimit -n; umask; pwd; echo $GREETING; unshare -U true 2>/dev/null; echo unshare=$?; touch /x 2>/dev/null; echo touch=$?";
 
+/// Host processes of crisp-enter working on container `id`.
+fn enter_helpers(id: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.contains("crisp-enter") && text.contains(id)
+        })
+        .collect()
+}
+
 fn confined(s: &Setup, name: &str) -> cri::ContainerConfig {
     let mut c = container(s, name, "sleep 1000");
     c.working_dir = "/etc".into();
@@ -129,6 +143,33 @@ async fn native_exec_confines_the_process_as_runc_exec_does() {
             !ps.contains("sleep 30"),
             "{handler}: the timed-out process is gone: {ps}"
         );
+        // Which path ran: crisp-enter shows on the host, running from a sealed copy of
+        // itself that nobody can write (so a container cannot replace the host's binary
+        // through /proc/<pid>/exe).
+        let mut rt2 = rt.clone();
+        let probe = id.clone();
+        let long = tokio::spawn(async move { exec_out(&mut rt2, &probe, &["sleep", "2"]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let helpers = enter_helpers(&id);
+        assert_eq!(
+            helpers.len(),
+            usize::from(handler == "runc"),
+            "{handler}: {helpers:?}"
+        );
+        for pid in helpers {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+            assert!(
+                exe.to_string_lossy().starts_with("/memfd:crisp-enter"),
+                "{exe:?}"
+            );
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/exe"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"overwritten"));
+            assert!(written.is_err(), "the helper's image must not be writable");
+        }
+        let (code, _) = long.await.expect("long exec");
+        assert_eq!(code, 0);
         outputs.push(out);
     }
     assert_eq!(outputs[0], outputs[1], "native and runc exec see the same");

@@ -83,8 +83,13 @@ impl Snapshotter {
                 target: mapped.clone(),
                 source,
             })?;
-            std::os::unix::fs::lchown(&upper, Some(map.root_uid), Some(map.root_gid))
-                .map_err(io(&upper))?;
+            if let Err(e) =
+                std::os::unix::fs::lchown(&upper, Some(map.root_uid), Some(map.root_gid))
+            {
+                let _ = unmount(&mapped);
+                let _ = std::fs::remove_dir(&mapped);
+                return Err(io(&upper)(e));
+            }
             lowers = lowers
                 .iter()
                 .map(|l| match Path::new(l).strip_prefix(self.root()) {

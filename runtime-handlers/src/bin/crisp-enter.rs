@@ -66,10 +66,71 @@ enum Refusal {
     Error(String),
 }
 
+/// Re-executes this program from a sealed, anonymous copy of itself unless it already
+/// runs from one. Inside the container, `/proc/self/exe` of this process (or of a
+/// container program that names it as its interpreter) must never lead back to the host's
+/// binary, which a container process could otherwise open and overwrite (the runc
+/// CVE-2019-5736 attack). The copy cannot be written: its seals forbid it.
+fn run_from_sealed_copy() -> Result<(), String> {
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    if exe
+        .as_os_str()
+        .as_bytes()
+        .starts_with(b"/memfd:crisp-enter")
+    {
+        return Ok(());
+    }
+    // SAFETY: memfd_create reads the NUL-terminated name; it returns a new descriptor.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"crisp-enter".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create succeeded: `fd` is a fresh descriptor that we own.
+    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut source =
+        std::fs::File::open("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    std::io::copy(&mut source, &mut copy).map_err(|e| format!("copying the helper: {e}"))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own descriptor.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(format!(
+            "sealing the copy: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let vars: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = vars.iter().map(|v| v.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv and envp are NULL-terminated arrays of live C strings.
+    unsafe { libc::fexecve(copy.as_raw_fd(), argv.as_ptr(), envp.as_ptr()) };
+    Err(format!("fexecve: {}", std::io::Error::last_os_error()))
+}
+
 fn main() -> ExitCode {
     // Only stdio is ours: whatever else the caller left open must not reach the container.
     // SAFETY: close_range takes no pointers; no descriptor above 2 is in use yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if let Err(e) = run_from_sealed_copy() {
+        report(&format!("error {e}\n"));
+        return ExitCode::from(255);
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -109,6 +170,7 @@ struct Prepared {
     inheritable: u64,
     ambient: Vec<u32>,
     seccomp: Option<(Vec<runtime_handlers::seccomp::Instruction>, u32)>,
+    oom_score_adj: Option<i32>,
 }
 
 fn cstring(s: &str) -> Result<CString, Refusal> {
@@ -211,6 +273,7 @@ fn prepare(args: &Args) -> Result<Prepared, Refusal> {
             .filter_map(|c| runtime_handlers::capability_number(&c.to_string()))
             .collect(),
         seccomp,
+        oom_score_adj: process.oom_score_adj(),
     })
 }
 
@@ -271,6 +334,23 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
         .map_err(|e| Refusal::Error(format!("{}: {e}", args.pid_file.display())))?;
     let null =
         std::fs::File::open("/dev/null").map_err(|e| Refusal::Error(format!("/dev/null: {e}")))?;
+    // Process attributes that need privileges of the host (lowering the OOM score or
+    // raising a hard rlimit is refused to a process inside a user namespace): set here,
+    // before entering, and inherited by the child.
+    if let Some(adj) = prepared.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| Refusal::Error(format!("oom_score_adj: {e}")))?;
+    }
+    for &(resource, soft, hard) in &prepared.rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads `limit`.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(err("setting an rlimit"));
+        }
+    }
     let flags = namespaces_to_join(args.pid);
     // SAFETY: prctl and setns take no pointers; this process is single-threaded.
     unsafe {
@@ -288,10 +368,13 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
     }
     if child == 0 {
         drop(err_r);
+        // The parent as this process sees it now (0 across a PID namespace boundary).
+        // SAFETY: getppid takes no arguments.
+        let parent = unsafe { libc::getppid() };
         // SAFETY: dup2 of a descriptor we hold onto this process's stdin: the process
         // reads nothing, and does not hold the report pipe open.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
-        let why = become_process(&prepared);
+        let why = become_process(&prepared, parent);
         let msg = why.to_string();
         // SAFETY: writes the message to the CLOEXEC pipe, then leaves without unwinding.
         unsafe {
@@ -352,22 +435,23 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// In the child, inside the container: becomes the process and execs it. Returns only
 /// on failure, with the reason.
-fn become_process(p: &Prepared) -> String {
+fn become_process(p: &Prepared, parent: libc::pid_t) -> String {
     let fail = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: every call below takes plain values or pointers to live, NUL-terminated
     // strings and arrays owned by `p`; this process is single-threaded.
     unsafe {
+        // Rust ignores SIGPIPE and exec keeps ignored signals: the process gets the
+        // default dispositions and an empty signal mask, as under runc.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             return fail("changing to the working directory");
-        }
-        for &(resource, soft, hard) in &p.rlimits {
-            let limit = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(resource, &limit) != 0 {
-                return fail("setting an rlimit");
-            }
         }
         if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return fail("no_new_privs");
@@ -437,7 +521,8 @@ fn become_process(p: &Prepared) -> String {
         if let Some(mask) = p.umask {
             libc::umask(mask as libc::mode_t);
         }
-        // The caller kills this process's parent on a timeout: the process goes too.
+        // The caller kills this process's parent on a timeout during set-up: the
+        // process goes too, even if the parent died before this line.
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -445,6 +530,9 @@ fn become_process(p: &Prepared) -> String {
             0,
             0,
         );
+        if libc::getppid() != parent {
+            libc::_exit(137);
+        }
         if p.no_new_privs
             && let Some((prog, flags)) = &p.seccomp
             && let Err(e) = runtime_handlers::seccomp::install(prog, *flags)

@@ -31,6 +31,16 @@ pub fn staged_source(bundle: &Path, n: usize, mount: &cri::Mount) -> Option<Path
 /// mappings must be the pod's. Recursive read-only needs `readonly` and private
 /// propagation (a read-only copy cannot receive or send mount events).
 pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Status> {
+    let private = matches!(
+        cri::MountPropagation::try_from(mount.propagation),
+        Ok(cri::MountPropagation::PropagationPrivate)
+    );
+    if idmapped(mount) && !private {
+        return Err(Status::invalid_argument(format!(
+            "mount at {}: an ID-mapped mount is a private copy and cannot propagate mounts",
+            mount.container_path
+        )));
+    }
     if idmapped(mount) {
         let same = |maps: &[cri::IdMapping], r: Option<IdRange>| match (maps, r) {
             ([m], Some(r)) => {
@@ -56,10 +66,6 @@ pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Statu
             mount.container_path
         )));
     }
-    let private = matches!(
-        cri::MountPropagation::try_from(mount.propagation),
-        Ok(cri::MountPropagation::PropagationPrivate)
-    );
     if !private {
         return Err(Status::invalid_argument(format!(
             "mount at {}: recursive_read_only needs private propagation",

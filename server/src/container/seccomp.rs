@@ -158,6 +158,16 @@ fn localhost_profile(path: &str) -> Result<Value, Status> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_default_profile_compiles_for_crisp_enter() {
+        // Otherwise every RuntimeDefault ExecSync would quietly take the slow path.
+        for caps in [Vec::new(), vec!["CAP_SYS_ADMIN".to_owned()]] {
+            let profile: oci_spec::runtime::LinuxSeccomp =
+                serde_json::from_value(runtime_default(&caps)).expect("OCI profile");
+            runtime_handlers::seccomp::compile(&profile).expect("compiles");
+        }
+    }
+
     fn ctx(
         kind: cri::security_profile::ProfileType,
         localhost: &str,

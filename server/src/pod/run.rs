@@ -233,6 +233,11 @@ fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, Sta
                         m.container_id
                     )));
                 }
+                if m.host_id == 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "the {what} mapping would make the pod's root the host's root (host ID 0)"
+                    )));
+                }
                 if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
                     return Err(Status::invalid_argument(format!(
                         "the {what} mapping {}+{} is not a range of host IDs",
