@@ -12,6 +12,7 @@ for b in crispd "$@"; do bins="$bins --bin $b"; done
 cargo build --release $bins
 cargo rustc --release -p runtime-handlers --bin crisp-monitor -- \
     -C target-feature=+crt-static -C relocation-model=static
-# The ExecSync helper too: static, it starts without the dynamic loader's work.
+# The ExecSync helper too: static, it starts without the dynamic loader's work; stripped,
+# since crispd keeps a sealed copy of it in memory.
 cargo rustc --release -p runtime-handlers --bin crisp-enter -- \
-    -C target-feature=+crt-static -C relocation-model=static
+    -C target-feature=+crt-static -C relocation-model=static -C strip=symbols

@@ -18,6 +18,7 @@ mod exec;
 mod handler;
 mod oci;
 pub mod seccomp;
+pub mod sealed;
 mod stats;
 mod syscalls_x86_64;
 

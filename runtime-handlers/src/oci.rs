@@ -381,8 +381,11 @@ impl OciRuntime {
         // once the guard kills it. Killing the parent instead would orphan the process.
         let (mut cmd, binary) = match native {
             Some(init) => {
-                let mut cmd = Command::new(&self.enter);
-                cmd.arg("--id")
+                // From crispd's sealed copy: no per-exec copying (see `sealed`).
+                let program = crate::sealed::sealed_path(&self.enter)
+                    .unwrap_or_else(|| self.enter.clone());
+                let mut cmd = Command::new(program);
+                cmd.arg0(&self.enter).arg("--id")
                     .arg(id)
                     .arg("--pid")
                     .arg(init.to_string())

@@ -67,42 +67,19 @@ enum Refusal {
 }
 
 /// Re-executes this program from a sealed, anonymous copy of itself unless it already
-/// runs from one. Inside the container, `/proc/self/exe` of this process (or of a
-/// container program that names it as its interpreter) must never lead back to the host's
-/// binary, which a container process could otherwise open and overwrite (the runc
-/// CVE-2019-5736 attack). The copy cannot be written: its seals forbid it.
+/// runs from one (crispd starts it from one). Inside the container, `/proc/self/exe` of
+/// this process (or of a container program that names it as its interpreter) must never
+/// lead back to the host's binary, which a container process could otherwise open and
+/// overwrite (the runc CVE-2019-5736 attack). The copy cannot be written: its seals
+/// forbid it.
 fn run_from_sealed_copy() -> Result<(), String> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
-    if exe
-        .as_os_str()
-        .as_bytes()
-        .starts_with(b"/memfd:crisp-enter")
-    {
+    let sealed = format!("/memfd:{}", runtime_handlers::sealed::SEALED_NAME);
+    if exe.as_os_str().as_bytes().starts_with(sealed.as_bytes()) {
         return Ok(());
     }
-    // SAFETY: memfd_create reads the NUL-terminated name; it returns a new descriptor.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"crisp-enter".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: memfd_create succeeded: `fd` is a fresh descriptor that we own.
-    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let mut source =
-        std::fs::File::open("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
-    std::io::copy(&mut source, &mut copy).map_err(|e| format!("copying the helper: {e}"))?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl on our own descriptor.
-    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(format!(
-            "sealing the copy: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let copy = runtime_handlers::sealed::sealed_copy(Path::new("/proc/self/exe"))
+        .map_err(|e| format!("copying the helper: {e}"))?;
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
