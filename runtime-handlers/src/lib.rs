@@ -17,8 +17,8 @@ mod error;
 mod exec;
 mod handler;
 mod oci;
-pub mod seccomp;
 pub mod sealed;
+pub mod seccomp;
 mod stats;
 mod syscalls_x86_64;
 

@@ -382,10 +382,11 @@ impl OciRuntime {
         let (mut cmd, binary) = match native {
             Some(init) => {
                 // From crispd's sealed copy: no per-exec copying (see `sealed`).
-                let program = crate::sealed::sealed_path(&self.enter)
-                    .unwrap_or_else(|| self.enter.clone());
+                let program =
+                    crate::sealed::sealed_path(&self.enter).unwrap_or_else(|| self.enter.clone());
                 let mut cmd = Command::new(program);
-                cmd.arg0(&self.enter).arg("--id")
+                cmd.arg0(&self.enter)
+                    .arg("--id")
                     .arg(id)
                     .arg("--pid")
                     .arg(init.to_string())

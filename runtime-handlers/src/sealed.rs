@@ -17,9 +17,8 @@ pub const SEALED_NAME: &str = "crisp-enter";
 pub fn sealed_copy(source: &Path) -> std::io::Result<OwnedFd> {
     let name = std::ffi::CString::new(SEALED_NAME).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create reads the NUL-terminated name; it returns a new descriptor.
-    let fd = unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
