@@ -376,14 +376,15 @@ impl OciRuntime {
             pid_path: pid_path.clone(),
             spec_path: spec_path.clone(),
             finished: false,
+            helper: None,
         };
         // runc exec (or the monitor) stays the process's parent: it reaps the process
         // once the guard kills it. Killing the parent instead would orphan the process.
         let (mut cmd, binary) = match native {
             Some(init) => {
-                // From crispd's sealed copy: no per-exec copying (see `sealed`).
-                let program =
-                    crate::sealed::sealed_path(&self.enter).unwrap_or_else(|| self.enter.clone());
+                // From a read-only view of the helper (see `sealed`).
+                let program = crate::sealed::read_only_path(&self.enter)
+                    .unwrap_or_else(|| self.enter.clone());
                 let mut cmd = Command::new(program);
                 cmd.arg0(&self.enter)
                     .arg("--id")
@@ -440,7 +441,9 @@ impl OciRuntime {
                 });
             }
         };
-        let helper = child.id();
+        // A crisp-enter still setting up when the call ends (no process pid yet) is
+        // killed by the guard; its process dies with it.
+        guard.helper = native.and(child.id());
         // The command holds the report pipe's write end until dropped.
         drop(cmd);
         let mut report = String::new();
@@ -474,15 +477,6 @@ impl OciRuntime {
         // container until the guard kills it.
         guard.finished = result.is_some();
         let killed = if result.is_none() { guard.kill() } else { None };
-        if result.is_none()
-            && killed.is_none()
-            && let Some(helper) = native.and(helper)
-        {
-            // Still setting up (no process yet): ending crisp-enter ends the process
-            // too (it dies with its parent).
-            // SAFETY: kill takes no pointers; `helper` is our unreaped child.
-            unsafe { libc::kill(helper as i32, libc::SIGKILL) };
-        }
         drop(guard);
         let Some((status, stdout, stderr)) = result else {
             // Answer once it is gone (reaped by the container's init), as kubelet and
@@ -536,12 +530,21 @@ struct ExecGuard {
     pid_path: PathBuf,
     spec_path: PathBuf,
     finished: bool,
+    /// crisp-enter, for a native exec.
+    helper: Option<u32>,
 }
 
 impl ExecGuard {
-    /// Kills the process now; returns its pid.
+    /// Kills the process now; returns its pid. Before the process exists, kills the
+    /// crisp-enter setting it up instead.
     fn kill(&mut self) -> Option<i32> {
-        let pid = crate::exec::kill_from_pid_file(&self.pid_path)?;
+        let Some(pid) = crate::exec::kill_from_pid_file(&self.pid_path) else {
+            if let Some(helper) = self.helper.take() {
+                // SAFETY: kill takes no pointers; `helper` is a child not yet reaped.
+                unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+            }
+            return None;
+        };
         self.finished = true;
         Some(pid)
     }

@@ -5,9 +5,9 @@
 //! becomes one rule per condition (runc's reading), else one rule with all of them.
 //!
 //! x86_64 only. Calls made through another ABI (i386 `int 0x80`, x32) get EPERM: stricter
-//! than a profile that lists those architectures, never looser. A call number above every
-//! known one gets ENOSYS when the profile denies by default (as runc does, so that libc
-//! falls back to an older call). A profile naming a call this table does not know, or
+//! than a profile that lists those architectures, never looser. A call number above the
+//! newest one the profile names gets ENOSYS when the profile denies by default (runc's
+//! stub, so that libc falls back to an older call). A profile naming a call this table does not know, or
 //! too long for one BPF program, is refused: the runtime applies it instead.
 
 use oci_spec::runtime::{
@@ -347,8 +347,16 @@ fn rule(nr: u32, args: &[&LinuxSeccompArg], ret: u32) -> Result<Vec<Instruction>
 pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError> {
     let default = action(profile.default_action(), profile.default_errno_ret())?;
     let other_abi = RET_ERRNO | libc::EPERM as u32;
-    let newest = SYSCALLS.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    let denies = default != RET_ALLOW && default != RET_LOG;
+    // runc's ENOSYS stub: numbers above the newest call the profile names.
+    let newest = profile
+        .syscalls()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|c| c.names())
+        .filter_map(|n| syscall_number(n))
+        .max();
+    let denies = !matches!(default & 0xffff_0000, RET_ALLOW | RET_LOG | RET_TRACE);
     let mut out = vec![
         stmt(BPF_LD_W_ABS, OFFSET_ARCH),
         jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -357,7 +365,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, SeccompError>
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, other_abi),
     ];
-    if denies {
+    if let Some(newest) = newest.filter(|_| denies) {
         out.push(jump(BPF_JGT_K, newest, 0, 1));
         out.push(stmt(BPF_RET_K, RET_ERRNO | libc::ENOSYS as u32));
     }
@@ -557,8 +565,13 @@ mod tests {
         assert_eq!(run(&prog, nr("futex"), x, [6, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, nr("futex"), x, [2, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, nr("futex"), x, [4, 0, 0, 0, 0, 0]), enosys);
-        // Calls newer than the table: ENOSYS, so libc falls back.
+        // Calls newer than any the profile names: ENOSYS, so libc falls back.
         assert_eq!(run(&prog, 999, x, [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        let fchmodat2 = nr("fchmodat2");
+        assert_eq!(
+            run(&prog, fchmodat2, x, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
         // Other ABIs are refused outright.
         assert_eq!(run(&prog, 0, 0x4000_0003, [0; 6]), RET_ERRNO | 1);
         assert_eq!(run(&prog, X32_SYSCALL_BIT, x, [0; 6]), RET_ERRNO | 1);

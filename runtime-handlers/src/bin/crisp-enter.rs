@@ -67,7 +67,7 @@ enum Refusal {
 }
 
 /// Re-executes this program from a sealed, anonymous copy of itself unless it already
-/// runs from one (crispd starts it from one). Inside the container, `/proc/self/exe` of
+/// runs from one, or from a read-only mount (crispd starts it from one). Inside the container, `/proc/self/exe` of
 /// this process (or of a container program that names it as its interpreter) must never
 /// lead back to the host's binary, which a container process could otherwise open and
 /// overwrite (the runc CVE-2019-5736 attack). The copy cannot be written: its seals
@@ -75,7 +75,9 @@ enum Refusal {
 fn run_from_sealed_copy() -> Result<(), String> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let sealed = format!("/memfd:{}", runtime_handlers::sealed::SEALED_NAME);
-    if exe.as_os_str().as_bytes().starts_with(sealed.as_bytes()) {
+    if exe.as_os_str().as_bytes().starts_with(sealed.as_bytes())
+        || runtime_handlers::sealed::on_read_only_mount(Path::new("/proc/self/exe"))
+    {
         return Ok(());
     }
     let copy = runtime_handlers::sealed::sealed_copy(Path::new("/proc/self/exe"))
@@ -170,6 +172,15 @@ fn prepare(args: &Args) -> Result<Prepared, Refusal> {
         .map_err(|e| Refusal::Error(format!("container spec: {e}")))?;
     if process.terminal().unwrap_or(false) {
         return Err(Refusal::Unsupported("a terminal".into()));
+    }
+    // crun's handlers (krun: a microVM) run the container somewhere else than the
+    // namespaces this process would join.
+    if spec
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key("run.oci.handler"))
+    {
+        return Err(Refusal::Unsupported("a crun handler annotation".into()));
     }
     if process
         .apparmor_profile()
@@ -338,6 +349,9 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
     }
     drop(pidfd);
     let (err_r, err_w) = pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
+    // The child's way to learn that this process died before it set PDEATHSIG: the write
+    // end closes with this process (getppid cannot tell across a PID namespace).
+    let (life_r, life_w) = pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
     // SAFETY: single-threaded: the child may run any code until it execs.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -345,13 +359,11 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
     }
     if child == 0 {
         drop(err_r);
-        // The parent as this process sees it now (0 across a PID namespace boundary).
-        // SAFETY: getppid takes no arguments.
-        let parent = unsafe { libc::getppid() };
+        drop(life_w);
         // SAFETY: dup2 of a descriptor we hold onto this process's stdin: the process
         // reads nothing, and does not hold the report pipe open.
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
-        let why = become_process(&prepared, parent);
+        let why = become_process(&prepared, &life_r);
         let msg = why.to_string();
         // SAFETY: writes the message to the CLOEXEC pipe, then leaves without unwinding.
         unsafe {
@@ -360,6 +372,9 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
         }
     }
     drop(err_w);
+    drop(life_r);
+    // Held until this process ends.
+    let _lifeline = life_w;
     // End of file without a word: the child has exec'd.
     let mut failure = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut failure);
@@ -412,14 +427,14 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// In the child, inside the container: becomes the process and execs it. Returns only
 /// on failure, with the reason.
-fn become_process(p: &Prepared, parent: libc::pid_t) -> String {
+fn become_process(p: &Prepared, lifeline: &OwnedFd) -> String {
     let fail = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     // SAFETY: every call below takes plain values or pointers to live, NUL-terminated
     // strings and arrays owned by `p`; this process is single-threaded.
     unsafe {
         // Rust ignores SIGPIPE and exec keeps ignored signals: the process gets the
         // default dispositions and an empty signal mask, as under runc.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }
@@ -507,7 +522,13 @@ fn become_process(p: &Prepared, parent: libc::pid_t) -> String {
             0,
             0,
         );
-        if libc::getppid() != parent {
+        let mut poll = libc::pollfd {
+            fd: lifeline.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // A failed poll (a seccomp profile may refuse it) is no sign of death.
+        if libc::poll(&mut poll, 1, 0) == 1 && poll.revents & libc::POLLHUP != 0 {
             libc::_exit(137);
         }
         if p.no_new_privs
