@@ -13,6 +13,6 @@ cargo build --release $bins
 cargo rustc --release -p runtime-handlers --bin crisp-monitor -- \
     -C target-feature=+crt-static -C relocation-model=static
 # The ExecSync helper too: static, it starts without the dynamic loader's work; stripped,
-# since crispd keeps a sealed copy of it in memory.
+# since a helper started some other way than by crispd copies itself into memory.
 cargo rustc --release -p runtime-handlers --bin crisp-enter -- \
     -C target-feature=+crt-static -C relocation-model=static -C strip=symbols
