@@ -370,6 +370,7 @@ pub const SYSCALLS: &[(&str, u32)] = &[
     ("unlink", 87),
     ("unlinkat", 263),
     ("unshare", 272),
+    ("uretprobe", 335),
     ("uselib", 134),
     ("userfaultfd", 323),
     ("ustat", 136),
