@@ -33,4 +33,4 @@ pub use handler::{
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
 };
-pub use stats::{ContainerStats, cgroup_directories, cgroup_stats};
+pub use stats::{ContainerStats, cgroup_directories, cgroup_stats, remove_empty_cgroup};

@@ -119,6 +119,23 @@ pub fn cgroup_directories(pid: u32) -> std::io::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// Removes the cgroup at `relative` (a cgroupfs path such as `/crisp/crisp-<id>`) from
+/// every hierarchy where it is left empty: a runtime that fails half-way (or gVisor's)
+/// may leave it behind. Busy or absent directories are left alone.
+pub fn remove_empty_cgroup(relative: &str) {
+    let relative = relative.trim_start_matches('/');
+    if relative.is_empty() || relative.split('/').any(|p| p == "..") {
+        return;
+    }
+    let mounts = mounts();
+    let mut roots: Vec<&PathBuf> = mounts.v1.values().chain(mounts.v2.iter()).collect();
+    roots.sort();
+    roots.dedup();
+    for root in roots {
+        let _ = std::fs::remove_dir(root.join(relative));
+    }
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -186,6 +203,30 @@ fn now_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftover_empty_cgroups_are_removed_busy_ones_kept() {
+        let name = format!("crisp-test-leftover-{}", std::process::id());
+        let roots: Vec<PathBuf> = mounts()
+            .v1
+            .values()
+            .chain(mounts().v2.iter())
+            .cloned()
+            .collect();
+        let made: Vec<PathBuf> = roots
+            .iter()
+            .map(|r| r.join(&name))
+            .filter(|d| std::fs::create_dir(d).is_ok())
+            .collect();
+        if made.is_empty() {
+            return; // not root, or no cgroup hierarchy mounted here
+        }
+        remove_empty_cgroup(&format!("/{name}"));
+        assert!(made.iter().all(|d| !d.exists()), "{made:?}");
+        // Nothing outside the hierarchies is touched.
+        remove_empty_cgroup("/../etc");
+        assert!(Path::new("/etc").exists());
+    }
 
     #[test]
     fn hybrid_mountinfo_maps_controllers_and_the_unified_mount() {

@@ -146,6 +146,10 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
         .delete_container(&record.id, true)
         .await
         .map_err(handler_status)?;
+    // cgroupfs paths only (a systemd driver's `slice:prefix:name` is systemd's to remove).
+    if !record.cgroup_path.contains(':') {
+        runtime_handlers::remove_empty_cgroup(&record.cgroup_path);
+    }
     let store = daemon.images.store();
     let filesystems = record.clone();
     crate::pod::blocking(move || {
