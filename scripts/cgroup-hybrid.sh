@@ -5,6 +5,7 @@
 # drop all controllers from cgroupv2"); runc does not mind. This mounts a v1 hierarchy for
 # each such controller, which moves it off cgroup2. It does nothing on a pure cgroup v1 or
 # v2 host, and leaves cgroup2 alone if any of its controllers is in use. Run as root.
+# It never fails: a host it cannot change keeps working for runc.
 set -eu
 unified=/sys/fs/cgroup/unified
 [ -f "$unified/cgroup.controllers" ] || exit 0
@@ -16,9 +17,15 @@ if [ -n "$(cat "$unified/cgroup.subtree_control")" ]; then
 fi
 for c in $controllers; do
     dir=/sys/fs/cgroup/$c
-    mkdir -p "$dir"
+    if ! mkdir -p "$dir" 2>/dev/null; then
+        echo "cgroup-hybrid: cannot create $dir; crun will refuse this host" >&2
+        continue
+    fi
     if ! mountpoint -q "$dir"; then
-        mount -t cgroup -o "$c" cgroup "$dir"
-        echo "cgroup-hybrid: controller $c moved from cgroup2 to a v1 hierarchy at $dir"
+        if mount -t cgroup -o "$c" cgroup "$dir"; then
+            echo "cgroup-hybrid: controller $c moved from cgroup2 to a v1 hierarchy at $dir"
+        else
+            echo "cgroup-hybrid: could not move $c to v1; crun will refuse this host" >&2
+        fi
     fi
 done
