@@ -210,34 +210,13 @@ async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
         image: "never/pulled:1".into(),
         ..Default::default()
     });
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(missing_image),
-            sandbox_config: None,
-        })
-        .await
-        .expect_err("image not present");
+    let err = create_refused(&mut rt, &pod, missing_image).await;
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: "f".repeat(64),
-            config: Some(container(&s, "x", "true")),
-            sandbox_config: None,
-        })
-        .await
-        .expect_err("no such pod");
+    let err = create_refused(&mut rt, &"f".repeat(64), container(&s, "x", "true")).await;
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     let id = create(&mut rt, &s, &pod, container(&s, "long", "sleep 1000")).await;
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container(&s, "long", "true")),
-            sandbox_config: None,
-        })
-        .await
-        .expect_err("same name and attempt");
+    let err = create_refused(&mut rt, &pod, container(&s, "long", "true")).await;
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     start(&mut rt, &id).await;
     let (_, mut images) = daemon.clients().await;
@@ -298,12 +277,7 @@ async fn pod_with(
 }
 
 fn second_pod(s: &Setup) -> cri::PodSandboxConfig {
-    let mut config = pod_config(s);
-    if let Some(m) = config.metadata.as_mut() {
-        m.name = "second".into();
-        m.uid = "uid-second".into();
-    }
-    config
+    named_pod(s, "second")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,14 +678,7 @@ async fn seccomp_runtime_default_localhost_and_unconfined() {
         }),
         ..Default::default()
     });
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(bad),
-            sandbox_config: None,
-        })
-        .await
-        .expect_err("missing profile");
+    let err = create_refused(&mut rt, &pod, bad).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
@@ -773,14 +740,7 @@ async fn privileged_and_all_capabilities_get_what_crispd_can_grant() {
         }),
         ..Default::default()
     });
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(group_only),
-            sandbox_config: None,
-        })
-        .await
-        .expect_err("group without user");
+    let err = create_refused(&mut rt, &pod, group_only).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
         pod_sandbox_id: pod,
@@ -800,17 +760,13 @@ async fn devices_and_a_target_pid_namespace() {
     .await
     .expect("remove");
     // A pod whose containers each get their own PID namespace.
-    let mut config = pod_config(&s);
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Container.into(),
-                ..Default::default()
-            }),
+    let config = with_namespaces(
+        pod_config(&s),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container.into(),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
@@ -856,14 +812,7 @@ async fn devices_and_a_target_pid_namespace() {
         host_path: "/etc/hostname".into(),
         permissions: "rw".into(),
     }];
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(bad),
-            sandbox_config: Some(pod_config(&s)),
-        })
-        .await
-        .expect_err("not a device");
+    let err = create_refused(&mut rt, &pod, bad).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("/etc/hostname"), "{}", err.message());
 
@@ -907,14 +856,7 @@ async fn devices_and_a_target_pid_namespace() {
         }),
         ..Default::default()
     });
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(orphan),
-            sandbox_config: Some(pod_config(&s)),
-        })
-        .await
-        .expect_err("no target");
+    let err = create_refused(&mut rt, &pod, orphan).await;
     assert_eq!(err.code(), tonic::Code::NotFound);
     let listed = rt
         .list_containers(cri::ListContainersRequest::default())
@@ -980,14 +922,7 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     ] {
         let mut config = container(&s, "bad-vol", "true");
         config.mounts = vec![bad];
-        let err = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod_config(&s)),
-            })
-            .await
-            .expect_err("bad volume");
+        let err = create_refused(&mut rt, &pod, config).await;
         assert_eq!(err.code(), code, "{}", err.message());
     }
     for cid in [id, sub_id] {

@@ -58,22 +58,13 @@ fn confined(s: &Setup, name: &str) -> cri::ContainerConfig {
 }
 
 fn pod(s: &Setup, name: &str) -> cri::PodSandboxConfig {
-    let mut config = pod_config(s);
-    if let Some(m) = config.metadata.as_mut() {
-        m.name = name.into();
-        m.uid = format!("uid-{name}");
-    }
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Container.into(),
-                ..Default::default()
-            }),
+    with_namespaces(
+        named_pod(s, name),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container.into(),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
-    config
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,5 +184,56 @@ async fn native_exec_confines_the_process_as_runc_exec_does() {
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }
+    teardown(&mut rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_crisp_cannot_compile_is_left_to_the_runtime() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod_id) = ready(&s, &daemon).await;
+    // runc skips a syscall name libseccomp does not know; crisp-enter refuses to guess,
+    // so the exec goes through `runc exec`.
+    let profile = s.net.sandbox.path("unknown-call.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["no_such_call","unshare"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("profile");
+    let mut c = container(&s, "odd-profile", "sleep 1000");
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost.into(),
+                localhost_ref: profile.display().to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut rt, &s, &pod_id, c).await;
+    start(&mut rt, &id).await;
+    let mut rt2 = rt.clone();
+    let probe = id.clone();
+    let long = tokio::spawn(async move {
+        exec_out(
+            &mut rt2,
+            &probe,
+            &[
+                "sh",
+                "-c",
+                "unshare -U true 2>/dev/null; echo unshare=$?; sleep 2",
+            ],
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(enter_helpers(&id).is_empty(), "the runtime ran this exec");
+    let (code, out) = long.await.expect("exec");
+    assert_eq!(
+        (code, out.trim()),
+        (0, "unshare=1"),
+        "the profile still applies"
+    );
     teardown(&mut rt).await;
 }

@@ -125,14 +125,7 @@ async fn recursive_read_only_mounts_reach_submounts() {
     ] {
         let mut config = container(&s, "bad-rro", "true");
         config.mounts = vec![bad];
-        let err = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod_config(&s)),
-            })
-            .await
-            .expect_err("bad recursive read-only mount");
+        let err = create_refused(&mut rt, &pod, config).await;
         assert_eq!(
             err.code(),
             tonic::Code::InvalidArgument,
@@ -158,26 +151,17 @@ fn userns_pod(
     uids: Vec<cri::IdMapping>,
     mode: cri::NamespaceMode,
 ) -> cri::PodSandboxConfig {
-    let mut config = pod_config(s);
-    if let Some(m) = config.metadata.as_mut() {
-        m.name = name.into();
-        m.uid = format!("uid-{name}");
-    }
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                userns_options: Some(cri::UserNamespace {
-                    mode: mode.into(),
-                    gids: uids.clone(),
-                    uids,
-                }),
-                ..Default::default()
+    with_namespaces(
+        named_pod(s, name),
+        cri::NamespaceOption {
+            userns_options: Some(cri::UserNamespace {
+                mode: mode.into(),
+                gids: uids.clone(),
+                uids,
             }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
-    config
+        },
+    )
 }
 
 fn range(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
@@ -267,14 +251,7 @@ async fn a_pod_in_its_own_user_namespace() {
         m.name = "wrong-map".into();
     }
     wrong.mounts[0].uid_mappings = vec![range(0, 5000, 65536)];
-    let err = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(wrong),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("mappings other than the pod's");
+    let err = create_refused(&mut rt, &pod, wrong).await;
     assert_eq!(
         err.code(),
         tonic::Code::InvalidArgument,

@@ -70,6 +70,46 @@ pub fn pod_config(s: &Setup) -> cri::PodSandboxConfig {
     }
 }
 
+/// The test pod's config under another name (and UID), for a second pod.
+pub fn named_pod(s: &Setup, name: &str) -> cri::PodSandboxConfig {
+    let mut config = pod_config(s);
+    if let Some(m) = config.metadata.as_mut() {
+        m.name = name.into();
+        m.uid = format!("uid-{name}");
+    }
+    config
+}
+
+/// `config` with these namespace options.
+pub fn with_namespaces(
+    mut config: cri::PodSandboxConfig,
+    namespaces: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(namespaces),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// A CreateContainer that must be refused; its status.
+pub async fn create_refused(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: cri::ContainerConfig,
+) -> tonic::Status {
+    rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: None,
+    })
+    .await
+    .expect_err("the create must be refused")
+}
+
 pub fn container(s: &Setup, name: &str, script: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
