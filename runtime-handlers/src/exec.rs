@@ -5,7 +5,7 @@
 //! `--pid-file`) is killed when the session is dropped before it ended, so a client that
 //! goes away leaves nothing running.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -164,6 +164,17 @@ impl ExecSession {
 /// SIGKILLs the process whose pid the runtime wrote to `pid_file` (its `--pid-file`);
 /// returns the pid, or `None` if none was written yet. The caller knows the process has
 /// not been reaped: its parent still waits on it.
+/// A pipe whose two ends are closed on exec.
+pub fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 pub(crate) fn kill_from_pid_file(pid_file: &std::path::Path) -> Option<i32> {
     let pid = std::fs::read_to_string(pid_file)
         .ok()

@@ -26,7 +26,7 @@ pub use binary::resolve_binary;
 pub use caps::{CAPABILITIES, capability_number, last_capability};
 pub use console::receive_console;
 pub use error::HandlerError;
-pub use exec::{ExecSession, Terminal};
+pub use exec::{ExecSession, Terminal, cloexec_pipe};
 pub use handler::{
     ContainerRef, ContainerSpec, Features, IdRange, RuntimeHandler, SandboxSpec, UserNamespace,
 };

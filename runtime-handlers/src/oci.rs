@@ -412,7 +412,7 @@ impl OciRuntime {
         };
         // crisp-enter reports on its stdin (a pipe here) whether it got the process
         // running; the runtime gets no stdin.
-        let (report_r, report_w) = pipe().map_err(io)?;
+        let (report_r, report_w) = crate::cloexec_pipe().map_err(io)?;
         let stdin = if native.is_some() {
             std::process::Stdio::from(report_w)
         } else {
@@ -597,7 +597,7 @@ where
         path: binary.to_owned(),
         source,
     };
-    let (sync_r, sync_w) = pipe().map_err(io)?;
+    let (sync_r, sync_w) = crate::cloexec_pipe().map_err(io)?;
     let talk = if handshake.is_some() {
         std::process::Stdio::piped
     } else {
@@ -689,16 +689,6 @@ pub fn exit_status(bundle: &Path) -> Option<ExitStatus> {
     let code = lines.next()?.trim().parse().ok()?;
     let finished_at = lines.next()?.trim().parse().ok()?;
     Some(ExitStatus { code, finished_at })
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: both are fresh descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn rand_u32() -> u32 {

@@ -240,39 +240,35 @@ fn condition(arg: &LinuxSeccompArg) -> Result<Vec<Pending>, SeccompError> {
     let cont = None;
     let mut out = Vec::new();
     match arg.op() {
-        LinuxSeccompOperator::ScmpCmpEq => {
+        op @ (LinuxSeccompOperator::ScmpCmpEq
+        | LinuxSeccompOperator::ScmpCmpNe
+        | LinuxSeccompOperator::ScmpCmpMaskedEq) => {
+            // (arg & mask) == expected, compared word by word; NE is its negation.
+            let (mask, expected) = if op == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                (arg.value(), arg.value_two().unwrap_or(0))
+            } else {
+                (u64::MAX, arg.value())
+            };
+            let (equal, different) = if op == LinuxSeccompOperator::ScmpCmpNe {
+                (Fail, Next)
+            } else {
+                (Next, Fail)
+            };
+            let ((mhi, mlo), (ehi, elo)) = (split(mask), split(expected));
             out.push(ld(hi_off));
-            out.push(Pending {
-                ins: jump(BPF_JEQ_K, vhi, 0, 0),
-                jt: cont,
-                jf: Some(Fail),
-            });
-            out.push(ld(lo_off));
-            out.push(cond_jump(BPF_JEQ_K, vlo, Next, Fail));
-        }
-        LinuxSeccompOperator::ScmpCmpNe => {
-            out.push(ld(hi_off));
-            out.push(Pending {
-                ins: jump(BPF_JEQ_K, vhi, 0, 0),
-                jt: cont,
-                jf: Some(Next),
-            });
-            out.push(ld(lo_off));
-            out.push(cond_jump(BPF_JEQ_K, vlo, Fail, Next));
-        }
-        LinuxSeccompOperator::ScmpCmpMaskedEq => {
-            let (mhi, mlo) = split(arg.value());
-            let (ehi, elo) = split(arg.value_two().unwrap_or(0));
-            out.push(ld(hi_off));
-            out.push(plain(stmt(BPF_ALU_AND_K, mhi)));
+            if mhi != u32::MAX {
+                out.push(plain(stmt(BPF_ALU_AND_K, mhi)));
+            }
             out.push(Pending {
                 ins: jump(BPF_JEQ_K, ehi, 0, 0),
                 jt: cont,
-                jf: Some(Fail),
+                jf: Some(different),
             });
             out.push(ld(lo_off));
-            out.push(plain(stmt(BPF_ALU_AND_K, mlo)));
-            out.push(cond_jump(BPF_JEQ_K, elo, Next, Fail));
+            if mlo != u32::MAX {
+                out.push(plain(stmt(BPF_ALU_AND_K, mlo)));
+            }
+            out.push(cond_jump(BPF_JEQ_K, elo, equal, different));
         }
         op => {
             // Unsigned 64-bit order: the high words decide unless equal.

@@ -348,10 +348,12 @@ fn enter(args: &Args) -> Result<u8, Refusal> {
         }
     }
     drop(pidfd);
-    let (err_r, err_w) = pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
+    let (err_r, err_w) =
+        runtime_handlers::cloexec_pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
     // The child's way to learn that this process died before it set PDEATHSIG: the write
     // end closes with this process (getppid cannot tell across a PID namespace).
-    let (life_r, life_w) = pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
+    let (life_r, life_w) =
+        runtime_handlers::cloexec_pipe().map_err(|e| Refusal::Error(format!("pipe: {e}")))?;
     // SAFETY: single-threaded: the child may run any code until it execs.
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -413,16 +415,6 @@ fn wait_child(child: i32) -> u8 {
     } else {
         u8::try_from(128 + libc::WTERMSIG(status)).unwrap_or(255)
     }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded: both are fresh descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// In the child, inside the container: becomes the process and execs it. Returns only

@@ -16,7 +16,7 @@ mod attach;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,16 +78,6 @@ fn parse_args() -> Result<Args, String> {
         return Err("--runtime, --id and --bundle are required".to_owned());
     }
     Ok(args)
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The sync channel to crispd, inherited as fd 3 (absent when run by hand).
@@ -312,10 +302,10 @@ fn run(args: &Args) -> Result<(), String> {
     // 108 bytes, and a bundle path with a 64-character ID in it may be longer.
     std::env::set_current_dir(&args.bundle)
         .map_err(|e| format!("entering {}: {e}", args.bundle.display()))?;
-    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (out_r, out_w) = runtime_handlers::cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = runtime_handlers::cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
     let stdin_pipe = if args.stdin && !args.tty {
-        Some(pipe().map_err(|e| format!("pipe: {e}"))?)
+        Some(runtime_handlers::cloexec_pipe().map_err(|e| format!("pipe: {e}"))?)
     } else {
         None
     };
