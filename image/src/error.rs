@@ -107,6 +107,16 @@ pub enum ImageError {
         /// The configured pull timeout.
         after: Duration,
     },
+    /// A short image ID that more than one stored image starts with.
+    #[error(
+        "image ID prefix {prefix} is ambiguous: {count} images start with it; give more digits or the full ID"
+    )]
+    AmbiguousId {
+        /// The prefix given.
+        prefix: String,
+        /// How many images start with it (counting stops at 64).
+        count: usize,
+    },
     /// The local store failed.
     #[error("image store: {0}")]
     Store(#[from] StoreError),

@@ -187,19 +187,32 @@ fn name_for(spec: &str) -> Option<String> {
     }
 }
 
-/// The image an ID, name or `name@digest` points at, in `store`.
+/// The image an ID, name or `name@digest` points at, in `store`. As containerd does, a
+/// spec that names no stored image is then tried as a unique ID prefix (`crictl images`
+/// prints 13 hex digits); a prefix two images share is [`ImageError::AmbiguousId`].
 pub fn find_image(store: &Store, spec: &str) -> Result<Option<ImageRecord>, ImageError> {
-    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if let Some(h) = spec.strip_prefix("sha256:")
-        && hex(h)
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let short = spec.strip_prefix("sha256:").unwrap_or(spec);
+    if hex(short) && short.len() == 64 {
+        return Ok(store.meta.image(&format!("sha256:{short}"))?);
+    }
+    if let Some(name) = name_for(spec)
+        && let Some(image) = store.meta.image_by_name(&name)?
     {
-        return Ok(store.meta.image(spec)?);
+        return Ok(Some(image));
     }
-    if hex(spec) {
-        return Ok(store.meta.image(&format!("sha256:{spec}"))?);
+    if !hex(short) || short.len() > 64 {
+        return Ok(None);
     }
-    match name_for(spec) {
-        Some(name) => Ok(store.meta.image_by_name(&name)?),
-        None => Ok(None),
+    // Digests are stored in lower case; a prefix typed in upper case is the same digest.
+    let prefix = format!("sha256:{}", short.to_ascii_lowercase());
+    let ids = store.meta.image_ids_with_prefix(&prefix, 64)?;
+    match ids.as_slice() {
+        [] => Ok(None),
+        [id] => Ok(store.meta.image(id)?),
+        more => Err(ImageError::AmbiguousId {
+            prefix: short.to_owned(),
+            count: more.len(),
+        }),
     }
 }

@@ -154,8 +154,9 @@ fn install_manifest(
             &label,
         )?;
     }
+    // As for a pull: the RepoDigest is the digest the archive names (an index's own).
     let mut names: Vec<String> = reference.tagged_name().into_iter().collect();
-    names.push(reference.digested_name(&manifest_digest));
+    names.push(reference.digested_name(digest));
     install::register(
         store,
         ImageRecord {

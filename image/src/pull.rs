@@ -121,7 +121,7 @@ impl Images {
         }
         let (manifest_bytes, manifest_digest) =
             match parse_manifest(&bytes, &reference.to_string())? {
-                Fetched::Image(_) => (bytes, top),
+                Fetched::Image(_) => (bytes, top.clone()),
                 Fetched::Index(entries) => {
                     self.store_blob(&bytes, &top).await?;
                     blobs.push(top.to_string());
@@ -195,8 +195,11 @@ impl Images {
         for layer in &manifest.layers {
             size = size.saturating_add(layer.size()?);
         }
+        // The RepoDigest is the digest the reference resolved to: an index's own digest
+        // when there is an index (what containerd and CRI-O report), so the reference a
+        // user pulled by digest finds the image again.
         let mut names: Vec<String> = reference.tagged_name().into_iter().collect();
-        names.push(reference.digested_name(&manifest_digest));
+        names.push(reference.digested_name(&top));
         let record = ImageRecord {
             id: config_digest.to_string(),
             names,

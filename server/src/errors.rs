@@ -9,6 +9,7 @@ pub fn image_status(error: ImageError) -> Status {
     let message = error.to_string();
     match error {
         ImageError::Reference(_)
+        | ImageError::AmbiguousId { .. }
         | ImageError::Schema1 { .. }
         | ImageError::NoMatchingPlatform { .. } => Status::invalid_argument(message),
         ImageError::NotFound { .. } => Status::not_found(message),

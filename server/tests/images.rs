@@ -255,6 +255,171 @@ async fn an_index_resolves_to_linux_amd64() {
     assert_eq!(pulled.image_ref, amd64.id());
 }
 
+async fn status_of(
+    images: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    by: &str,
+) -> Result<Option<cri::Image>, tonic::Status> {
+    images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(by),
+            verbose: false,
+        })
+        .await
+        .map(|r| r.into_inner().image)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_pulled_by_its_digest_is_found_listed_and_removed_by_it() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let amd64 = busybox().build();
+    let arm64 = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("arch", b"arm64", 0o644).finish())
+        .arch("arm64")
+        .build();
+    let index =
+        fixture::push_index(&registry, "multi", "v1", &[arm64, amd64.clone()]).expect("push index");
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let by_digest = format!("{}/multi@{index}", registry.addr);
+    let pulled = images
+        .pull_image(pull_request(&by_digest))
+        .await
+        .expect("pull by index digest")
+        .into_inner();
+    assert_eq!(pulled.image_ref, amd64.id());
+
+    // The reference the user pulled finds the image; RepoDigests carries exactly it, as
+    // containerd and CRI-O report it (critest's "public image with digest" checks this).
+    let found = status_of(&mut images, &by_digest)
+        .await
+        .expect("status")
+        .expect("found by the index digest");
+    assert_eq!(found.id, amd64.id());
+    assert!(found.repo_tags.is_empty(), "{found:?}");
+    assert_eq!(found.repo_digests, std::slice::from_ref(&by_digest));
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].repo_digests, std::slice::from_ref(&by_digest));
+
+    // Pulling the platform manifest's own digest finds the same image too.
+    let by_platform = format!("{}/multi@{}", registry.addr, amd64.manifest_digest());
+    images
+        .pull_image(pull_request(&by_platform))
+        .await
+        .expect("pull by platform digest");
+    let found = status_of(&mut images, &by_platform)
+        .await
+        .expect("status")
+        .expect("found by the platform digest");
+    assert_eq!(found.id, amd64.id());
+
+    // Removing by the index digest untags that name; the platform one keeps the image
+    // until it goes too.
+    for name in [&by_digest, &by_platform] {
+        images
+            .remove_image(cri::RemoveImageRequest { image: spec(name) })
+            .await
+            .expect("remove by digest");
+        assert_eq!(status_of(&mut images, name).await.expect("status"), None);
+    }
+    assert_eq!(
+        status_of(&mut images, &amd64.id()).await.expect("status"),
+        None
+    );
+    assert_eq!(count_files(&sandbox.path("root/snapshots")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_image_ids_resolve_when_unique_and_are_refused_when_ambiguous() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    // Seventeen images: by pigeonhole, two IDs share their first hex digit.
+    let mut ids = Vec::new();
+    for n in 0..17 {
+        let image = busybox().env(&format!("N={n}")).build();
+        fixture::push(&registry, "short", &n.to_string(), &image).expect("push");
+        ids.push(image.id());
+    }
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    for n in 0..17 {
+        images
+            .pull_image(pull_request(&format!("{}/short:{n}", registry.addr)))
+            .await
+            .expect("pull");
+    }
+    let hex = |id: &str| id.trim_start_matches("sha256:").to_owned();
+
+    // crictl's 13-digit prefix (the shortest unique one here is at most that long).
+    let unique = hex(&ids[0])[..13].to_owned();
+    for by in [
+        unique.clone(),
+        format!("sha256:{unique}"),
+        unique.to_uppercase(),
+    ] {
+        let found = status_of(&mut images, &by)
+            .await
+            .expect("status")
+            .unwrap_or_else(|| panic!("{by} not found"));
+        assert_eq!(found.id, ids[0], "{by}");
+    }
+
+    // A prefix two images share: InvalidArgument naming how many.
+    let shared = (0..ids.len())
+        .flat_map(|a| (a + 1..ids.len()).map(move |b| (a, b)))
+        .find_map(|(a, b)| {
+            let (x, y) = (hex(&ids[a]), hex(&ids[b]));
+            let common = x.bytes().zip(y.bytes()).take_while(|(p, q)| p == q).count();
+            (common > 0).then(|| x[..common].to_owned())
+        })
+        .expect("two IDs share a prefix");
+    let count = ids.iter().filter(|id| hex(id).starts_with(&shared)).count();
+    let err = status_of(&mut images, &shared)
+        .await
+        .expect_err("ambiguous prefix");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(&format!("{count} images")),
+        "{}",
+        err.message()
+    );
+    let err = images
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&shared),
+        })
+        .await
+        .expect_err("an ambiguous prefix removes nothing");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 17);
+
+    // `crictl rmi <short id>` removes that image.
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&unique),
+        })
+        .await
+        .expect("remove by short ID");
+    assert_eq!(status_of(&mut images, &ids[0]).await.expect("status"), None);
+    // A prefix no image has is "not present", not an error.
+    let absent = (0..16)
+        .map(|d| format!("{d:x}{}", "0".repeat(40)))
+        .find(|p| !ids.iter().any(|id| hex(id).starts_with(p.as_str())))
+        .expect("a free prefix");
+    assert_eq!(status_of(&mut images, &absent).await.expect("status"), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrors_serve_docker_hub_names() {
     let sandbox = Sandbox::new("");

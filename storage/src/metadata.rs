@@ -204,6 +204,24 @@ impl MetadataStore {
         }
     }
 
+    /// The IDs of the images whose ID starts with `prefix` (`sha256:` and some hex), at
+    /// most `limit` of them.
+    pub fn image_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, MetadataError> {
+        self.images
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .take(limit)
+            .map(|k| {
+                k.map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .map_err(db_err)
+            })
+            .collect()
+    }
+
     /// Every image.
     pub fn images(&self) -> Result<Vec<ImageRecord>, MetadataError> {
         self.images
