@@ -171,9 +171,11 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     /// Makes the container's log writer reopen its log file.
     async fn reopen_log(&self, id: &str) -> Result<(), HandlerError>;
 
-    /// Resource usage of a running container.
+    /// Resource usage of a running container; with [`crate::StatsDetail`] when `detail`
+    /// is set (dearer: it visits every process of the container).
     async fn container_stats(
         &self,
         container: &ContainerRef<'_>,
+        detail: bool,
     ) -> Result<ContainerStats, HandlerError>;
 }

@@ -33,4 +33,7 @@ pub use handler::{
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
 };
-pub use stats::{ContainerStats, cgroup_directories, cgroup_stats, remove_empty_cgroup};
+pub use stats::{
+    BlockDevice, ContainerStats, HugePages, Limits, Pressure, StatsDetail, cgroup_directories,
+    cgroup_stats, device_name, remove_empty_cgroup,
+};

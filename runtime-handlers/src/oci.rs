@@ -982,10 +982,14 @@ impl RuntimeHandler for OciRuntime {
         self.reopen_monitor_log(id).await
     }
 
-    async fn container_stats(&self, c: &ContainerRef<'_>) -> Result<ContainerStats, HandlerError> {
+    async fn container_stats(
+        &self,
+        c: &ContainerRef<'_>,
+        detail: bool,
+    ) -> Result<ContainerStats, HandlerError> {
         let pid = c.pid;
         let bundle = c.bundle.to_owned();
-        tokio::task::spawn_blocking(move || cgroup_stats(pid))
+        tokio::task::spawn_blocking(move || cgroup_stats(pid, detail))
             .await
             .map_err(|e| HandlerError::Io {
                 path: bundle.clone(),

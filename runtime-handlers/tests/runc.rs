@@ -190,7 +190,7 @@ async fn exec_with_output_and_timeout_then_kill() {
     // The timed-out process was killed (at most a zombie of it remains).
     assert_eq!(live_processes_with_cmdline(b"sleep\x0030\x00"), 0);
 
-    let stats = rt.container_stats(&handle).await.expect("stats");
+    let stats = rt.container_stats(&handle, true).await.expect("stats");
     assert!(stats.pids >= 1, "{stats:?}");
     assert!(
         stats.cpu_usage_ns > 0 && stats.memory_usage > 0,

@@ -398,3 +398,182 @@ fn scrape(port: u16, path: &str) -> String {
     stream.read_to_string(&mut out).expect("response");
     out
 }
+
+/// What cri-tools main (`pkg/validate/pod.go`) expects ListPodSandboxMetrics to carry
+/// for a running container, less the figures this kind of host cannot give: pressure
+/// (cgroup v2 PSI; checked separately where the kernel has it for the container),
+/// huge pages (only where the kernel has huge page sizes) and block I/O (only devices the
+/// container touched).
+const EXPECTED: &[&str] = &[
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total",
+    "container_file_descriptors",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_fs_usage_bytes",
+    "container_last_seen",
+    "container_memory_cache",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_memory_kernel_usage",
+    "container_memory_mapped_file",
+    "container_memory_max_usage_bytes",
+    "container_memory_rss",
+    "container_memory_swap",
+    "container_memory_usage_bytes",
+    "container_memory_working_set_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_receive_errors_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total",
+    "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_oom_events_total",
+    "container_processes",
+    "container_sockets",
+    "container_spec_cpu_period",
+    "container_spec_cpu_quota",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_reservation_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_start_time_seconds",
+    "container_threads",
+    "container_threads_max",
+    "container_ulimits_soft",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_metrics_carry_the_cadvisor_set_with_real_values() {
+    let s = setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    // Limits as critest sets them, a listening socket, a second process, and some I/O.
+    let mut config = container(
+        &s,
+        "measured",
+        "nc -l -p 8080 & dd if=/dev/zero of=/data bs=64k count=16 2>/dev/null; exec sleep 300",
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut rt, &s, &pod, config).await;
+    start(&mut rt, &id).await;
+    // Both processes are up once the exec'd sleep and nc are there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while exec_out(
+        &mut rt,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "ps -o comm | grep -qx nc && ps -o comm | grep -qx sleep",
+        ],
+    )
+    .await
+    .0 != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "nc and sleep running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    let descriptors = rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("descriptors")
+        .into_inner()
+        .descriptors;
+    let keys: std::collections::HashMap<&str, &[String]> = descriptors
+        .iter()
+        .map(|d| (d.name.as_str(), d.label_keys.as_slice()))
+        .collect();
+    let listed = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("pod metrics")
+        .into_inner()
+        .pod_metrics;
+    let mine = listed
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod)
+        .expect("the pod's metrics");
+    let samples: Vec<&cri::Metric> = mine
+        .metrics
+        .iter()
+        .chain(mine.container_metrics.iter().flat_map(|c| &c.metrics))
+        .collect();
+    for m in &samples {
+        let want = keys.get(m.name.as_str()).map_or(0, |k| k.len());
+        assert_eq!(m.label_values.len(), want, "labels of {m:?}");
+    }
+    // One value of a metric, by one of its own label values (or the first).
+    let value = |name: &str, label: Option<&str>| -> u64 {
+        samples
+            .iter()
+            .find(|m| m.name == name && label.is_none_or(|l| m.label_values.iter().any(|v| v == l)))
+            .and_then(|m| m.value.as_ref())
+            .map(|v| v.value)
+            .unwrap_or_else(|| panic!("no {name} ({label:?}) in {samples:#?}"))
+    };
+    let missing: Vec<&str> = EXPECTED
+        .iter()
+        .copied()
+        .filter(|name| !samples.iter().any(|m| m.name == *name))
+        .collect();
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    assert!(EXPECTED.iter().all(|n| keys.contains_key(n)));
+
+    // The values are this container's.
+    assert_eq!(value("container_spec_cpu_period", None), 100_000);
+    assert_eq!(value("container_spec_cpu_quota", None), 20_000);
+    // Exact on cgroup v1; v2 keeps a weight, which converts back to about the shares.
+    let shares = value("container_spec_cpu_shares", None);
+    assert!((490..=530).contains(&shares), "{shares}");
+    assert_eq!(value("container_spec_memory_limit_bytes", None), 256 << 20);
+    assert!(value("container_processes", None) >= 2);
+    assert!(value("container_threads", None) >= 2);
+    assert!(value("container_sockets", None) >= 1, "nc listens");
+    assert!(value("container_file_descriptors", None) >= 4);
+    assert!(value("container_ulimits_soft", Some("max_open_files")) >= 64);
+    let start_time = value("container_start_time_seconds", None);
+    assert!(
+        start_time <= started && started - start_time < 60,
+        "{start_time}"
+    );
+    assert!(value("container_last_seen", None) >= started);
+    assert!(value("container_memory_usage_bytes", None) > 0);
+    assert!(value("container_memory_max_usage_bytes", None) >= value("container_memory_rss", None));
+    assert!(
+        value("container_memory_failures_total", Some("hierarchy")) > 0,
+        "page faults"
+    );
+    assert!(value("container_fs_limit_bytes", None) > 0);
+    assert!(value("container_fs_inodes_total", None) >= value("container_fs_inodes_free", None));
+    assert!(value("container_network_receive_packets_total", Some("eth0")) < u64::MAX);
+    let pressure = samples
+        .iter()
+        .any(|m| m.name.starts_with("container_pressure_"));
+    let has_psi = std::fs::read_to_string("/proc/pressure/cpu").is_ok();
+    assert!(
+        !pressure || has_psi,
+        "pressure reported without PSI on this kernel"
+    );
+    teardown(&mut rt).await;
+}

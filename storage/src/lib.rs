@@ -28,5 +28,5 @@ pub use mount::{CloneOptions, clone_tree, unmount_all_in};
 pub use overlay_probe::probe_overlay;
 pub use rootfs::IdMapping;
 pub use snapshot::Snapshotter;
-pub use store::{GcReport, Store, Usage};
+pub use store::{Filesystem, GcReport, Store, Usage};
 pub use unpack::{UnpackStats, apply_layer};

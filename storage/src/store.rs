@@ -45,7 +45,53 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// The filesystem the store lives on, as cAdvisor reports a container's filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filesystem {
+    /// Its device: `/dev/<name>` when sysfs names one, else `major:minor`.
+    pub device: String,
+    /// Size, bytes.
+    pub capacity: u64,
+    /// Inodes in all.
+    pub inodes_total: u64,
+    /// Inodes free.
+    pub inodes_free: u64,
+}
+
 impl Store {
+    /// The filesystem holding the store (statfs of the root).
+    pub fn filesystem(&self) -> Result<Filesystem, StoreError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let io = |source| StoreError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&self.root).map_err(io)?;
+        let c_path = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes())
+            .map_err(|e| io(std::io::Error::other(e)))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a NUL-terminated path and a buffer of the right type for the kernel to fill.
+        if unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: statvfs returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        let dev = meta.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+            .unwrap_or_default();
+        let device = uevent
+            .lines()
+            .find_map(|l| l.strip_prefix("DEVNAME="))
+            .map_or_else(|| format!("{major}:{minor}"), |n| format!("/dev/{n}"));
+        Ok(Filesystem {
+            device,
+            capacity: st.f_blocks.saturating_mul(st.f_frsize),
+            inodes_total: st.f_files,
+            inodes_free: st.f_ffree,
+        })
+    }
+
     /// Opens the store at `root`, creating it if needed, and removes what a crash left
     /// half-made (ingests, snapshot directories without records, unreferenced content).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {

@@ -8,8 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+mod detail;
+
+pub use detail::{BlockDevice, HugePages, Limits, Pressure, StatsDetail, device_name};
+
 /// A cgroup's usage at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerStats {
     /// When it was read, ns since the epoch.
     pub timestamp: i64,
@@ -27,8 +31,10 @@ pub struct ContainerStats {
     pub major_page_faults: u64,
     /// Swap in use, bytes.
     pub swap: u64,
-    /// Processes (tasks) in the cgroup.
+    /// Tasks (threads) in the cgroup.
     pub pids: u64,
+    /// The full figures, when they were asked for.
+    pub detail: Option<Box<StatsDetail>>,
 }
 
 /// Where each hierarchy is mounted: v1 controllers by name, and the v2 mount.
@@ -151,9 +157,10 @@ fn stat_file(path: &Path) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Reads the usage of the cgroup `pid` is in. v1 controllers win where both are present
-/// (the hybrid layout puts controllers on v1 and leaves v2 empty).
-pub fn cgroup_stats(pid: u32) -> std::io::Result<ContainerStats> {
+/// Reads the usage of the cgroup `pid` is in, with [`StatsDetail`] when `detail` is set.
+/// v1 controllers win where both are present (the hybrid layout puts controllers on v1
+/// and leaves v2 empty).
+pub fn cgroup_stats(pid: u32, detail: bool) -> std::io::Result<ContainerStats> {
     let (v1, v2) = cgroup_dirs(pid)?;
     let mut stats = ContainerStats {
         timestamp: now_ns(),
@@ -190,6 +197,9 @@ pub fn cgroup_stats(pid: u32) -> std::io::Result<ContainerStats> {
         stats.pids = read_u64(&pids.join("pids.current")).unwrap_or(0);
     } else if let Some(dir) = &v2 {
         stats.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
+    }
+    if detail {
+        stats.detail = Some(Box::new(detail::read(&v1, v2.as_deref())));
     }
     Ok(stats)
 }
@@ -257,9 +267,10 @@ mod tests {
     #[test]
     fn own_cgroup_reports_cpu_and_memory() {
         // This test process has used CPU and memory; whatever the layout, they show.
-        let s = cgroup_stats(std::process::id()).expect("own cgroup");
+        let s = cgroup_stats(std::process::id(), true).expect("own cgroup");
         assert!(s.timestamp > 0);
         assert!(s.memory_usage > 0, "{s:?}");
         assert!(s.working_set <= s.memory_usage);
+        assert!(s.detail.is_some_and(|d| d.processes >= 1));
     }
 }

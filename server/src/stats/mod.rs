@@ -36,12 +36,20 @@ pub struct Interface {
     pub name: String,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
     /// Receive errors.
     pub rx_errors: u64,
+    /// Packets dropped on receipt.
+    pub rx_dropped: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
     /// Send errors.
     pub tx_errors: u64,
+    /// Packets dropped on sending.
+    pub tx_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,11 +87,18 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StatsCache {
-    fn record(&self, id: &str, stats: ContainerStats) {
+    /// Stores a new sample; a sample without detail keeps the detail of the last one
+    /// that had it.
+    fn record(&self, id: &str, mut stats: ContainerStats) {
         let mut map = guard(&self.containers);
         let entry = map.entry(id.to_owned()).or_default();
-        if entry.latest.timestamp > 0 {
-            entry.previous = Some(entry.latest);
+        let mut previous = std::mem::take(&mut entry.latest);
+        if stats.detail.is_none() {
+            stats.detail = previous.detail.take();
+        }
+        previous.detail = None;
+        if previous.timestamp > 0 {
+            entry.previous = Some(previous);
         }
         entry.latest = stats;
     }
@@ -119,7 +134,7 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
         let Ok(runtime) = crate::container::runtime_for(&config, &record.handler) else {
             continue;
         };
-        if let Ok(stats) = runtime.container_stats(&record.handle()).await {
+        if let Ok(stats) = runtime.container_stats(&record.handle(), with_fs).await {
             daemon.stats.record(&record.id, stats);
             pod_pids.entry(record.pod_id.clone()).or_insert(record.pid);
         }
@@ -168,6 +183,27 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     pods.extend(networks);
 }
 
+/// A pod's network counters: from the cache, else read now through one of its running
+/// containers (a pod whose first container has just started has no cache entry yet).
+async fn pod_network(daemon: &Daemon, pod_id: &str) -> Option<PodNetwork> {
+    if let Some(net) = guard(&daemon.stats.pods).get(pod_id).cloned() {
+        return Some(net);
+    }
+    let pid = daemon.containers.all().into_iter().find_map(|c| {
+        let record = c.snapshot();
+        (record.pod_id == pod_id && record.state() == State::Running && record.pid > 0)
+            .then_some(record.pid)
+    })?;
+    let net = tokio::task::spawn_blocking(move || PodNetwork {
+        interfaces: net_dev(pid),
+        at: crate::pod::now_ns(),
+    })
+    .await
+    .ok()?;
+    guard(&daemon.stats.pods).insert(pod_id.to_owned(), net.clone());
+    Some(net)
+}
+
 /// Interfaces other than loopback in the netns of `pid`.
 fn net_dev(pid: u32) -> Vec<Interface> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
@@ -191,9 +227,13 @@ fn parse_net_dev(text: &str) -> Vec<Interface> {
             Some(Interface {
                 name: name.to_owned(),
                 rx_bytes: *v.first()?,
+                rx_packets: *v.get(1)?,
                 rx_errors: *v.get(2)?,
+                rx_dropped: *v.get(3)?,
                 tx_bytes: *v.get(8)?,
+                tx_packets: *v.get(9)?,
                 tx_errors: *v.get(10)?,
+                tx_dropped: *v.get(11)?,
             })
         })
         .collect()
@@ -205,7 +245,7 @@ fn u64_value(value: u64) -> Option<cri::UInt64Value> {
 
 /// CPU cores used between the last two samples, in nanocores.
 fn nano_cores(sample: &Sample) -> u64 {
-    let Some(prev) = sample.previous else {
+    let Some(prev) = &sample.previous else {
         return 0;
     };
     let dt = sample.latest.timestamp.saturating_sub(prev.timestamp);
@@ -285,7 +325,7 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
         return Some(s);
     }
     let runtime = crate::container::runtime_for(&daemon.config(), &record.handler).ok()?;
-    let stats = runtime.container_stats(&record.handle()).await.ok()?;
+    let stats = runtime.container_stats(&record.handle(), true).await.ok()?;
     daemon.stats.record(&record.id, stats);
     // The writable layer of a container this young is small: measure it now too.
     let store = daemon.images.store();
@@ -487,16 +527,20 @@ mod tests {
         let text = "Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
-  eth0:    5000      40    2    0    0     0          0         0     7000      50    3    0    0     0       0          0
+  eth0:    5000      40    2    1    0     0          0         0     7000      50    3    4    0     0       0          0
 ";
         assert_eq!(
             parse_net_dev(text),
             [Interface {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 40,
                 rx_errors: 2,
+                rx_dropped: 1,
                 tx_bytes: 7000,
+                tx_packets: 50,
                 tx_errors: 3,
+                tx_dropped: 4,
             }]
         );
     }
