@@ -247,16 +247,11 @@ async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
     assert_eq!(s.net.mounts(), 0);
 }
 
-/// The handlers other than runc, configured the way conf/crisp.toml documents them.
-const HANDLERS: &str = "[runtimes.runsc]\npath = \"runsc\"\nruntime_args = [\"--network=host\"]\n\n[runtimes.crun]\npath = \"crun\"\n";
-
+/// runsc and crun are in the default configuration: the tests use them as configured
+/// there, with `extra` top-level keys.
 fn with_handlers(s: &Setup, extra: &str) {
     let text = std::fs::read_to_string(s.net.sandbox.config_path()).expect("config");
-    std::fs::write(
-        s.net.sandbox.config_path(),
-        format!("{extra}{text}\n{HANDLERS}"),
-    )
-    .expect("config");
+    std::fs::write(s.net.sandbox.config_path(), format!("{extra}{text}")).expect("config");
 }
 
 async fn pod_with(
@@ -903,6 +898,29 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     )
     .await;
     assert_eq!((code, out.trim()), (0, "ro-ok"), "{out}");
+    // ContainerStatus names the mounted image's ID (ImageSpec.image_ref, KEP-5365).
+    let status = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("status");
+    let image_id = status.image_id.clone();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let mounted = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/vol")
+        .and_then(|m| m.image.clone())
+        .expect("image volume in status");
+    assert_eq!(
+        (mounted.image, mounted.image_ref),
+        (s.image.clone(), image_id)
+    );
     // A directory of the image.
     let mut sub = container(&s, "vol-sub", "sleep 1000");
     sub.mounts = vec![volume("etc", &s.image)];
@@ -917,6 +935,13 @@ async fn image_volumes_are_mounted_read_only_and_released() {
         (volume("../..", &s.image), tonic::Code::InvalidArgument),
         (
             volume("no-such-dir", &s.image),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            cri::Mount {
+                readonly: false,
+                ..volume("", &s.image)
+            },
             tonic::Code::InvalidArgument,
         ),
     ] {

@@ -112,6 +112,8 @@ pub async fn create(
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
                 propagation: m.propagation,
+                image: None,
+                image_ref: None,
             })
             .collect(),
         stop_signal: stop_signal(&container, &defaults),
@@ -131,6 +133,14 @@ pub async fn create(
         let Some(spec) = m.image.as_ref().filter(|i| !i.image.is_empty()) else {
             continue;
         };
+        if !m.readonly {
+            // Image volumes are read-only by definition (KEP-4639); a writable one is a
+            // request error, not something to quietly make read-only.
+            return Err(Status::invalid_argument(format!(
+                "the image volume at {} ({}) must be read-only: set readonly: true",
+                m.container_path, spec.image
+            )));
+        }
         let volume = daemon
             .images
             .find(&spec.image)
@@ -142,6 +152,14 @@ pub async fn create(
                     spec.image, m.container_path
                 ))
             })?;
+        if let Some(mount) = record
+            .mounts
+            .iter_mut()
+            .find(|r| r.container_path == m.container_path)
+        {
+            mount.image = Some(spec.image.clone());
+            mount.image_ref = Some(volume.id.clone());
+        }
         volume_chains.push(volume.chain_ids.clone());
     }
     record.image_volumes = volume_chains.len();

@@ -89,6 +89,11 @@ pub async fn status(
                     host_path: m.host_path.clone(),
                     readonly: m.readonly,
                     propagation: m.propagation,
+                    image: m.image.as_ref().map(|image| cri::ImageSpec {
+                        image: image.clone(),
+                        image_ref: m.image_ref.clone().unwrap_or_default(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
                 .collect(),

@@ -40,6 +40,13 @@ pub struct MountRecord {
     pub readonly: bool,
     /// CRI propagation value.
     pub propagation: i32,
+    /// An image volume: the image as the request named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// An image volume: the ID of the image mounted (ContainerStatus reports it as the
+    /// mount's `image.image_ref`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
 }
 
 /// Everything crisp keeps about one container.
