@@ -17,6 +17,11 @@ fi
 sh scripts/install-deps.sh
 sh scripts/cgroup-hybrid.sh
 sh scripts/build-release.sh crisp-fixture crisp-cleanup
+# A pod network as `make start` installs it, unless the host already has one.
+install -d /etc/cni/net.d
+if [ -z "$(ls /etc/cni/net.d 2>/dev/null)" ]; then
+    install -m 0644 conf/10-crisp-bridge.conflist /etc/cni/net.d/10-crisp-bridge.conflist
+fi
 work=$(mktemp -d /tmp/crisp-critest.XXXXXX)
 if [ "$runtime" = containerd ]; then
     root=/var/lib/containerd-critest state=/run/containerd-critest

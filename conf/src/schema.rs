@@ -55,14 +55,20 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let mut runtimes = BTreeMap::new();
-        runtimes.insert(
-            DEFAULT_RUNTIME.to_owned(),
-            RuntimeHandlerConfig {
-                path: PathBuf::from("runc"),
-                ..RuntimeHandlerConfig::default()
-            },
-        );
+        // runc, crun and gVisor's runsc, as CRI-O offers its runtimes: each is usable when
+        // its binary is installed, and Status lists only those (`crispd check` says why
+        // the others are not). Debian's 2022 runsc can only use the pod's netns with
+        // `--network=host`; newer ones accept it too.
+        let handler = |path: &str, args: &[&str]| RuntimeHandlerConfig {
+            path: PathBuf::from(path),
+            runtime_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..RuntimeHandlerConfig::default()
+        };
+        let runtimes = BTreeMap::from([
+            (DEFAULT_RUNTIME.to_owned(), handler("runc", &[])),
+            ("crun".to_owned(), handler("crun", &[])),
+            ("runsc".to_owned(), handler("runsc", &["--network=host"])),
+        ]);
         Self {
             root: PathBuf::from("/var/lib/crisp"),
             state: PathBuf::from("/run/crisp"),

@@ -18,7 +18,11 @@ fn condition<'a>(status: &'a cri::StatusResponse, kind: &str) -> &'a cri::Runtim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_status_and_runtime_config_answer() {
-    let sandbox = Sandbox::new("[runtimes.runc]\npath = \"/bin/true\"\n");
+    // runc, crun and runsc come by default (make test installs all three); a handler
+    // whose binary is missing is configured but not offered.
+    let sandbox = Sandbox::new(
+        "[runtimes.runc]\npath = \"/bin/true\"\n[runtimes.ghost]\npath = \"/nonexistent/ghost-runtime\"\n",
+    );
     let daemon = sandbox.start();
     let (mut runtime, _) = daemon.clients().await;
 
@@ -65,7 +69,47 @@ async fn version_status_and_runtime_config_answer() {
         .iter()
         .map(|h| h.name.as_str())
         .collect();
-    assert_eq!(handlers, ["", "runc"]);
+    assert_eq!(handlers, ["", "crun", "runc", "runsc"]);
+
+    // `crictl info` says which handlers can run and why the others cannot.
+    let verbose = runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    let report: serde_json::Value =
+        serde_json::from_str(&verbose.info["runtimeHandlers"]).expect("JSON");
+    assert_eq!(report["runc"]["usable"], true, "{report}");
+    assert_eq!(report["runsc"]["usable"], true, "{report}");
+    assert_eq!(report["ghost"]["usable"], false, "{report}");
+    let reason = report["ghost"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("/nonexistent/ghost-runtime"), "{reason}");
+
+    // A pod asking for it is refused before anything is made.
+    let err = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "ghost".into(),
+                    uid: "ghost-uid".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: "ghost".into(),
+        })
+        .await
+        .expect_err("missing runtime binary");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("ghost-runtime"), "{}", err.message());
+    let pods = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

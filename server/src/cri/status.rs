@@ -34,6 +34,22 @@ pub fn status(config: &Config, verbose: bool) -> cri::StatusResponse {
         let json = serde_json::to_string(&config.redacted())
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode config: {e}\"}}"));
         info.insert("config".to_owned(), json);
+        // `crictl info` shows, per configured handler, whether it can run here.
+        let handlers: serde_json::Map<String, serde_json::Value> = config
+            .runtimes
+            .keys()
+            .map(|name| {
+                let state = match host::runtime_binary(config, name) {
+                    Ok(path) => serde_json::json!({"usable": true, "binary": path}),
+                    Err(reason) => serde_json::json!({"usable": false, "reason": reason}),
+                };
+                (name.clone(), state)
+            })
+            .collect();
+        info.insert(
+            "runtimeHandlers".to_owned(),
+            serde_json::Value::Object(handlers).to_string(),
+        );
     }
     cri::StatusResponse {
         status: Some(cri::RuntimeStatus {
@@ -66,8 +82,8 @@ fn condition(kind: &str, state: Result<(), (&str, String)>) -> cri::RuntimeCondi
     }
 }
 
-/// The default handler (empty name, as kubelet looks it up) and every named one, each
-/// with what its handler says it supports.
+/// The default handler (empty name, as kubelet looks it up) and every named one whose
+/// binary is installed, each with what its handler says it supports.
 fn runtime_handlers(config: &Config) -> Vec<cri::RuntimeHandler> {
     let features = |name: &str| {
         let handler = if name.is_empty() {
@@ -83,8 +99,13 @@ fn runtime_handlers(config: &Config) -> Vec<cri::RuntimeHandler> {
             user_namespaces: f.user_namespaces,
         })
     };
+    let usable = config
+        .runtimes
+        .keys()
+        .filter(|name| host::runtime_binary(config, name).is_ok())
+        .cloned();
     std::iter::once(String::new())
-        .chain(config.runtimes.keys().cloned())
+        .chain(usable)
         .map(|name| cri::RuntimeHandler {
             features: features(&name),
             name,
