@@ -1,16 +1,20 @@
 //! crisp's own Prometheus metrics: per-RPC latency histograms and error counts (a tower
 //! layer around the gRPC services), image pull counts, bytes and durations, pods and
-//! containers by state, and monitor processes; served as Prometheus text (format 0.0.4) on
-//! `GET /metrics` at `[metrics] address`.
+//! containers by state, and monitor processes; kept in a `prometheus-client` registry and
+//! served as OpenMetrics text on `GET /metrics` at `[metrics] address`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::state::Daemon;
@@ -20,148 +24,157 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 ];
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
-                self.counts[i]
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    rpc_latency: BTreeMap<String, Histogram>,
-    rpc_codes: BTreeMap<(String, String), u64>,
-    pulls: BTreeMap<&'static str, u64>,
-    pull_bytes: u64,
-    pull_latency: Histogram,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: String,
 }
 
-/// The counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The registry and the handles crisp updates.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    rpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    rpc_codes: Family<CallLabels, Counter>,
+    pulls: Family<OutcomeLabels, Counter>,
+    pull_bytes: Counter,
+    pull_latency: Histogram,
+    containers: Family<StateLabels, Gauge>,
+    pods: Family<StateLabels, Gauge>,
+    monitors: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let rpc_latency: Family<MethodLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(histogram);
+        registry.register(
+            "crisp_grpc_request_duration_seconds",
+            "CRI call latency",
+            rpc_latency.clone(),
+        );
+        let rpc_codes = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "crisp_grpc_requests",
+            "CRI calls by method and status code",
+            rpc_codes.clone(),
+        );
+        let pulls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "crisp_image_pulls",
+            "PullImage calls by outcome",
+            pulls.clone(),
+        );
+        for outcome in ["success", "failure"] {
+            drop(pulls.get_or_create(&OutcomeLabels { outcome }));
+        }
+        let pull_bytes = Counter::default();
+        registry.register(
+            "crisp_image_pull_bytes",
+            "Size of the images pulled",
+            pull_bytes.clone(),
+        );
+        let pull_latency = histogram();
+        registry.register(
+            "crisp_image_pull_duration_seconds",
+            "Successful pull time",
+            pull_latency.clone(),
+        );
+        let containers = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "crisp_containers",
+            "Containers by state",
+            containers.clone(),
+        );
+        let pods = Family::<StateLabels, Gauge>::default();
+        registry.register("crisp_pods", "Pod sandboxes by state", pods.clone());
+        let monitors = Gauge::default();
+        registry.register(
+            "crisp_monitor_processes",
+            "crisp-monitor processes on this host",
+            monitors.clone(),
+        );
+        Self {
+            registry,
+            rpc_latency,
+            rpc_codes,
+            pulls,
+            pull_bytes,
+            pull_latency,
+            containers,
+            pods,
+            monitors,
+        }
+    }
 }
 
 impl Metrics {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        match self.inner.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
-    }
-
     /// Records one finished RPC.
     pub fn rpc(&self, method: &str, code: &str, took: Duration) {
-        self.with(|m| {
-            m.rpc_latency
-                .entry(method.to_owned())
-                .or_default()
-                .observe(took.as_secs_f64());
-            *m.rpc_codes
-                .entry((method.to_owned(), code.to_owned()))
-                .or_default() += 1;
-        });
+        self.rpc_latency
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        self.rpc_codes
+            .get_or_create(&CallLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
     }
 
     /// Records one PullImage: whether it succeeded, the image's size, how long it took.
     pub fn pull(&self, ok: bool, bytes: u64, took: Duration) {
-        self.with(|m| {
-            *m.pulls
-                .entry(if ok { "success" } else { "failure" })
-                .or_default() += 1;
-            if ok {
-                m.pull_bytes += bytes;
-                m.pull_latency.observe(took.as_secs_f64());
-            }
-        });
+        let outcome = if ok { "success" } else { "failure" };
+        self.pulls.get_or_create(&OutcomeLabels { outcome }).inc();
+        if ok {
+            self.pull_bytes.inc_by(bytes);
+            self.pull_latency.observe(took.as_secs_f64());
+        }
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in OpenMetrics text format, gauges read now.
     pub fn render(&self, daemon: &Daemon) -> String {
-        let mut out = String::new();
-        self.with(|m| {
-            out.push_str("# HELP crisp_grpc_request_duration_seconds CRI call latency.\n");
-            out.push_str("# TYPE crisp_grpc_request_duration_seconds histogram\n");
-            for (method, h) in &m.rpc_latency {
-                h.render(
-                    &mut out,
-                    "crisp_grpc_request_duration_seconds",
-                    &format!("method=\"{}\"", escape(method)),
-                );
-            }
-            out.push_str("# HELP crisp_grpc_requests_total CRI calls by method and status code.\n");
-            out.push_str("# TYPE crisp_grpc_requests_total counter\n");
-            for ((method, code), n) in &m.rpc_codes {
-                let _ = writeln!(
-                    out,
-                    "crisp_grpc_requests_total{{method=\"{}\",code=\"{}\"}} {n}",
-                    escape(method),
-                    escape(code)
-                );
-            }
-            out.push_str("# HELP crisp_image_pulls_total PullImage calls by outcome.\n");
-            out.push_str("# TYPE crisp_image_pulls_total counter\n");
-            for outcome in ["success", "failure"] {
-                let n = m.pulls.get(outcome).copied().unwrap_or(0);
-                let _ = writeln!(out, "crisp_image_pulls_total{{outcome=\"{outcome}\"}} {n}");
-            }
-            out.push_str("# HELP crisp_image_pull_bytes_total Size of the images pulled.\n");
-            out.push_str("# TYPE crisp_image_pull_bytes_total counter\n");
-            let _ = writeln!(out, "crisp_image_pull_bytes_total {}", m.pull_bytes);
-            out.push_str("# HELP crisp_image_pull_duration_seconds Successful pull time.\n");
-            out.push_str("# TYPE crisp_image_pull_duration_seconds histogram\n");
-            m.pull_latency
-                .render(&mut out, "crisp_image_pull_duration_seconds", "");
-        });
-        let mut containers: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut created, mut running, mut exited) = (0, 0, 0);
         for c in daemon.containers.all() {
-            let state = match c.snapshot().state() {
-                crate::container::State::Created => "created",
-                crate::container::State::Running => "running",
-                crate::container::State::Exited { .. } => "exited",
-            };
-            *containers.entry(state).or_default() += 1;
+            match c.snapshot().state() {
+                crate::container::State::Created => created += 1,
+                crate::container::State::Running => running += 1,
+                crate::container::State::Exited { .. } => exited += 1,
+            }
         }
-        out.push_str("# HELP crisp_containers Containers by state.\n");
-        out.push_str("# TYPE crisp_containers gauge\n");
-        for state in ["created", "running", "exited"] {
-            let n = containers.get(state).copied().unwrap_or(0);
-            let _ = writeln!(out, "crisp_containers{{state=\"{state}\"}} {n}");
+        for (state, n) in [
+            ("created", created),
+            ("running", running),
+            ("exited", exited),
+        ] {
+            self.containers.get_or_create(&StateLabels { state }).set(n);
         }
         let (mut ready, mut not_ready) = (0, 0);
         for p in daemon.pods.all() {
@@ -171,22 +184,17 @@ impl Metrics {
                 not_ready += 1;
             }
         }
-        out.push_str("# HELP crisp_pods Pod sandboxes by state.\n");
-        out.push_str("# TYPE crisp_pods gauge\n");
-        let _ = writeln!(out, "crisp_pods{{state=\"ready\"}} {ready}");
-        let _ = writeln!(out, "crisp_pods{{state=\"notready\"}} {not_ready}");
-        out.push_str("# HELP crisp_monitor_processes crisp-monitor processes on this host.\n");
-        out.push_str("# TYPE crisp_monitor_processes gauge\n");
-        let _ = writeln!(out, "crisp_monitor_processes {}", monitor_processes());
+        for (state, n) in [("ready", ready), ("notready", not_ready)] {
+            self.pods.get_or_create(&StateLabels { state }).set(n);
+        }
+        self.monitors
+            .set(i64::try_from(monitor_processes()).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
         out
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Processes whose command is crisp-monitor (container monitors and PID-namespace inits).
@@ -239,7 +247,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: tokio::net::TcpListener) {
             {
                 let body = daemon.metrics.render(&daemon);
                 format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
             } else {
@@ -347,30 +355,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_are_cumulative() {
-        let mut h = Histogram::default();
-        h.observe(0.003);
-        h.observe(0.2);
-        h.observe(1000.0);
+    fn calls_and_pulls_are_encoded_as_openmetrics() {
+        let m = Metrics::default();
+        m.rpc("Version", "OK", Duration::from_millis(3));
+        m.rpc("Version", "NotFound", Duration::from_millis(200));
+        m.pull(true, 1000, Duration::from_secs(2));
         let mut out = String::new();
-        h.render(&mut out, "x", "method=\"A\"");
-        assert!(
-            out.contains("x_bucket{method=\"A\",le=\"0.001\"} 0\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{method=\"A\",le=\"0.005\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{method=\"A\",le=\"0.25\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("x_bucket{method=\"A\",le=\"+Inf\"} 3\n"),
-            "{out}"
-        );
-        assert!(out.contains("x_count{method=\"A\"} 3\n"), "{out}");
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encode");
+        for line in [
+            "crisp_grpc_request_duration_seconds_bucket{le=\"0.001\",method=\"Version\"} 0\n",
+            "crisp_grpc_request_duration_seconds_bucket{le=\"0.005\",method=\"Version\"} 1\n",
+            "crisp_grpc_request_duration_seconds_bucket{le=\"+Inf\",method=\"Version\"} 2\n",
+            "crisp_grpc_requests_total{method=\"Version\",code=\"NotFound\"} 1\n",
+            "crisp_image_pulls_total{outcome=\"failure\"} 0\n",
+            "crisp_image_pull_bytes_total 1000\n",
+            "# EOF\n",
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
+        }
     }
 
     #[test]
@@ -379,6 +381,5 @@ mod tests {
         assert_eq!(code_name("5"), "NotFound");
         assert_eq!(code_name("0"), "OK");
         assert_eq!(code_name("x"), "Unknown");
-        assert_eq!(escape("a\"b"), "a\\\"b");
     }
 }

@@ -2,14 +2,24 @@
 //! a CRI runtime has. The critest runner calls it before it stops crispd, since crisp
 //! keeps pods running across daemon restarts by design.
 
+use std::path::PathBuf;
+
+use clap::Parser;
 use cri_proto::v1 as cri;
+
+/// Stops and removes every pod sandbox (and so every container) of a CRI runtime.
+#[derive(Debug, Parser)]
+#[command(name = "crisp-cleanup", version, about, long_about = None)]
+struct Cli {
+    /// The runtime's CRI socket (a path, or unix:///path).
+    socket: String,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let socket = std::env::args()
-        .nth(1)
-        .ok_or("usage: crisp-cleanup SOCKET")?;
-    let mut clients = critest::Clients::connect(std::path::Path::new(&socket)).await?;
+    let cli = Cli::parse();
+    let socket = PathBuf::from(cli.socket.strip_prefix("unix://").unwrap_or(&cli.socket));
+    let mut clients = critest::Clients::connect(&socket).await?;
     let pods = clients
         .runtime
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())

@@ -6,14 +6,26 @@
 //! crispd reaches them through registry mirrors: `registry.k8s.io`, `k8s.gcr.io`,
 //! `gcr.io` and `docker.io` → `http://ADDR` (see critest/crisp-critest.toml).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::Parser;
 use critest::fixture::{self, BuiltImage, ImageBuilder, LayerBuilder, Registry};
 
+/// Serves the images critest pulls from a local docker-registry, offline.
+#[derive(Debug, Parser)]
+#[command(name = "crisp-fixture", version, about, long_about = None)]
+struct Cli {
+    /// The registry's storage directory (created if missing).
+    dir: PathBuf,
+    /// Where the registry listens.
+    #[arg(default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().ok_or("usage: crisp-fixture DIR [ADDR]")?);
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:5000".to_owned());
+    let cli = Cli::parse();
+    let (dir, addr) = (cli.dir, cli.addr.to_string());
     let registry = Registry::start_at(&dir, &addr, None)?;
     let busybox = ImageBuilder::new()
         .layer(fixture::busybox_layer()?)

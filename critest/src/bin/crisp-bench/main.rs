@@ -26,42 +26,43 @@ use critest::fixture::{self, ImageBuilder, LayerBuilder, Registry};
 
 pub(crate) type Error = Box<dyn std::error::Error>;
 
-struct Options {
-    command: String,
-    rounds: usize,
-    layers: usize,
-    layer_mib: usize,
-    count: usize,
+/// crisp against containerd's CRI plugin, same machine, same run: ratios.
+#[derive(Debug, clap::Parser)]
+#[command(name = "crisp-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
 }
 
-fn parse_args() -> Result<Options, Error> {
-    let mut args = std::env::args().skip(1);
-    let command = match args.next().as_deref() {
-        Some(c @ ("pull" | "pods" | "containers")) => c.to_owned(),
-        _ => {
-            return Err(
-                "usage: crisp-bench pull [--rounds N] [--layers N] [--layer-mib N] | crisp-bench pods|containers [--count N]".into(),
-            );
-        }
-    };
-    let mut options = Options {
-        command,
-        rounds: 3,
-        layers: 6,
-        layer_mib: 48,
-        count: 40,
-    };
-    while let Some(flag) = args.next() {
-        let value: usize = args.next().ok_or("flag without value")?.parse()?;
-        match flag.as_str() {
-            "--rounds" => options.rounds = value,
-            "--layers" => options.layers = value,
-            "--layer-mib" => options.layer_mib = value,
-            "--count" => options.count = value,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    Ok(options)
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// One multi-layer image pulled from a local registry, fresh daemons each round:
+    /// median time and peak daemon RSS.
+    Pull {
+        /// Rounds (each with fresh daemons and stores).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+        /// Layers of random data on top of busybox.
+        #[arg(long, default_value_t = 6)]
+        layers: u32,
+        /// Size of each of those layers, MiB.
+        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        layer_mib: u32,
+    },
+    /// RunPodSandbox, StopPodSandbox, RemovePodSandbox latencies, concurrent pod churn,
+    /// daemon and per-pod memory.
+    Pods {
+        /// Pods created sequentially.
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
+    /// Container create+start, ExecSync, stop+remove, List* and stats latencies, and
+    /// per-container helper memory.
+    Containers {
+        /// Containers in the pod.
+        #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
 }
 
 /// Incompressible bytes, fast.
@@ -271,21 +272,24 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
-    let options = parse_args()?;
-    match options.command.as_str() {
-        "pods" => return pods::run(options.count).await,
-        "containers" => return containers::run(options.count).await,
-        _ => {}
-    }
+    let (rounds, layers, layer_mib) = match <Cli as clap::Parser>::parse().command {
+        Bench::Pods { count } => return pods::run(count as usize).await,
+        Bench::Containers { count } => return containers::run(count as usize).await,
+        Bench::Pull {
+            rounds,
+            layers,
+            layer_mib,
+        } => (rounds as usize, layers as usize, layer_mib as usize),
+    };
     let work = tempdir()?;
     let registry = Registry::start(&work.join("registry"), None)?;
     let mut builder = ImageBuilder::new().layer(fixture::busybox_layer()?);
-    for i in 0..options.layers {
+    for i in 0..layers {
         builder = builder.layer(
             LayerBuilder::new()
                 .file(
                     &format!("data/{i}.bin"),
-                    &noise(options.layer_mib << 20, i as u64 + 1),
+                    &noise(layer_mib << 20, i as u64 + 1),
                     0o644,
                 )
                 .finish(),
@@ -299,7 +303,7 @@ async fn main() -> Result<(), Error> {
     let mut crisp_times = Vec::new();
     let mut containerd_times = Vec::new();
     let (mut crisp_rss, mut containerd_rss) = (0u64, 0u64);
-    for round in 0..options.rounds {
+    for round in 0..rounds {
         let dir = work.join(format!("crisp-{round}"));
         let daemon = start_crispd(&dir)?;
         crisp_times.push(timed_pull(&daemon.socket, &name).await?.as_secs_f64());
@@ -323,7 +327,7 @@ async fn main() -> Result<(), Error> {
         std::thread::available_parallelism().map_or(0, usize::from),
         image.layers.len(),
         total as f64 / 1048576.0,
-        options.rounds
+        rounds
     );
     println!("| metric | crisp | containerd | crisp/containerd |");
     println!("|---|---|---|---|");
