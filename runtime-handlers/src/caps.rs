@@ -46,6 +46,41 @@ pub const CAPABILITIES: &[&str] = &[
 ];
 
 /// The highest capability the running kernel knows.
+/// What a container on this handler can be given at most, as the place its processes run
+/// (the host for OCI runtimes, a guest for a VM) says: `server` clips requests to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The bounding set of whoever creates the containers: a capability outside it cannot
+    /// be granted (runc fails with "unable to apply caps").
+    pub bounding_set: u64,
+    /// The lowest oom_score_adj a container may get (raising it needs no privilege;
+    /// lowering it below the creator's needs CAP_SYS_RESOURCE).
+    pub min_oom_score_adj: i64,
+}
+
+impl HostFacts {
+    /// The facts of this process, which creates the OCI handlers' containers.
+    pub fn of_this_process() -> Self {
+        let bounding_set = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        let min_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Self {
+            bounding_set,
+            min_oom_score_adj,
+        }
+    }
+}
+
+/// The highest capability number the kernel knows.
 pub fn last_capability() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()

@@ -10,8 +10,11 @@
 //!
 //! Contract shared by every handler:
 //! - a failed `create_container` leaves nothing at the runtime;
-//! - when a container's init exits, its exit code and time are recorded in the bundle's
-//!   `exit` file (see [`crate::exit_status`]), even if crispd is down at the time;
+//! - when a container's init exits, [`RuntimeHandler::wait_container`] reports how, also
+//!   when that happened while crispd was down (the `oci` handler's monitor records it in
+//!   the bundle's `exit` file);
+//! - [`RuntimeHandler::recover_container`] tells, after a restart, whether a container
+//!   still runs, how it ended, or that its end is lost (a node reboot), leaving nothing;
 //! - `kill_container` and `delete_container` of a container that is already gone succeed.
 
 use std::path::{Path, PathBuf};
@@ -108,6 +111,23 @@ pub struct ContainerRef<'a> {
     pub bundle: &'a Path,
     /// The init's pid as the handler reported it at create (0 if unknown).
     pub pid: u32,
+    /// The cgroup path given in its spec (empty if the runtime chose).
+    pub cgroup_path: &'a str,
+}
+
+/// What a handler finds of a container at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// It runs (or waits to start) as before.
+    Running,
+    /// It exited while crispd was away.
+    Exited(ExitStatus),
+    /// Nothing tells how it ended (the node restarted, its monitor was killed); the
+    /// handler made sure nothing of it still runs.
+    Lost {
+        /// Why, for the container's status message.
+        message: String,
+    },
 }
 
 /// The calls `server` makes on a pod's runtime handler.
@@ -118,6 +138,9 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
 
     /// What it supports.
     fn features(&self) -> Features;
+
+    /// The limits of where its containers run, which requests are clipped to.
+    fn host_facts(&self) -> crate::HostFacts;
 
     /// Brings up the handler's part of a pod (an init for a shared PID namespace, a VM).
     /// Returns the pid of the pod's process on the host, 0 if it has none.
@@ -140,6 +163,21 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
 
     /// The runtime's view of a container, `None` if it has none.
     async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError>;
+
+    /// Ends what this handler left of a sandbox `server` has no record of (a crash between
+    /// starting it and saving its record), given where its PID namespace is pinned.
+    fn release_unknown_sandbox(&self, pid_pin: &Path);
+
+    /// The path a new container joins to share this running container's PID namespace
+    /// (mode TARGET), `None` if it has no process to name it by.
+    fn pid_namespace(&self, container: &ContainerRef<'_>) -> Option<PathBuf>;
+
+    /// At startup, or when a wait lost track: whether the container still runs, how it
+    /// ended, or that nobody can tell any more (then nothing of it may be left running).
+    async fn recover_container(
+        &self,
+        container: &ContainerRef<'_>,
+    ) -> Result<Recovered, HandlerError>;
 
     /// Waits until the container's init has exited and returns how.
     async fn wait_container(

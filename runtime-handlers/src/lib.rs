@@ -23,15 +23,17 @@ mod stats;
 mod syscalls_x86_64;
 
 pub use binary::resolve_binary;
-pub use caps::{CAPABILITIES, capability_number, last_capability};
+pub use caps::{CAPABILITIES, HostFacts, capability_number, last_capability};
 pub use console::receive_console;
 pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal, cloexec_pipe};
 pub use handler::{
-    ContainerRef, ContainerSpec, Features, IdRange, RuntimeHandler, SandboxSpec, UserNamespace,
+    ContainerRef, ContainerSpec, Features, IdRange, Recovered, RuntimeHandler, SandboxSpec,
+    UserNamespace,
 };
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
+    monitor_processes,
 };
 pub use stats::{
     BlockDevice, ContainerStats, HugePages, Limits, Pressure, StatsDetail, cgroup_directories,

@@ -16,7 +16,7 @@ use tokio::process::Command;
 use crate::error::HandlerError;
 use crate::exec::ExecSession;
 use crate::handler::{
-    ContainerRef, ContainerSpec, Features, RuntimeHandler, SandboxSpec, UserNamespace,
+    ContainerRef, ContainerSpec, Features, Recovered, RuntimeHandler, SandboxSpec, UserNamespace,
 };
 use crate::stats::{ContainerStats, cgroup_stats};
 
@@ -49,12 +49,14 @@ pub struct RuntimeState {
 }
 
 /// How a container's init ended, as its monitor recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExitStatus {
     /// Exit code (128 + signal for a signal death).
     pub code: i32,
     /// When, in ns since the epoch.
     pub finished_at: i64,
+    /// The kernel's OOM killer struck in the container.
+    pub oom_killed: bool,
 }
 
 /// ExecSync's result.
@@ -688,7 +690,58 @@ pub fn exit_status(bundle: &Path) -> Option<ExitStatus> {
     let mut lines = text.lines();
     let code = lines.next()?.trim().parse().ok()?;
     let finished_at = lines.next()?.trim().parse().ok()?;
-    Some(ExitStatus { code, finished_at })
+    Some(ExitStatus {
+        code,
+        finished_at,
+        oom_killed: false,
+    })
+}
+
+/// Processes whose command is crisp-monitor on this host (container monitors and
+/// PID-namespace inits, whichever OCI handler started them).
+pub fn monitor_processes() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .as_encoded_bytes()
+                .iter()
+                .all(u8::is_ascii_digit)
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "crisp-monitor")
+        })
+        .count()
+}
+
+/// The exit of container `c` with whether the OOM killer struck in its memory cgroup
+/// (cgroupfs paths; the cgroup lives until the container is deleted).
+fn exit_of(c: &ContainerRef<'_>) -> Option<ExitStatus> {
+    let mut exit = exit_status(c.bundle)?;
+    exit.oom_killed = exit.code != 0 && oom_killed(c.cgroup_path);
+    Some(exit)
+}
+
+fn oom_killed(cgroup_path: &str) -> bool {
+    if cgroup_path.is_empty() || cgroup_path.contains(':') || cgroup_path.contains("..") {
+        return false;
+    }
+    let count = |file: String| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    let v1 = count(format!(
+        "/sys/fs/cgroup/memory{cgroup_path}/memory.oom_control"
+    ));
+    let v2 = count(format!("/sys/fs/cgroup{cgroup_path}/memory.events"));
+    v1.or(v2).is_some_and(|n| n > 0)
 }
 
 fn rand_u32() -> u32 {
@@ -696,6 +749,30 @@ fn rand_u32() -> u32 {
     // SAFETY: getrandom writes at most 4 bytes into `v`.
     unsafe { libc::getrandom(v.as_mut_ptr().cast(), 4, 0) };
     u32::from_le_bytes(v) % 1_000_000
+}
+
+/// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by
+/// the namespace's inode among this host's processes; which ends every process in it.
+fn kill_pinned_namespace_init(pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pinned) = std::fs::metadata(pin) else {
+        return;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .is_ok_and(|m| m.ino() == pinned.ino() && m.dev() == pinned.dev());
+        let pause = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause"));
+        if same && pause {
+            kill_pid_namespace_init(pid, pin);
+        }
+    }
 }
 
 /// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
@@ -768,6 +845,11 @@ impl RuntimeHandler for OciRuntime {
         &self.name
     }
 
+    fn host_facts(&self) -> crate::HostFacts {
+        static FACTS: std::sync::OnceLock<crate::HostFacts> = std::sync::OnceLock::new();
+        *FACTS.get_or_init(crate::HostFacts::of_this_process)
+    }
+
     fn features(&self) -> Features {
         Features {
             // `server` prepares recursively read-only copies with mount_setattr(2)
@@ -821,19 +903,55 @@ impl RuntimeHandler for OciRuntime {
         self.state(id).await
     }
 
+    fn release_unknown_sandbox(&self, pid_pin: &Path) {
+        kill_pinned_namespace_init(pid_pin);
+    }
+
+    fn pid_namespace(&self, c: &ContainerRef<'_>) -> Option<PathBuf> {
+        (c.pid > 0).then(|| PathBuf::from(format!("/proc/{}/ns/pid", c.pid)))
+    }
+
+    async fn recover_container(&self, c: &ContainerRef<'_>) -> Result<Recovered, HandlerError> {
+        if let Some(exit) = exit_of(c) {
+            return Ok(Recovered::Exited(exit));
+        }
+        if monitor_of(c.pid, c.id).is_some() {
+            return Ok(Recovered::Running);
+        }
+        // No monitor and no exit file: the node restarted (state is on tmpfs) or the
+        // monitor was killed. Whatever the runtime still has of it goes; its exit is lost.
+        let _ = self.kill(c.id, libc::SIGKILL, true).await;
+        let _ = self.delete(c.id, true).await;
+        Ok(Recovered::Lost {
+            message: "crisp lost this container's state: its monitor and exit record are gone (node restart, or the monitor was killed)".to_owned(),
+        })
+    }
+
     async fn wait_container(&self, c: &ContainerRef<'_>) -> Result<ExitStatus, HandlerError> {
         // Between the init's death and the exit file there is a moment with no monitor to
-        // find: look again soon, backing off to 100 ms.
+        // find: look again soon, backing off to 100 ms. A container with neither a monitor
+        // nor an exit file for 2 s has lost its monitor (killed, or the node restarted).
         let mut pause = Duration::from_millis(1);
+        let mut missing_since: Option<std::time::Instant> = None;
         loop {
-            if let Some(exit) = exit_status(c.bundle) {
+            if let Some(exit) = exit_of(c) {
                 return Ok(exit);
             }
-            if let Some(monitor) = monitor_of(c.pid, c.id)
+            let monitor = monitor_of(c.pid, c.id);
+            if monitor.is_none() {
+                let since = *missing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(2) {
+                    return Err(HandlerError::Monitor {
+                        id: c.id.to_owned(),
+                        message: "neither its monitor nor an exit record is left".to_owned(),
+                    });
+                }
+            }
+            if let Some(monitor) = monitor
                 && wait_process(monitor).await
             {
                 // The monitor writes the exit file before it exits.
-                if let Some(exit) = exit_status(c.bundle) {
+                if let Some(exit) = exit_of(c) {
                     return Ok(exit);
                 }
                 if !Path::new(&format!("/proc/{}", c.pid)).exists() {

@@ -148,6 +148,7 @@ async fn exec_with_output_and_timeout_then_kill() {
         id: &id,
         bundle: &bundle,
         pid,
+        cgroup_path: "",
     };
     rt.start_container(&id).await.expect("start");
     let state = rt
@@ -205,6 +206,7 @@ async fn exec_with_output_and_timeout_then_kill() {
                 id: &id,
                 bundle: &bundle,
                 pid,
+                cgroup_path: "",
             })
             .await
         })

@@ -36,7 +36,6 @@ pub struct Events {
     pending: Mutex<Option<mpsc::UnboundedReceiver<Recorded>>>,
     out: broadcast::Sender<cri::ContainerEventResponse>,
     stopped: Mutex<HashSet<String>>,
-    watched: Mutex<HashSet<String>>,
 }
 
 impl Default for Events {
@@ -55,7 +54,6 @@ impl Events {
             pending: Mutex::new(Some(pending)),
             out,
             stopped: Mutex::new(HashSet::new()),
-            watched: Mutex::new(HashSet::new()),
         }
     }
 
@@ -75,7 +73,6 @@ impl Events {
         }
         if kind == cri::ContainerEventType::ContainerDeletedEvent {
             self.stopped_set().remove(container_id);
-            self.unwatched(container_id);
         }
         let _ = self.recorded.send(Recorded {
             container_id: container_id.to_owned(),
@@ -89,30 +86,6 @@ impl Events {
     /// belongs to the daemon that was down, and is not sent again.
     pub fn already_stopped(&self, container_id: &str) {
         self.stopped_set().insert(container_id.to_owned());
-    }
-
-    /// A watcher now waits for this container's exit: until its STOPPED is recorded, the
-    /// container has not exited.
-    pub fn watching(&self, container_id: &str) {
-        lock(&self.watched).insert(container_id.to_owned());
-    }
-
-    /// Nothing waits for this container's exit any more.
-    pub fn unwatched(&self, container_id: &str) {
-        lock(&self.watched).remove(container_id);
-    }
-
-    /// Whether the container has exited, as far as events know without reading its exit
-    /// file: `Some(true)` once STOPPED was recorded, `Some(false)` while a watcher waits,
-    /// `None` when nothing watches it (ask the monitor's exit file).
-    pub fn exited(&self, container_id: &str) -> Option<bool> {
-        if self.stopped_set().contains(container_id) {
-            Some(true)
-        } else if lock(&self.watched).contains(container_id) {
-            Some(false)
-        } else {
-            None
-        }
     }
 
     /// A new subscriber's queue.
@@ -136,13 +109,6 @@ impl Events {
             let full = complete(&daemon, event).await;
             let _ = daemon.events.out.send(full);
         }
-    }
-}
-
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    match set.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

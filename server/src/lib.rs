@@ -18,6 +18,7 @@ pub mod cri;
 pub mod daemon;
 pub mod errors;
 pub mod events;
+pub mod handlers;
 pub mod host;
 pub mod logging;
 pub mod metrics;

@@ -188,33 +188,13 @@ impl Metrics {
             self.pods.get_or_create(&StateLabels { state }).set(n);
         }
         self.monitors
-            .set(i64::try_from(monitor_processes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(daemon.handlers.helper_processes()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
     }
-}
-
-/// Processes whose command is crisp-monitor (container monitors and PID-namespace inits).
-fn monitor_processes() -> usize {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    procs
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "crisp-monitor")
-        })
-        .count()
 }
 
 /// Serves `GET /metrics` on `address` until the daemon ends.

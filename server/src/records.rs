@@ -48,6 +48,9 @@ impl<T> Entry<T> {
 pub struct Records<T> {
     dir: PathBuf,
     by_id: std::sync::RwLock<HashMap<String, Arc<Entry<T>>>>,
+    /// Locks by name (a pod's or a container's name key), held while a record of that
+    /// name is made, so two creations of one name cannot both pass the uniqueness check.
+    names: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<T: Record + Clone> Records<T> {
@@ -77,6 +80,7 @@ impl<T: Record + Clone> Records<T> {
         let records = Self {
             dir: dir.to_owned(),
             by_id: std::sync::RwLock::new(HashMap::new()),
+            names: std::sync::Mutex::new(HashMap::new()),
         };
         Ok((records, found))
     }
@@ -126,6 +130,28 @@ impl<T: Record + Clone> Records<T> {
     /// Every live record.
     pub fn all(&self) -> Vec<Arc<Entry<T>>> {
         self.map().values().cloned().collect()
+    }
+
+    /// The last saved copy of every record `keep` accepts, without taking any record's
+    /// lock: lookups by name or by pod never wait behind a slow operation elsewhere.
+    pub fn snapshots_where(&self, keep: impl Fn(&T) -> bool) -> Vec<(Arc<Entry<T>>, Arc<T>)> {
+        self.map()
+            .values()
+            .filter_map(|entry| {
+                let snapshot = entry.snapshot();
+                keep(&snapshot).then(|| (Arc::clone(entry), snapshot))
+            })
+            .collect()
+    }
+
+    /// The lock for one name key.
+    pub fn name_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut names = match self.names.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        names.retain(|_, l| Arc::strong_count(l) > 1);
+        Arc::clone(names.entry(key.to_owned()).or_default())
     }
 
     /// Forgets a record and deletes its file.

@@ -22,6 +22,8 @@ pub struct Daemon {
     pub metrics: crate::metrics::Metrics,
     /// The Exec/Attach/PortForward server, once it listens.
     pub streaming: std::sync::OnceLock<crate::streaming::Streaming>,
+    /// The runtime handlers, built once at startup.
+    pub handlers: Arc<crate::handlers::Handlers>,
 }
 
 impl Daemon {
@@ -31,6 +33,7 @@ impl Daemon {
         images: image::Images,
         pods: crate::pod::Pods,
         containers: crate::container::Containers,
+        handlers: Arc<crate::handlers::Handlers>,
     ) -> Self {
         Self {
             config: RwLock::new(Arc::new(config)),
@@ -41,6 +44,7 @@ impl Daemon {
             stats: crate::stats::StatsCache::default(),
             metrics: crate::metrics::Metrics::default(),
             streaming: std::sync::OnceLock::new(),
+            handlers,
         }
     }
 

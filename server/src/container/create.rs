@@ -1,18 +1,20 @@
 //! CreateContainer: rootfs, identity, OCI spec, and the container created under its
 //! monitor; everything undone on failure.
 
+use std::sync::Arc;
+
 use cri_proto::v1 as cri;
 use tonic::Status;
 
 use super::spec::{self, ImageDefaults, SpecInput};
-use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, binds, runtime_for, user};
+use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, binds, user};
 use crate::errors::{handler_status, image_status};
 use crate::pod::{blocking, new_id, now_ns};
 use crate::state::Daemon;
 
 /// Creates a container in a pod and returns its ID.
 pub async fn create(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     request: cri::CreateContainerRequest,
 ) -> Result<String, Status> {
     let config = daemon.config();
@@ -34,14 +36,22 @@ pub async fn create(
             pod.id
         )));
     }
-    for c in daemon.containers.all() {
-        let r = c.record.lock().await;
-        if r.pod_id == pod.id && r.name == meta.name && r.attempt == meta.attempt {
-            return Err(Status::already_exists(format!(
-                "container name {} (attempt {}) is already used by {} in pod {}",
-                meta.name, meta.attempt, r.id, pod.id
-            )));
-        }
+    // One creation per name at a time; the check reads saved copies, so a slow stop of
+    // another container never holds it up.
+    let name_lock = daemon
+        .containers
+        .name_lock(&format!("{}/{}/{}", pod.id, meta.name, meta.attempt));
+    let _named = name_lock.lock().await;
+    if let Some((_, r)) = daemon
+        .containers
+        .snapshots_where(|r| r.pod_id == pod.id && r.name == meta.name && r.attempt == meta.attempt)
+        .into_iter()
+        .next()
+    {
+        return Err(Status::already_exists(format!(
+            "container name {} (attempt {}) is already used by {} in pod {}",
+            meta.name, meta.attempt, r.id, pod.id
+        )));
     }
     if let Some(security) = container
         .linux
@@ -71,7 +81,7 @@ pub async fn create(
         })?;
     let image_config = daemon.images.config(&image).await.map_err(image_status)?;
     let defaults = ImageDefaults::from_config(&image_config);
-    let runtime = runtime_for(&config, &pod.handler)?;
+    let runtime = daemon.handlers.get(&pod.handler)?;
 
     let id = new_id();
     let bundle = config.state.join("containers").join(&id);
@@ -126,6 +136,7 @@ pub async fn create(
         pid: 0,
         stdin_once: container.stdin && container.stdin_once,
         image_volumes: 0,
+        exit: None,
     };
     // Image volumes: each image must be present (kubelet pulls them first).
     let mut volume_chains = Vec::new();
@@ -182,16 +193,16 @@ pub async fn create(
                 ))
             })?;
         let target = target.snapshot();
-        if target.state() != State::Running || target.pid == 0 {
+        let path = (target.state() == State::Running)
+            .then(|| runtime.pid_namespace(&target.handle()))
+            .flatten();
+        if path.is_none() {
             return Err(Status::failed_precondition(format!(
                 "target container {} is not running",
                 target.id
             )));
         }
-        Some(std::path::PathBuf::from(format!(
-            "/proc/{}/ns/pid",
-            target.pid
-        )))
+        path
     } else {
         None
     };
@@ -202,6 +213,7 @@ pub async fn create(
         let record = record.clone();
         let pod = pod.clone();
         let driver = config.cgroup_driver;
+        let host = runtime.host_facts();
         let container = container.clone();
         blocking(move || {
             let rootfs = record.rootfs();
@@ -279,6 +291,7 @@ pub async fn create(
                     target_pid_ns: target_pid_ns.clone(),
                     image_volumes: volumes.clone(),
                     bundle: &record.bundle,
+                    host,
                 };
                 let spec = spec::build(&container, &input)?;
                 let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
@@ -346,7 +359,7 @@ pub async fn create(
     daemon
         .events
         .record(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod_id);
-    super::watch(runtime, entry, std::sync::Arc::clone(&daemon.events));
+    super::watch(runtime, entry, Arc::clone(daemon));
     Ok(id)
 }
 

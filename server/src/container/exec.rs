@@ -6,7 +6,7 @@ use std::time::Duration;
 use cri_proto::v1 as cri;
 use tonic::Status;
 
-use super::{State, runtime_for};
+use super::State;
 use crate::errors::handler_status;
 use crate::state::Daemon;
 
@@ -40,7 +40,7 @@ pub async fn exec_sync(
         .ok()
         .filter(|t| *t > 0)
         .map(Duration::from_secs);
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     let out = runtime
         .exec_sync(&record.handle(), &process, timeout)
         .await

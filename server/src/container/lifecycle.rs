@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Status;
 
-use super::{ContainerRecord, State, runtime_for};
+use super::{ContainerRecord, State};
 use crate::errors::handler_status;
 use crate::pod::now_ns;
 use crate::state::Daemon;
@@ -22,7 +22,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
             record.id
         )));
     }
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .start_container(&record.id)
         .await
@@ -41,52 +41,48 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Waits up to `within` for the container's exit to be recorded.
+/// Waits up to `within` for the container's exit and records it; whether it exited.
 async fn wait_exit(
+    daemon: &Daemon,
     runtime: &dyn runtime_handlers::RuntimeHandler,
-    record: &ContainerRecord,
+    record: &mut ContainerRecord,
     within: Duration,
 ) -> bool {
-    if matches!(record.state(), State::Exited { .. }) {
+    if record.exit.is_some() {
         return true;
     }
-    match tokio::time::timeout(within, runtime.wait_container(&record.handle())).await {
-        Ok(Ok(_)) => true,
+    let exit = match tokio::time::timeout(within, runtime.wait_container(&record.handle())).await {
+        Ok(Ok(exit)) => super::ExitRecord::from_handler(exit),
         Ok(Err(e)) => {
             tracing::warn!(id = %record.id, error = %e, "waiting for the container's exit");
-            matches!(record.state(), State::Exited { .. })
+            match runtime.recover_container(&record.handle()).await {
+                Ok(runtime_handlers::Recovered::Exited(exit)) => {
+                    super::ExitRecord::from_handler(exit)
+                }
+                Ok(runtime_handlers::Recovered::Lost { message }) => {
+                    super::ExitRecord::lost(message)
+                }
+                Ok(runtime_handlers::Recovered::Running) | Err(_) => return false,
+            }
         }
-        Err(_) => false,
-    }
+        Err(_) => return false,
+    };
+    record.set_exit(daemon, exit);
+    true
 }
 
 /// Sends the stop signal, waits up to `timeout`, then kills every process. Once the
-/// container has exited, its STOPPED event is recorded (if its watcher has not yet).
+/// container has exited, its exit and STOPPED event are recorded (if its watcher has not
+/// yet).
 async fn stop_record(
     daemon: &Daemon,
     record: &mut ContainerRecord,
     timeout: Duration,
 ) -> Result<(), Status> {
-    let result = kill_and_wait(daemon, record, timeout).await;
-    if matches!(record.state(), State::Exited { .. }) {
-        daemon.events.record(
-            cri_proto::v1::ContainerEventType::ContainerStoppedEvent,
-            &record.id,
-            &record.pod_id,
-        );
-    }
-    result
-}
-
-async fn kill_and_wait(
-    daemon: &Daemon,
-    record: &mut ContainerRecord,
-    timeout: Duration,
-) -> Result<(), Status> {
-    if matches!(record.state(), State::Exited { .. }) {
+    if record.exit.is_some() {
         return Ok(());
     }
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     if record.state() == State::Created {
         // Never started: its init waits in the runtime; killing it ends the container.
         // Some runtimes (runsc) refuse to signal a created container: delete it instead.
@@ -105,7 +101,7 @@ async fn kill_and_wait(
             .kill_container(&record.id, record.stop_signal, false)
             .await
             .map_err(handler_status)?;
-        if wait_exit(runtime.as_ref(), record, timeout).await {
+        if wait_exit(daemon, runtime.as_ref(), record, timeout).await {
             return Ok(());
         }
     }
@@ -113,7 +109,7 @@ async fn kill_and_wait(
         .kill_container(&record.id, libc::SIGKILL, true)
         .await
         .map_err(handler_status)?;
-    if !wait_exit(runtime.as_ref(), record, Duration::from_secs(10)).await {
+    if !wait_exit(daemon, runtime.as_ref(), record, Duration::from_secs(10)).await {
         return Err(Status::deadline_exceeded(format!(
             "container {} did not exit 10s after SIGKILL",
             record.id
@@ -141,7 +137,7 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     };
     let mut record = container.record.lock().await;
     stop_record(daemon, &mut record, Duration::ZERO).await?;
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .delete_container(&record.id, true)
         .await
@@ -173,26 +169,17 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
 
 /// Kills every container of a pod (StopPodSandbox).
 pub async fn stop_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
-    for c in daemon.containers.all() {
+    for (c, _) in daemon.containers.snapshots_where(|r| r.pod_id == pod_id) {
         let mut record = c.record.lock().await;
-        if record.pod_id == pod_id {
-            stop_record(daemon, &mut record, Duration::ZERO).await?;
-        }
+        stop_record(daemon, &mut record, Duration::ZERO).await?;
     }
     Ok(())
 }
 
 /// Removes every container of a pod (RemovePodSandbox).
 pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
-    let mut ids = Vec::new();
-    for c in daemon.containers.all() {
-        let record = c.record.lock().await;
-        if record.pod_id == pod_id {
-            ids.push(record.id.clone());
-        }
-    }
-    for id in ids {
-        remove(daemon, &id).await?;
+    for (_, record) in daemon.containers.snapshots_where(|r| r.pod_id == pod_id) {
+        remove(daemon, &record.id).await?;
     }
     Ok(())
 }
@@ -210,7 +197,7 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
             record.id
         )));
     }
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .reopen_log(&record.id)
         .await
@@ -264,7 +251,7 @@ pub async fn update_resources(
         memory: positive(r.memory_limit_in_bytes),
         memory_swap: positive(r.memory_swap_limit_in_bytes),
     };
-    let runtime = runtime_for(&daemon.config(), &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .update_container(&record.id, &update)
         .await

@@ -37,19 +37,9 @@ pub async fn status(
         .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
     let record = container.snapshot();
     let state = record.state();
-    let (exit_code, finished_at, reason) = match state {
-        State::Exited { code, finished_at } => (
-            code,
-            finished_at,
-            if code == 0 {
-                "Completed"
-            } else if oom_killed(&record.cgroup_path) {
-                "OOMKilled"
-            } else {
-                "Error"
-            },
-        ),
-        _ => (0, 0, ""),
+    let (exit_code, finished_at, (reason, message)) = match &record.exit {
+        Some(exit) => (exit.code, exit.finished_at, exit.reason()),
+        None => (0, 0, ("", String::new())),
     };
     let mut info = HashMap::new();
     if verbose {
@@ -78,7 +68,7 @@ pub async fn status(
             image: Some(image_spec(&record)),
             image_ref: record.image_ref.clone(),
             reason: reason.to_owned(),
-            message: String::new(),
+            message,
             labels: to_hash_map(&record.labels),
             annotations: to_hash_map(&record.annotations),
             mounts: record
@@ -128,14 +118,7 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
         if !filter.pod_sandbox_id.is_empty() && !record.pod_id.starts_with(&filter.pod_sandbox_id) {
             continue;
         }
-        // Events know which containers exited without reading each exit file; a
-        // container nothing watches is asked directly.
-        let state = match daemon.events.exited(&record.id) {
-            Some(true) => cri::ContainerState::ContainerExited.into(),
-            Some(false) if record.started_at > 0 => cri::ContainerState::ContainerRunning.into(),
-            Some(false) => cri::ContainerState::ContainerCreated.into(),
-            None => cri_state(record.state()),
-        };
+        let state = cri_state(record.state());
         if filter.state.as_ref().is_some_and(|s| s.state != state) {
             continue;
         }
@@ -164,24 +147,4 @@ pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<
     }
     out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     out
-}
-
-/// Whether the kernel's OOM killer struck in the container's memory cgroup (cgroupfs
-/// paths; the cgroup lives until RemoveContainer).
-fn oom_killed(cgroup_path: &str) -> bool {
-    if cgroup_path.is_empty() || cgroup_path.contains(':') {
-        return false;
-    }
-    let count = |file: String| {
-        std::fs::read_to_string(file).ok().and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        })
-    };
-    let v1 = count(format!(
-        "/sys/fs/cgroup/memory{cgroup_path}/memory.oom_control"
-    ));
-    let v2 = count(format!("/sys/fs/cgroup{cgroup_path}/memory.events"));
-    v1.or(v2).is_some_and(|n| n > 0)
 }

@@ -108,6 +108,56 @@ pub struct ContainerRecord {
     /// How many image volumes are mounted for it (`<bundle>/volumes/<n>`).
     #[serde(default)]
     pub image_volumes: usize,
+    /// How its init ended, once the handler reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitRecord>,
+}
+
+/// How a container's init ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code (128 + signal for a signal death; 255 when lost).
+    pub code: i32,
+    /// When, ns since the epoch (when crisp found it lost, if lost).
+    pub finished_at: i64,
+    /// The kernel's OOM killer struck in the container.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Set when nobody could tell how it ended (a node restart): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+}
+
+impl ExitRecord {
+    /// The exit a handler reported.
+    pub fn from_handler(exit: runtime_handlers::ExitStatus) -> Self {
+        Self {
+            code: exit.code,
+            finished_at: exit.finished_at,
+            oom_killed: exit.oom_killed,
+            lost: None,
+        }
+    }
+
+    /// An end nobody recorded, as containerd reports it (code 255, reason Unknown).
+    pub fn lost(message: String) -> Self {
+        Self {
+            code: 255,
+            finished_at: crate::pod::now_ns(),
+            oom_killed: false,
+            lost: Some(message),
+        }
+    }
+
+    /// ContainerStatus's reason and message.
+    pub fn reason(&self) -> (&'static str, String) {
+        match (&self.lost, self.code, self.oom_killed) {
+            (Some(message), _, _) => ("Unknown", message.clone()),
+            (None, 0, _) => ("Completed", String::new()),
+            (None, _, true) => ("OOMKilled", String::new()),
+            (None, _, false) => ("Error", String::new()),
+        }
+    }
 }
 
 impl ContainerRecord {
@@ -168,11 +218,12 @@ impl ContainerRecord {
             id: &self.id,
             bundle: &self.bundle,
             pid: self.pid,
+            cgroup_path: &self.cgroup_path,
         }
     }
 }
 
-/// The lifecycle state, derived from what the runtime and monitor left.
+/// The lifecycle state, as the record holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Created, not started.
@@ -189,9 +240,9 @@ pub enum State {
 }
 
 impl ContainerRecord {
-    /// The state now: the monitor's exit file wins; else started or not.
+    /// The state: exited once the handler reported the exit; else started or not.
     pub fn state(&self) -> State {
-        match runtime_handlers::exit_status(&self.bundle) {
+        match &self.exit {
             Some(exit) => State::Exited {
                 code: exit.code,
                 finished_at: exit.finished_at,
@@ -199,6 +250,23 @@ impl ContainerRecord {
             None if self.started_at > 0 => State::Running,
             None => State::Created,
         }
+    }
+
+    /// Records how the container ended (first report wins), saves the record, and
+    /// records its STOPPED event. Call with the record's lock held.
+    pub fn set_exit(&mut self, daemon: &crate::state::Daemon, exit: ExitRecord) {
+        if self.exit.is_some() {
+            return;
+        }
+        self.exit = Some(exit);
+        if let Err(e) = daemon.containers.save(self) {
+            tracing::error!(id = %self.id, error = %e, "cannot persist the container's exit");
+        }
+        daemon.events.record(
+            cri_proto::v1::ContainerEventType::ContainerStoppedEvent,
+            &self.id,
+            &self.pod_id,
+        );
     }
 }
 
@@ -228,92 +296,78 @@ pub fn load(root: &Path) -> std::io::Result<Containers> {
     Ok(containers)
 }
 
-/// Waits, in the background, for the container's init to exit and records its STOPPED
-/// event then (unless a Stop or Remove already did), under the container's lock so the
-/// event follows its STARTED.
+/// Waits, in the background, for the container's init to exit and records the exit
+/// then (unless a Stop or Remove already did), under the container's lock so its STOPPED
+/// event follows its STARTED. A wait that loses track asks the handler what became of it.
 pub fn watch(
-    runtime: Box<dyn runtime_handlers::RuntimeHandler>,
+    runtime: std::sync::Arc<dyn runtime_handlers::RuntimeHandler>,
     container: std::sync::Arc<Container>,
-    events: std::sync::Arc<crate::events::Events>,
+    daemon: std::sync::Arc<crate::state::Daemon>,
 ) {
     let snapshot = container.snapshot();
-    events.watching(&snapshot.id);
     tokio::spawn(async move {
-        if let Err(e) = runtime.wait_container(&snapshot.handle()).await {
-            tracing::warn!(id = %snapshot.id, error = %e, "lost track of the container's exit");
-            events.unwatched(&snapshot.id);
-            return;
-        }
-        let record = container.record.lock().await;
-        if matches!(record.state(), State::Exited { .. }) {
-            events.record(
-                cri_proto::v1::ContainerEventType::ContainerStoppedEvent,
-                &record.id,
-                &record.pod_id,
-            );
+        let exit = match runtime.wait_container(&snapshot.handle()).await {
+            Ok(exit) => ExitRecord::from_handler(exit),
+            Err(e) => match runtime.recover_container(&snapshot.handle()).await {
+                Ok(runtime_handlers::Recovered::Running) => {
+                    tracing::warn!(id = %snapshot.id, error = %e, "lost track of the container's exit");
+                    return;
+                }
+                Ok(runtime_handlers::Recovered::Exited(exit)) => ExitRecord::from_handler(exit),
+                Ok(runtime_handlers::Recovered::Lost { message }) => ExitRecord::lost(message),
+                Err(e) => ExitRecord::lost(format!("its exit could not be learned: {e}")),
+            },
+        };
+        let mut record = container.record.lock().await;
+        if daemon.containers.get(&record.id).is_some() {
+            record.set_exit(&daemon, exit);
         }
     });
 }
 
-/// At startup: containers that exited while crispd was down are noted as stopped; the
-/// others are watched.
-pub fn watch_restored(daemon: &crate::state::Daemon) {
-    let config = daemon.config();
+/// At startup: asks each handler what became of the containers not known to have exited
+/// (a node restart leaves them lost: exited with code 255), records that, and watches
+/// those still running. Done before the socket answers, so kubelet never sees a stale
+/// Running.
+pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
     for container in daemon.containers.all() {
-        let snapshot = container.snapshot();
-        if matches!(snapshot.state(), State::Exited { .. }) {
-            daemon.events.already_stopped(&snapshot.id);
+        let mut record = container.record.lock().await;
+        if record.exit.is_some() {
+            daemon.events.already_stopped(&record.id);
             continue;
         }
-        match runtime_for(&config, &snapshot.handler) {
-            Ok(runtime) => watch(runtime, container, std::sync::Arc::clone(&daemon.events)),
+        let runtime = match daemon.handlers.get(&record.handler) {
+            Ok(runtime) => runtime,
             Err(e) => {
-                tracing::warn!(id = %snapshot.id, error = %e.message(), "cannot watch the container")
+                let message = format!("its runtime handler cannot run: {}", e.message());
+                tracing::warn!(id = %record.id, %message, "container lost");
+                daemon.events.already_stopped(&record.id);
+                record.exit = Some(ExitRecord::lost(message));
+                if let Err(e) = daemon.containers.save(&record) {
+                    tracing::error!(id = %record.id, error = %e, "cannot persist container record");
+                }
+                continue;
             }
+        };
+        let exit = match runtime.recover_container(&record.handle()).await {
+            Ok(runtime_handlers::Recovered::Running) => {
+                drop(record);
+                watch(runtime, container, std::sync::Arc::clone(daemon));
+                continue;
+            }
+            Ok(runtime_handlers::Recovered::Exited(exit)) => ExitRecord::from_handler(exit),
+            Ok(runtime_handlers::Recovered::Lost { message }) => {
+                tracing::warn!(id = %record.id, %message, "container lost");
+                ExitRecord::lost(message)
+            }
+            Err(e) => ExitRecord::lost(format!("its state could not be recovered: {e}")),
+        };
+        // It ended while crispd was away: that STOPPED belonged to the daemon that was
+        // down, and is not sent again.
+        daemon.events.already_stopped(&record.id);
+        record.exit = Some(exit);
+        if let Err(e) = daemon.containers.save(&record) {
+            tracing::error!(id = %record.id, error = %e, "cannot persist container record");
         }
     }
-}
-
-/// The runtime handler of that name, built from configuration.
-pub fn runtime_for(
-    config: &conf::Config,
-    handler: &str,
-) -> Result<Box<dyn runtime_handlers::RuntimeHandler>, tonic::Status> {
-    let h = config.runtimes.get(handler).ok_or_else(|| {
-        tonic::Status::failed_precondition(format!(
-            "runtime handler `{handler}` is no longer configured"
-        ))
-    })?;
-    if h.kind != conf::HandlerType::Oci {
-        return Err(tonic::Status::unimplemented(format!(
-            "runtime handler `{handler}` is of type microvm, which this crisp cannot run yet"
-        )));
-    }
-    let binary =
-        crate::host::runtime_binary(config, handler).map_err(tonic::Status::failed_precondition)?;
-    Ok(Box::new(runtime_handlers::OciRuntime {
-        name: handler.to_owned(),
-        binary,
-        root: config.runtime_root(handler),
-        runtime_args: h.runtime_args.clone(),
-        monitor: monitor_binary(),
-        enter: helper_binary("crisp-enter"),
-        runtime_exec: h.runtime_exec,
-    }))
-}
-
-/// The monitor: beside crispd, else on PATH.
-pub(crate) fn monitor_binary() -> PathBuf {
-    helper_binary("crisp-monitor")
-}
-
-/// One of crisp's helper executables: beside crispd, else on PATH.
-fn helper_binary(name: &str) -> PathBuf {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(name)))
-        .filter(|p| p.is_file());
-    beside
-        .or_else(|| runtime_handlers::resolve_binary(Path::new(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
 }

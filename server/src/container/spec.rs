@@ -29,19 +29,6 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// crispd's own bounding set: no container can be given a capability outside it (runc
-/// fails with "unable to apply caps"), so grants are clipped to it, as containerd does.
-fn bounding_set() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX)
-}
-
 /// Every capability the kernel knows (for privileged containers and `ALL`).
 fn all_caps() -> Vec<String> {
     let last = runtime_handlers::last_capability();
@@ -171,7 +158,10 @@ pub fn process_env(
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
+fn caps(
+    security: &cri::LinuxContainerSecurityContext,
+    host: &runtime_handlers::HostFacts,
+) -> Vec<String> {
     let all = all_caps();
     let mut caps: Vec<String> = if security.privileged {
         all.clone()
@@ -186,7 +176,9 @@ fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
             format!("CAP_{c}")
         }
     };
-    let bounding = bounding_set();
+    // The creator's bounding set (crispd's, or a guest's): nothing outside it can be
+    // granted, so grants are clipped to it, as containerd does.
+    let bounding = host.bounding_set;
     if let Some(requested) = &security.capabilities {
         if requested
             .drop_capabilities
@@ -218,14 +210,6 @@ fn caps(security: &cri::LinuxContainerSecurityContext) -> Vec<String> {
     caps
 }
 
-/// crispd's own oom_score_adj: a container may not ask for less (CAP_SYS_RESOURCE).
-fn own_oom_score_adj() -> i64 {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Everything the spec needs besides the request.
 pub struct SpecInput<'a> {
     /// The container ID.
@@ -250,6 +234,8 @@ pub struct SpecInput<'a> {
     pub image_volumes: Vec<std::path::PathBuf>,
     /// The container's bundle directory.
     pub bundle: &'a Path,
+    /// What the handler's side can grant (capabilities, OOM score).
+    pub host: runtime_handlers::HostFacts,
 }
 
 /// A host device made available in the container: its OCI `linux.devices` entry and the
@@ -299,7 +285,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
     let security = linux.security_context.clone().unwrap_or_default();
     let resources = linux.resources.clone().unwrap_or_default();
     let pod = input.pod;
-    let caps = caps(&security);
+    let caps = caps(&security, &input.host);
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -495,7 +481,8 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         }
         linux_resources["memory"] = memory;
     }
-    let oom = resources.oom_score_adj.max(own_oom_score_adj());
+    // Lower than the creator's needs CAP_SYS_RESOURCE: clipped.
+    let oom = resources.oom_score_adj.max(input.host.min_oom_score_adj);
 
     let masked: Vec<String> = if security.privileged {
         Vec::new()
@@ -634,12 +621,26 @@ mod tests {
     #[test]
     fn capabilities_follow_add_and_drop() {
         let mut security = cri::LinuxContainerSecurityContext::default();
-        assert!(caps(&security).contains(&"CAP_CHOWN".to_owned()));
+        let host = runtime_handlers::HostFacts {
+            bounding_set: u64::MAX,
+            min_oom_score_adj: 0,
+        };
+        assert!(caps(&security, &host).contains(&"CAP_CHOWN".to_owned()));
         security.capabilities = Some(cri::Capability {
             add_capabilities: vec!["NET_ADMIN".into()],
             drop_capabilities: vec!["ALL".into()],
             ..Default::default()
         });
-        assert_eq!(caps(&security), ["CAP_NET_ADMIN"]);
+        assert_eq!(caps(&security, &host), ["CAP_NET_ADMIN"]);
+        // Nothing outside the creator's bounding set is granted.
+        let narrow = runtime_handlers::HostFacts {
+            bounding_set: 1 << 1, // CAP_DAC_OVERRIDE only
+            min_oom_score_adj: 0,
+        };
+        security.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        assert_eq!(caps(&security, &narrow), ["CAP_DAC_OVERRIDE"]);
     }
 }

@@ -191,14 +191,17 @@ impl cri::image_service_server::ImageService for ImageService {
         let spec = spec_of(request.into_inner().image)?;
         if let Some(image) = self.daemon.images.find(&spec).await.map_err(image_status)? {
             // Its layers are the lower layers of these containers' root filesystems.
-            for c in self.daemon.containers.all() {
-                let record = c.record.lock().await;
-                if record.image_id == image.id {
-                    return Err(Status::failed_precondition(format!(
-                        "image {spec} is in use by container {}; remove the container first",
-                        record.id
-                    )));
-                }
+            if let Some((_, record)) = self
+                .daemon
+                .containers
+                .snapshots_where(|r| r.image_id == image.id)
+                .into_iter()
+                .next()
+            {
+                return Err(Status::failed_precondition(format!(
+                    "image {spec} is in use by container {}; remove the container first",
+                    record.id
+                )));
             }
         }
         self.daemon

@@ -72,11 +72,13 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let config = self.daemon.config();
+        let handlers = std::sync::Arc::clone(&self.daemon.handlers);
         let verbose = request.into_inner().verbose;
         // Reading the CNI directory touches the filesystem; keep it off the runtime threads.
-        let response = tokio::task::spawn_blocking(move || super::status::status(&config, verbose))
-            .await
-            .map_err(|e| Status::internal(format!("status check failed: {e}")))?;
+        let response =
+            tokio::task::spawn_blocking(move || super::status::status(&config, &handlers, verbose))
+                .await
+                .map_err(|e| Status::internal(format!("status check failed: {e}")))?;
         Ok(Response::new(response))
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use conf::Config;
 use cri_proto::v1 as cri;
 
+use crate::handlers::Handlers;
 use crate::host;
 
 /// Condition type kubelet waits for before it runs pods.
@@ -13,7 +14,7 @@ pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
 /// Builds the answer; touches the filesystem, so call it off the async threads.
-pub fn status(config: &Config, verbose: bool) -> cri::StatusResponse {
+pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::StatusResponse {
     let runtime = match host::runtime_binary(config, &config.default_runtime) {
         Ok(_) => condition(RUNTIME_READY, Ok(())),
         Err(message) => condition(RUNTIME_READY, Err(("RuntimeBinaryNotFound", message))),
@@ -35,20 +36,19 @@ pub fn status(config: &Config, verbose: bool) -> cri::StatusResponse {
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode config: {e}\"}}"));
         info.insert("config".to_owned(), json);
         // `crictl info` shows, per configured handler, whether it can run here.
-        let handlers: serde_json::Map<String, serde_json::Value> = config
-            .runtimes
-            .keys()
-            .map(|name| {
-                let state = match host::runtime_binary(config, name) {
-                    Ok(path) => serde_json::json!({"usable": true, "binary": path}),
+        let report: serde_json::Map<String, serde_json::Value> = handlers
+            .report()
+            .map(|(name, state)| {
+                let state = match state {
+                    Ok(()) => serde_json::json!({"usable": true}),
                     Err(reason) => serde_json::json!({"usable": false, "reason": reason}),
                 };
-                (name.clone(), state)
+                (name.to_owned(), state)
             })
             .collect();
         info.insert(
             "runtimeHandlers".to_owned(),
-            serde_json::Value::Object(handlers).to_string(),
+            serde_json::Value::Object(report).to_string(),
         );
     }
     cri::StatusResponse {
@@ -56,7 +56,7 @@ pub fn status(config: &Config, verbose: bool) -> cri::StatusResponse {
             conditions: vec![runtime, network],
         }),
         info,
-        runtime_handlers: runtime_handlers(config),
+        runtime_handlers: runtime_handlers(config, handlers),
         features: Some(cri::RuntimeFeatures {
             // Strict leaves out the groups an image's /etc/group adds.
             supplemental_groups_policy: true,
@@ -84,31 +84,23 @@ fn condition(kind: &str, state: Result<(), (&str, String)>) -> cri::RuntimeCondi
 
 /// The default handler (empty name, as kubelet looks it up) and every named one whose
 /// binary is installed, each with what its handler says it supports.
-fn runtime_handlers(config: &Config) -> Vec<cri::RuntimeHandler> {
-    let features = |name: &str| {
-        let handler = if name.is_empty() {
-            config.default_runtime.as_str()
-        } else {
-            name
-        };
-        let f = crate::container::runtime_for(config, handler)
-            .map(|r| r.features())
-            .unwrap_or_default();
-        Some(cri::RuntimeHandlerFeatures {
-            recursive_read_only_mounts: f.recursive_read_only_mounts,
-            user_namespaces: f.user_namespaces,
-        })
+fn runtime_handlers(config: &Config, handlers: &Handlers) -> Vec<cri::RuntimeHandler> {
+    let entry = |name: &str, handler: &std::sync::Arc<dyn runtime_handlers::RuntimeHandler>| {
+        let f = handler.features();
+        cri::RuntimeHandler {
+            name: name.to_owned(),
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: f.recursive_read_only_mounts,
+                user_namespaces: f.user_namespaces,
+            }),
+        }
     };
-    let usable = config
-        .runtimes
-        .keys()
-        .filter(|name| host::runtime_binary(config, name).is_ok())
-        .cloned();
-    std::iter::once(String::new())
-        .chain(usable)
-        .map(|name| cri::RuntimeHandler {
-            features: features(&name),
-            name,
-        })
+    let default = handlers
+        .get(&config.default_runtime)
+        .ok()
+        .map(|h| entry("", &h));
+    default
+        .into_iter()
+        .chain(handlers.usable().map(|(name, h)| entry(name, h)))
         .collect()
 }

@@ -56,7 +56,8 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let images = image::Images::open(crate::options::image_options(&config)).await?;
-    let pods = crate::pod::restore(&config).await?;
+    let handlers = Arc::new(crate::handlers::Handlers::build(&config));
+    let pods = crate::pod::restore(&config, &handlers).await?;
     let containers =
         crate::container::load(&config.root).map_err(|e| format!("cannot load containers: {e}"))?;
     // Every listener is set up before the CRI socket answers: a bad streaming or metrics
@@ -87,9 +88,12 @@ async fn serve(
                 .map_err(|e| format!("metrics.address {address}: cannot listen: {e}"))?,
         ),
     };
-    let listener = socket::bind(&config.listen)?;
     let socket_path = config.listen.clone();
-    let daemon = Arc::new(Daemon::new(config, images, pods, containers));
+    let listen = config.listen.clone();
+    let daemon = Arc::new(Daemon::new(config, images, pods, containers, handlers));
+    // What became of the containers while crispd was away, before anyone can ask.
+    crate::container::recover(&daemon).await;
+    let listener = socket::bind(&listen)?;
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
     tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -107,7 +111,6 @@ async fn serve(
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics on /metrics");
         tokio::spawn(crate::metrics::serve(Arc::clone(&daemon), listener));
     }
-    crate::container::watch_restored(&daemon);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
 

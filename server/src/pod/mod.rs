@@ -15,7 +15,7 @@ mod remove;
 mod run;
 mod stop;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -171,11 +171,15 @@ impl SandboxRecord {
 
     /// Ends the handler's part of the pod (its PID-namespace init, a VM). A handler that
     /// is no longer configured cannot be asked; that is logged and the pid kept.
-    pub async fn stop_handler_sandbox(&mut self, config: &conf::Config) -> Result<(), String> {
+    pub async fn stop_handler_sandbox(
+        &mut self,
+        handlers: &crate::handlers::Handlers,
+    ) -> Result<(), String> {
         if self.pause_pid == 0 {
             return Ok(());
         }
-        let runtime = crate::container::runtime_for(config, &self.handler)
+        let runtime = handlers
+            .get(&self.handler)
             .map_err(|s| s.message().to_owned())?;
         runtime
             .stop_sandbox(&self.sandbox_spec(), self.pause_pid)
@@ -212,20 +216,16 @@ pub type Pod = crate::records::Entry<SandboxRecord>;
 
 /// The sandboxes this daemon knows.
 pub struct Pods {
+    /// The records, with per-name locks: a RunPodSandbox retried while the first is still
+    /// running waits for it and returns its sandbox instead of failing.
     records: crate::records::Records<SandboxRecord>,
-    /// Per-name locks: a RunPodSandbox retried while the first is still running waits
-    /// for it and returns its sandbox instead of failing.
-    names: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pods {
     /// Loads the records under `<root>/pods` (not yet live: see [`restore`]).
     pub fn load(root: &Path) -> std::io::Result<(Self, Vec<SandboxRecord>)> {
         let (records, found) = crate::records::Records::open(&root.join("pods"))?;
-        let pods = Self {
-            records,
-            names: std::sync::Mutex::new(HashMap::new()),
-        };
+        let pods = Self { records };
         Ok((pods, found))
     }
 
@@ -256,12 +256,15 @@ impl Pods {
 
     /// The lock for one pod name.
     pub fn name_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut names = match self.names.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        names.retain(|_, l| Arc::strong_count(l) > 1);
-        Arc::clone(names.entry(key.to_owned()).or_default())
+        self.records.name_lock(key)
+    }
+
+    /// Saved copies of the sandboxes `keep` accepts, taking no lock.
+    pub fn snapshots_where(
+        &self,
+        keep: impl Fn(&SandboxRecord) -> bool,
+    ) -> Vec<(Arc<Pod>, Arc<SandboxRecord>)> {
+        self.records.snapshots_where(keep)
     }
 }
 
@@ -348,7 +351,11 @@ pub fn cni_journal(config: &conf::Config) -> network::Journal {
 /// Releases attachments and pod directories of sandboxes crisp has no record of (a crash
 /// between CNI ADD and saving the record, or a record lost): CNI DEL from the journal,
 /// then the pins, the shm mount and the directory.
-fn release_unknown(config: &conf::Config, known: &std::collections::HashSet<String>) {
+fn release_unknown(
+    config: &conf::Config,
+    handlers: &crate::handlers::Handlers,
+    known: &std::collections::HashSet<String>,
+) {
     let journal = cni_journal(config);
     let search = network::PluginSearch {
         dirs: &config.cni.plugin_dirs,
@@ -380,7 +387,8 @@ fn release_unknown(config: &conf::Config, known: &std::collections::HashSet<Stri
         }
         let state_dir = dir.path();
         let mut failures = Vec::new();
-        kill_namespace_init(&network::pin_path(&state_dir, network::NamespaceKind::Pid));
+        handlers
+            .release_unknown_sandbox(&network::pin_path(&state_dir, network::NamespaceKind::Pid));
         remove_pins(&state_dir, &mut failures);
         if failures.is_empty()
             && let Err(e) = std::fs::remove_dir_all(&state_dir)
@@ -412,31 +420,6 @@ fn collect_garbage(config: &conf::Config, attached: &[(String, String)]) {
             tracing::debug!(network = %network.name, version = %network.cni_version, "CNI spec before 1.1: no GC")
         }
         Err(e) => tracing::warn!(error = %e, "CNI GC failed"),
-    }
-}
-
-/// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by
-/// the namespace's inode; which ends every process in that namespace.
-fn kill_namespace_init(pin: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(pinned) = std::fs::metadata(pin) else {
-        return;
-    };
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in procs.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let same = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-            .is_ok_and(|m| m.ino() == pinned.ino() && m.dev() == pinned.dev());
-        let pause = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause"));
-        if same && pause {
-            // SAFETY: kill takes no pointers; the pid is the init of the pinned namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
     }
 }
 
@@ -502,9 +485,13 @@ fn remove_pins(state_dir: &Path, failures: &mut Vec<String>) {
 /// Loads the sandbox records at startup. A pod whose namespaces are gone (the node
 /// rebooted) is NotReady, and any network it still held is released now, so IPs do not
 /// leak across reboots.
-pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
+pub async fn restore(
+    config: &conf::Config,
+    handlers: &Arc<crate::handlers::Handlers>,
+) -> Result<Pods, String> {
     let root = config.root.clone();
     let owned = config.clone();
+    let all = Arc::clone(handlers);
     let (pods, records) = tokio::task::spawn_blocking(move || {
         let config = owned;
         let (pods, records) = Pods::load(&root).map_err(|e| format!("cannot load sandboxes: {e}"))?;
@@ -530,7 +517,7 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
             restored.push(record);
         }
         let known = restored.iter().map(|r| r.id.clone()).collect();
-        release_unknown(&config, &known);
+        release_unknown(&config, &all, &known);
         let attached: Vec<(String, String)> = restored
             .iter()
             .filter(|r| r.network.is_some())
@@ -544,7 +531,7 @@ pub async fn restore(config: &conf::Config) -> Result<Pods, String> {
     let count = records.len();
     for mut record in records {
         if !record.ready && record.pause_pid > 0 {
-            match record.stop_handler_sandbox(config).await {
+            match record.stop_handler_sandbox(handlers).await {
                 Ok(()) => {
                     if let Err(e) = pods.save(&record) {
                         tracing::error!(id = %record.id, error = %e, "cannot persist sandbox record");

@@ -68,12 +68,15 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     let key = name_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
     let lock = daemon.pods.name_lock(&key);
     let _held = lock.lock().await;
-    for pod in daemon.pods.all() {
-        let record = pod.record.lock().await;
-        if record.name_key() == key {
-            tracing::info!(pod = %key, id = %record.id, "RunPodSandbox for an existing sandbox; returning it");
-            return Ok(record.id.clone());
-        }
+    // Saved copies: another pod's slow stop must not hold this lookup up.
+    if let Some((_, existing)) = daemon
+        .pods
+        .snapshots_where(|p| p.name_key() == key)
+        .into_iter()
+        .next()
+    {
+        tracing::info!(pod = %key, id = %existing.id, "RunPodSandbox for an existing sandbox; returning it");
+        return Ok(existing.id.clone());
     }
 
     let linux = pod_config.linux.clone().unwrap_or_default();
@@ -142,7 +145,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     let dns = pod_config.dns_config.clone();
 
     // Everything is validated: from here on, a failure undoes what was made.
-    let runtime = crate::container::runtime_for(&config, &record.handler)?;
+    let runtime = daemon.handlers.get(&record.handler)?;
     let sandbox = record.sandbox_spec();
     record.pause_pid = runtime
         .start_sandbox(&sandbox)
@@ -422,9 +425,13 @@ fn setup(
 }
 
 fn host_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return String::new();
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 /// resolv.conf from the pod's DNS config, or the host's when it names none.

@@ -16,7 +16,7 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
     let mut record = pod.record.lock().await;
     let config = daemon.config();
     let mut before = record.clone();
-    let handler_failure = before.stop_handler_sandbox(&config).await.err();
+    let handler_failure = before.stop_handler_sandbox(&daemon.handlers).await.err();
     let (mut after, mut failures) = blocking(move || Ok(release(&config, before))).await?;
     failures.extend(handler_failure);
     after.ready = false;

@@ -121,7 +121,6 @@ pub async fn collect(daemon: Arc<Daemon>) {
 }
 
 async fn refresh(daemon: &Daemon, with_fs: bool) {
-    let config = daemon.config();
     let mut running = Vec::new();
     for c in daemon.containers.all() {
         let record = c.snapshot();
@@ -131,7 +130,7 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     }
     let mut pod_pids: HashMap<String, u32> = HashMap::new();
     for record in &running {
-        let Ok(runtime) = crate::container::runtime_for(&config, &record.handler) else {
+        let Ok(runtime) = daemon.handlers.get(&record.handler) else {
             continue;
         };
         if let Ok(stats) = runtime.container_stats(&record.handle(), with_fs).await {
@@ -324,7 +323,7 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
     if let Some(s) = daemon.stats.sample(&record.id) {
         return Some(s);
     }
-    let runtime = crate::container::runtime_for(&daemon.config(), &record.handler).ok()?;
+    let runtime = daemon.handlers.get(&record.handler).ok()?;
     let stats = runtime.container_stats(&record.handle(), true).await.ok()?;
     daemon.stats.record(&record.id, stats);
     // The writable layer of a container this young is small: measure it now too.

@@ -566,7 +566,7 @@ async fn run(
 }
 
 type Prepared = (
-    Box<dyn runtime_handlers::RuntimeHandler>,
+    std::sync::Arc<dyn runtime_handlers::RuntimeHandler>,
     std::sync::Arc<crate::container::ContainerRecord>,
     oci_spec::runtime::Process,
 );
@@ -596,7 +596,9 @@ async fn prepare(daemon: &Daemon, request: &cri::ExecRequest) -> Result<Prepared
     }
     let process: oci_spec::runtime::Process =
         serde_json::from_value(process).map_err(|e| format!("exec process: {e}"))?;
-    let runtime = crate::container::runtime_for(&daemon.config(), &record.handler)
+    let runtime = daemon
+        .handlers
+        .get(&record.handler)
         .map_err(|s| s.message().to_owned())?;
     Ok((runtime, record, process))
 }
