@@ -91,6 +91,15 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    /// Reading inside a namespace failed.
+    #[error("cannot read inside namespace {}: {source}", path.display())]
+    Read {
+        /// The pin path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Unpinning failed.
     #[error("cannot remove namespace at {}: {source}", path.display())]
     Remove {

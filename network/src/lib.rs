@@ -12,6 +12,7 @@
 
 mod cni_config;
 mod cni_exec;
+mod counters;
 mod error;
 mod journal;
 mod netns;
@@ -21,6 +22,7 @@ pub use cni_exec::{
     Attached, Attachment, Bandwidth, PortMapping, add, bandwidth_from_annotations, del, gc,
     result_ips,
 };
+pub use counters::{InterfaceCounters, interface_counters};
 pub use error::{CniError, NetnsError};
 pub use journal::{Intent, Journal};
 pub use netns::{

@@ -2,6 +2,22 @@
 
 use std::path::{Path, PathBuf};
 
+/// The per-container monitor (and pod PID-namespace init) of the `oci` handler.
+pub const MONITOR: &str = "crisp-monitor";
+/// The `oci` handler's ExecSync helper.
+pub const ENTER: &str = "crisp-enter";
+
+/// One of crisp's helper executables: beside the running binary (crispd), else on PATH.
+pub fn helper_binary(name: &str) -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    beside
+        .or_else(|| resolve_binary(Path::new(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// The executable `path` names: itself when it holds a `/`, else the first match in `PATH`
 /// (falling back to the sbin directories, which a root daemon's PATH may lack).
 pub fn resolve_binary(path: &Path) -> Option<PathBuf> {

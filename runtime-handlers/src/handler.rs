@@ -136,11 +136,20 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     /// The handler's configured name.
     fn name(&self) -> &str;
 
+    /// The kind of handler (`oci`, `microvm`): handlers of one kind share their helpers.
+    fn kind(&self) -> &'static str;
+
     /// What it supports.
     fn features(&self) -> Features;
 
     /// The limits of where its containers run, which requests are clipped to.
     fn host_facts(&self) -> crate::HostFacts;
+
+    /// What it needs of this host, checked now (`crispd check`).
+    fn host_checks(&self) -> Vec<crate::HostCheck>;
+
+    /// Helper processes it keeps on this host (monitors, VMMs), for crisp's metrics.
+    fn helper_processes(&self) -> usize;
 
     /// Brings up the handler's part of a pod (an init for a shared PID namespace, a VM).
     /// Returns the pid of the pod's process on the host, 0 if it has none.
@@ -158,8 +167,13 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     /// Sends `signal` to the container's init, or to all its processes.
     async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError>;
 
-    /// Deletes the container at the runtime.
-    async fn delete_container(&self, id: &str, force: bool) -> Result<(), HandlerError>;
+    /// Deletes the container at the runtime, with whatever the handler keeps for it on
+    /// the host (the `oci` handler: the cgroup directories a runtime left empty).
+    async fn delete_container(
+        &self,
+        container: &ContainerRef<'_>,
+        force: bool,
+    ) -> Result<(), HandlerError>;
 
     /// The runtime's view of a container, `None` if it has none.
     async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError>;
@@ -201,6 +215,21 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
         process: &Process,
         stdin: bool,
     ) -> Result<ExecSession, HandlerError>;
+
+    /// Connects to a running container's stdio (several attachers may be connected).
+    async fn attach(
+        &self,
+        container: &ContainerRef<'_>,
+    ) -> Result<(crate::attach::AttachReader, crate::attach::AttachWriter), HandlerError>;
+
+    /// A byte stream to `port` on the pod's loopback: inside the network namespace
+    /// pinned at `netns` (the host's when `None`, a host-network pod), or the guest's.
+    async fn port_forward(
+        &self,
+        sandbox: &SandboxSpec,
+        netns: Option<&Path>,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, HandlerError>;
 
     /// Applies new resource limits to a running container.
     async fn update_container(&self, id: &str, update: &ResourceUpdate)

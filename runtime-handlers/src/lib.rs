@@ -16,13 +16,15 @@ mod console;
 mod error;
 mod exec;
 mod handler;
+mod host_check;
+mod netns;
 mod oci;
 pub mod sealed;
 pub mod seccomp;
 mod stats;
 mod syscalls_x86_64;
 
-pub use binary::resolve_binary;
+pub use binary::{ENTER, MONITOR, helper_binary, resolve_binary};
 pub use caps::{CAPABILITIES, HostFacts, capability_number, last_capability};
 pub use console::receive_console;
 pub use error::HandlerError;
@@ -31,6 +33,7 @@ pub use handler::{
     ContainerRef, ContainerSpec, Features, IdRange, Recovered, RuntimeHandler, SandboxSpec,
     UserNamespace,
 };
+pub use host_check::{CheckLevel, HostCheck};
 pub use oci::{
     ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
     monitor_processes,

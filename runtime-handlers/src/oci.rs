@@ -845,6 +845,18 @@ impl RuntimeHandler for OciRuntime {
         &self.name
     }
 
+    fn kind(&self) -> &'static str {
+        "oci"
+    }
+
+    fn host_checks(&self) -> Vec<crate::HostCheck> {
+        crate::host_check::host_kernel_checks()
+    }
+
+    fn helper_processes(&self) -> usize {
+        monitor_processes()
+    }
+
     fn host_facts(&self) -> crate::HostFacts {
         static FACTS: std::sync::OnceLock<crate::HostFacts> = std::sync::OnceLock::new();
         *FACTS.get_or_init(crate::HostFacts::of_this_process)
@@ -895,8 +907,18 @@ impl RuntimeHandler for OciRuntime {
         self.kill(id, signal, all).await
     }
 
-    async fn delete_container(&self, id: &str, force: bool) -> Result<(), HandlerError> {
-        self.delete(id, force).await
+    async fn delete_container(
+        &self,
+        c: &ContainerRef<'_>,
+        force: bool,
+    ) -> Result<(), HandlerError> {
+        self.delete(c.id, force).await?;
+        // runc removes its cgroups; runsc (and a runtime that failed half-way) may leave
+        // them. cgroupfs paths only: a systemd driver's `slice:prefix:name` is systemd's.
+        if !c.cgroup_path.is_empty() && !c.cgroup_path.contains(':') {
+            crate::stats::remove_empty_cgroup(c.cgroup_path);
+        }
+        Ok(())
     }
 
     async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
@@ -905,6 +927,33 @@ impl RuntimeHandler for OciRuntime {
 
     fn release_unknown_sandbox(&self, pid_pin: &Path) {
         kill_pinned_namespace_init(pid_pin);
+    }
+
+    async fn attach(
+        &self,
+        c: &ContainerRef<'_>,
+    ) -> Result<(crate::attach::AttachReader, crate::attach::AttachWriter), HandlerError> {
+        crate::attach::connect(c.bundle)
+            .await
+            .map_err(|source| HandlerError::Io {
+                path: c.bundle.join("attach"),
+                source,
+            })
+    }
+
+    async fn port_forward(
+        &self,
+        _sandbox: &SandboxSpec,
+        netns: Option<&Path>,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, HandlerError> {
+        let path = netns.map(Path::to_path_buf);
+        crate::netns::connect_loopback(path.clone(), port)
+            .await
+            .map_err(|source| HandlerError::Io {
+                path: path.unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")),
+                source,
+            })
     }
 
     fn pid_namespace(&self, c: &ContainerRef<'_>) -> Option<PathBuf> {

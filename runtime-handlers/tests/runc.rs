@@ -52,6 +52,16 @@ fn spec(root: &Path, args: &[&str]) -> Spec {
     spec
 }
 
+/// How the handler names a container these tests made (no pid or cgroup needed).
+fn handle_of<'a>(id: &'a str, bundle: &'a Path) -> ContainerRef<'a> {
+    ContainerRef {
+        id,
+        bundle,
+        pid: 0,
+        cgroup_path: "",
+    }
+}
+
 async fn wait_exit(bundle: &Path) -> runtime_handlers::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -120,9 +130,13 @@ async fn a_container_runs_logs_and_reports_its_exit() {
     let ts = lines[0].split(' ').next().expect("timestamp");
     assert_eq!(ts.len(), 30, "{ts}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
-    rt.delete_container(&id, false).await.expect("delete");
+    rt.delete_container(&handle_of(&id, &bundle), false)
+        .await
+        .expect("delete");
     assert_eq!(rt.container_state(&id).await.expect("state"), None);
-    rt.delete_container(&id, false).await.expect("delete twice");
+    rt.delete_container(&handle_of(&id, &bundle), false)
+        .await
+        .expect("delete twice");
 }
 
 #[tokio::test]
@@ -227,7 +241,7 @@ async fn exec_with_output_and_timeout_then_kill() {
     rt.kill_container(&id, libc::SIGKILL, false)
         .await
         .expect("killing a dead container is fine");
-    rt.delete_container(&id, false).await.expect("delete");
+    rt.delete_container(&handle, false).await.expect("delete");
 }
 
 #[tokio::test]
@@ -307,5 +321,7 @@ async fn a_tty_container_logs_its_terminal_output() {
     assert!(text.contains(" stdout F /dev/pts/0"), "{text}");
     assert!(text.contains(" stdout F on a terminal"), "{text}");
     assert!(!bundle.join("console.sock").exists());
-    rt.delete_container(&id, false).await.expect("delete");
+    rt.delete_container(&handle_of(&id, &bundle), false)
+        .await
+        .expect("delete");
 }

@@ -1,7 +1,6 @@
 //! `crispd check`: host prerequisites, each reported as ok, warn or FAIL. Any FAIL means
 //! crisp cannot run pods here and the command exits non-zero.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use conf::Config;
@@ -124,88 +123,20 @@ pub fn check(config: &Config) -> Vec<Finding> {
         Err(e) => finding(Severity::Fail, "overlayfs", e.to_string()),
     });
 
-    out.push(cgroups());
-    out.push(namespaces());
-    out
-}
-
-fn cgroups() -> Finding {
-    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let layout = if unified {
-        "v2 (unified)"
-    } else if Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
-        "v1 with a v2 mount (hybrid)"
-    } else {
-        "v1"
-    };
-    let enabled = match enabled_controllers(unified) {
-        Ok(list) => list,
-        Err(e) => {
-            return finding(
-                Severity::Fail,
-                "cgroups",
-                format!("cannot read controllers: {e}"),
-            );
+    // What the handlers need of the host (cgroups, namespaces), once per subject.
+    let handlers = crate::handlers::Handlers::build(config);
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, handler) in handlers.usable() {
+        for c in handler.host_checks() {
+            if seen.insert(c.subject) {
+                let severity = match c.level {
+                    runtime_handlers::CheckLevel::Ok => Severity::Ok,
+                    runtime_handlers::CheckLevel::Warn => Severity::Warn,
+                    runtime_handlers::CheckLevel::Fail => Severity::Fail,
+                };
+                out.push(finding(severity, c.subject, c.message));
+            }
         }
-    };
-    let missing: Vec<&str> = ["cpu", "memory", "pids"]
-        .into_iter()
-        .filter(|c| !enabled.iter().any(|e| e == c))
-        .collect();
-    if missing.is_empty() {
-        finding(
-            Severity::Ok,
-            "cgroups",
-            format!("{layout}; controllers: {}", enabled.join(" ")),
-        )
-    } else {
-        finding(
-            Severity::Fail,
-            "cgroups",
-            format!(
-                "{layout}; controllers {} are not enabled",
-                missing.join(", ")
-            ),
-        )
     }
-}
-
-fn enabled_controllers(unified: bool) -> std::io::Result<Vec<String>> {
-    if unified {
-        let text = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")?;
-        return Ok(text.split_whitespace().map(str::to_owned).collect());
-    }
-    // /proc/cgroups: name, hierarchy, num_cgroups, enabled.
-    let text = std::fs::read_to_string("/proc/cgroups")?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 4 && cols[3] == "1").then(|| cols[0].to_owned())
-        })
-        .collect())
-}
-
-fn namespaces() -> Finding {
-    let wanted = ["mnt", "uts", "ipc", "pid", "net", "cgroup", "user"];
-    let missing: Vec<&str> = wanted
-        .into_iter()
-        .filter(|ns| !Path::new("/proc/self/ns").join(ns).exists())
-        .collect();
-    if missing.is_empty() {
-        finding(Severity::Ok, "namespaces", wanted.join(" "))
-    } else if missing == ["user"] {
-        finding(
-            Severity::Warn,
-            "namespaces",
-            "no user namespaces: pods asking for them will fail",
-        )
-    } else {
-        finding(
-            Severity::Fail,
-            "namespaces",
-            format!("kernel lacks {}", missing.join(", ")),
-        )
-    }
+    out
 }

@@ -2,7 +2,7 @@
 //! `[runtimes.*]` tables need a restart to change), and looked up by name per call.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use conf::{Config, HandlerType};
@@ -47,8 +47,10 @@ impl Handlers {
                             binary,
                             root: config.runtime_root(name),
                             runtime_args: h.runtime_args.clone(),
-                            monitor: monitor_binary(),
-                            enter: helper_binary("crisp-enter"),
+                            monitor: runtime_handlers::helper_binary(
+                                runtime_handlers::MONITOR,
+                            ),
+                            enter: runtime_handlers::helper_binary(runtime_handlers::ENTER),
                             runtime_exec: h.runtime_exec,
                         }) as Arc<dyn RuntimeHandler>),
                         Err(message) => Err(Unusable::Missing(message)),
@@ -81,14 +83,14 @@ impl Handlers {
             .filter_map(|(name, h)| h.as_ref().ok().map(|h| (name.as_str(), h)))
     }
 
-    /// Helper processes the handlers keep on this host (the OCI handlers' monitors and
-    /// PID-namespace inits, which they share).
+    /// Helper processes the handlers keep on this host. The OCI handlers share one kind
+    /// of monitor, so each kind counts once.
     pub fn helper_processes(&self) -> usize {
-        if self.usable().next().is_some() {
-            runtime_handlers::monitor_processes()
-        } else {
-            0
-        }
+        let mut kinds = std::collections::BTreeSet::new();
+        self.usable()
+            .filter(|(_, h)| kinds.insert(h.kind()))
+            .map(|(_, h)| h.helper_processes())
+            .sum()
     }
 
     /// Ends what the handlers left of a sandbox crisp has no record of, given where its
@@ -109,20 +111,4 @@ impl Handlers {
             (name.as_str(), state)
         })
     }
-}
-
-/// The monitor: beside crispd, else on PATH.
-pub(crate) fn monitor_binary() -> PathBuf {
-    helper_binary("crisp-monitor")
-}
-
-/// One of crisp's helper executables: beside crispd, else on PATH.
-fn helper_binary(name: &str) -> PathBuf {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(name)))
-        .filter(|p| p.is_file());
-    beside
-        .or_else(|| runtime_handlers::resolve_binary(Path::new(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
 }

@@ -116,7 +116,7 @@ impl Default for Metrics {
         let monitors = Gauge::default();
         registry.register(
             "crisp_monitor_processes",
-            "crisp-monitor processes on this host",
+            "Helper processes (monitors, PID-namespace inits) the runtime handlers keep on this host",
             monitors.clone(),
         );
         Self {

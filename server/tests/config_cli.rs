@@ -50,7 +50,10 @@ fn a_bad_drop_in_is_named_and_a_cross_key_error_points_at_its_line() {
     assert!(!status.success());
     assert!(stderr.contains("20-bad.toml:3"), "{stderr}");
     assert!(stderr.contains("key `default_runtime`"), "{stderr}");
-    assert!(stderr.contains("configured handlers: crun, runc, runsc"), "{stderr}");
+    assert!(
+        stderr.contains("configured handlers: crun, runc, runsc"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -277,7 +277,8 @@ async fn bad_requests_are_refused_and_unknown_ids_are_fine_to_stop() {
         .expect_err("unknown handler");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
-        err.message().contains("configured handlers: crun, runc, runsc"),
+        err.message()
+            .contains("configured handlers: crun, runc, runsc"),
         "{}",
         err.message()
     );

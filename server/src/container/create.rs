@@ -347,7 +347,7 @@ pub async fn create(
         tracing::warn!(id = %id, error = %e, "detaching prepared bind mounts");
     }
     if let Err(e) = daemon.containers.save(&record) {
-        let _ = runtime.delete_container(&id, true).await;
+        let _ = runtime.delete_container(&record.handle(), true).await;
         cleanup(daemon, &record);
         return Err(Status::internal(format!(
             "cannot persist container {id}: {e}"

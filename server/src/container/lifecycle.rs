@@ -92,7 +92,7 @@ async fn stop_record(
         {
             tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
             runtime
-                .delete_container(&record.id, true)
+                .delete_container(&record.handle(), true)
                 .await
                 .map_err(handler_status)?;
         }
@@ -139,13 +139,9 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     stop_record(daemon, &mut record, Duration::ZERO).await?;
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
-        .delete_container(&record.id, true)
+        .delete_container(&record.handle(), true)
         .await
         .map_err(handler_status)?;
-    // cgroupfs paths only (a systemd driver's `slice:prefix:name` is systemd's to remove).
-    if !record.cgroup_path.contains(':') {
-        runtime_handlers::remove_empty_cgroup(&record.cgroup_path);
-    }
     let store = daemon.images.store();
     let filesystems = record.clone();
     crate::pod::blocking(move || {

@@ -29,28 +29,8 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// Writable layers are walked every this many refreshes.
 const FS_EVERY: u32 = 5;
 
-/// A pod interface's counters, read from `/proc/<pid>/net/dev` of a process in the pod.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Interface {
-    /// Its name in the pod.
-    pub name: String,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Receive errors.
-    pub rx_errors: u64,
-    /// Packets dropped on receipt.
-    pub rx_dropped: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Send errors.
-    pub tx_errors: u64,
-    /// Packets dropped on sending.
-    pub tx_dropped: u64,
-}
+/// A pod interface's counters, read inside the pod's network namespace.
+pub use network::InterfaceCounters as Interface;
 
 #[derive(Debug, Clone, Default)]
 struct Writable {
@@ -128,19 +108,25 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             running.push(record);
         }
     }
-    let mut pod_pids: HashMap<String, u32> = HashMap::new();
+    let mut measured_pods = std::collections::HashSet::new();
     for record in &running {
         let Ok(runtime) = daemon.handlers.get(&record.handler) else {
             continue;
         };
         if let Ok(stats) = runtime.container_stats(&record.handle(), with_fs).await {
             daemon.stats.record(&record.id, stats);
-            pod_pids.entry(record.pod_id.clone()).or_insert(record.pid);
+            measured_pods.insert(record.pod_id.clone());
         }
     }
     let store = daemon.images.store();
     let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
-    let pods: Vec<(String, u32)> = pod_pids.into_iter().collect();
+    // The network of every pod with a running container, from its pinned namespace.
+    let pods: Vec<(String, Option<std::path::PathBuf>)> = daemon
+        .pods
+        .snapshots_where(|p| p.ready && measured_pods.contains(&p.id))
+        .into_iter()
+        .map(|(_, p)| (p.id.clone(), p.netns()))
+        .collect();
     let measured = tokio::task::spawn_blocking(move || {
         let writable: Vec<(String, Writable)> = if with_fs {
             ids.iter()
@@ -153,12 +139,14 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
         } else {
             Vec::new()
         };
-        let networks: Vec<(String, PodNetwork)> = pods
+        let (ids, pins): (Vec<String>, Vec<_>) = pods.into_iter().unzip();
+        let at = crate::pod::now_ns();
+        let networks: Vec<(String, PodNetwork)> = ids
             .into_iter()
-            .map(|(pod, pid)| {
-                let interfaces = net_dev(pid);
-                let at = crate::pod::now_ns();
-                (pod, PodNetwork { at, interfaces })
+            .zip(network::interface_counters(pins))
+            .filter_map(|(pod, counters)| {
+                let interfaces = counters.ok()?;
+                Some((pod, PodNetwork { at, interfaces }))
             })
             .collect();
         (writable, networks)
@@ -182,60 +170,28 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     pods.extend(networks);
 }
 
-/// A pod's network counters: from the cache, else read now through one of its running
-/// containers (a pod whose first container has just started has no cache entry yet).
+/// A pod's network counters: from the cache, else read now (a pod whose first container
+/// has just started has no cache entry yet).
 async fn pod_network(daemon: &Daemon, pod_id: &str) -> Option<PodNetwork> {
     if let Some(net) = guard(&daemon.stats.pods).get(pod_id).cloned() {
         return Some(net);
     }
-    let pid = daemon.containers.all().into_iter().find_map(|c| {
-        let record = c.snapshot();
-        (record.pod_id == pod_id && record.state() == State::Running && record.pid > 0)
-            .then_some(record.pid)
-    })?;
-    let net = tokio::task::spawn_blocking(move || PodNetwork {
-        interfaces: net_dev(pid),
+    let pod = daemon.pods.get(pod_id)?.snapshot();
+    if !pod.ready {
+        return None;
+    }
+    let pin = pod.netns();
+    let interfaces = tokio::task::spawn_blocking(move || network::interface_counters(vec![pin]))
+        .await
+        .ok()?
+        .pop()?
+        .ok()?;
+    let net = PodNetwork {
+        interfaces,
         at: crate::pod::now_ns(),
-    })
-    .await
-    .ok()?;
+    };
     guard(&daemon.stats.pods).insert(pod_id.to_owned(), net.clone());
     Some(net)
-}
-
-/// Interfaces other than loopback in the netns of `pid`.
-fn net_dev(pid: u32) -> Vec<Interface> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
-    parse_net_dev(&text)
-}
-
-fn parse_net_dev(text: &str) -> Vec<Interface> {
-    text.lines()
-        .skip(2)
-        .filter_map(|line| {
-            let (name, counters) = line.split_once(':')?;
-            let name = name.trim();
-            if name == "lo" {
-                return None;
-            }
-            let v: Vec<u64> = counters
-                .split_whitespace()
-                .map(|n| n.parse().unwrap_or(0))
-                .collect();
-            // rx: bytes packets errs drop fifo frame compressed multicast; then tx.
-            Some(Interface {
-                name: name.to_owned(),
-                rx_bytes: *v.first()?,
-                rx_packets: *v.get(1)?,
-                rx_errors: *v.get(2)?,
-                rx_dropped: *v.get(3)?,
-                tx_bytes: *v.get(8)?,
-                tx_packets: *v.get(9)?,
-                tx_errors: *v.get(10)?,
-                tx_dropped: *v.get(11)?,
-            })
-        })
-        .collect()
 }
 
 fn u64_value(value: u64) -> Option<cri::UInt64Value> {
@@ -520,29 +476,6 @@ pub async fn list_pod_sandboxes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn net_dev_skips_loopback_and_reads_both_directions() {
-        let text = "Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
-  eth0:    5000      40    2    1    0     0          0         0     7000      50    3    4    0     0       0          0
-";
-        assert_eq!(
-            parse_net_dev(text),
-            [Interface {
-                name: "eth0".into(),
-                rx_bytes: 5000,
-                rx_packets: 40,
-                rx_errors: 2,
-                rx_dropped: 1,
-                tx_bytes: 7000,
-                tx_packets: 50,
-                tx_errors: 3,
-                tx_dropped: 4,
-            }]
-        );
-    }
 
     #[test]
     fn cpu_rate_comes_from_the_last_two_samples() {

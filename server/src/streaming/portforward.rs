@@ -6,9 +6,7 @@
 //! (`SPDY/3.1+portforward.k8s.io`).
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cri_proto::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,47 +18,28 @@ use crate::state::Daemon;
 /// The protocol name.
 pub const PROTOCOL: &str = "portforward.k8s.io";
 
-/// Connects to `localhost:port` from inside the network namespace pinned at `netns` (the
-/// host's for a host-network pod): the socket is made on a thread that joined the
-/// namespace, and stays in it.
-async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let stream = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-        let ns = netns.map(std::fs::File::open).transpose()?;
-        let handle = std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {
-            // SAFETY: `ns` is an open namespace file; setns changes only this thread, which
-            // ends after the connect.
-            if let Some(ns) = ns
-                && unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            let timeout = Duration::from_secs(10);
-            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-            std::net::TcpStream::connect_timeout(&v4, timeout).or_else(|first| {
-                std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| first)
-            })
-        });
-        handle
-            .join()
-            .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
+/// Where a pod's forwarded connections go: its handler reaches the port.
+#[derive(Clone)]
+struct Target {
+    handler: std::sync::Arc<dyn runtime_handlers::RuntimeHandler>,
+    sandbox: runtime_handlers::SandboxSpec,
+    netns: Option<PathBuf>,
 }
 
 /// One forwarded connection, once both of its streams are open.
 async fn forward(
     sender: session::Sender,
-    netns: Option<PathBuf>,
+    target: Target,
     port: u16,
     error: Incoming,
     mut data: Incoming,
-    pod: String,
 ) {
-    let tcp = match connect_in(netns, port).await {
+    let pod = target.sandbox.id.clone();
+    let connected = target
+        .handler
+        .port_forward(&target.sandbox, target.netns.as_deref(), port)
+        .await;
+    let tcp = match connected {
         Ok(tcp) => tcp,
         Err(e) => {
             let message = format!(
@@ -105,12 +84,22 @@ where
         return;
     };
     // A host-network pod's ports are the host's.
-    let netns = pod.snapshot().netns();
+    let record = pod.snapshot();
+    let netns = record.netns();
     if netns.as_ref().is_some_and(|n| !Path::new(n).exists()) {
         tracing::debug!(pod = %request.pod_sandbox_id, "port-forward to a pod whose network namespace is gone");
         session.sender.close();
         return;
     }
+    let Ok(handler) = daemon.handlers.get(&record.handler) else {
+        session.sender.close();
+        return;
+    };
+    let target = Target {
+        handler,
+        sandbox: record.sandbox_spec(),
+        netns,
+    };
     // Streams wait here for their partner: (requestid) -> error or data stream.
     let mut pending: HashMap<String, (Option<Incoming>, Option<Incoming>)> = HashMap::new();
     let mut forwards = Vec::new();
@@ -146,11 +135,10 @@ where
         {
             forwards.push(tokio::spawn(forward(
                 session.sender.clone(),
-                netns.clone(),
+                target.clone(),
                 port,
                 error,
                 data,
-                request.pod_sandbox_id.clone(),
             )));
         }
     }

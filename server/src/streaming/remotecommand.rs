@@ -346,7 +346,7 @@ async fn attach(
         .get(&request.container_id)
         .map(|c| c.snapshot())
         .filter(|r| r.state() == State::Running);
-    let Some((bundle, stdin_once)) = record.map(|r| (r.bundle.clone(), r.stdin_once)) else {
+    let Some(record) = record else {
         report(
             &output,
             version,
@@ -356,7 +356,15 @@ async fn attach(
         output.finish();
         return;
     };
-    let (mut reader, writer) = match runtime_handlers::attach::connect(&bundle).await {
+    let stdin_once = record.stdin_once;
+    let connected = match daemon.handlers.get(&record.handler) {
+        Ok(handler) => handler
+            .attach(&record.handle())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(status) => Err(status.message().to_owned()),
+    };
+    let (mut reader, writer) = match connected {
         Ok(pair) => pair,
         Err(e) => {
             report(
