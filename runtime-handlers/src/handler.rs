@@ -85,11 +85,35 @@ impl UserNamespace {
     }
 }
 
+/// What a handler keeps of a started sandbox: its own versioned format, opaque to
+/// `server`, which persists it with the pod's record and hands it back for every later
+/// call on the sandbox, also after a crispd restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxState {
+    /// The handler's format version (0: a record from before handlers kept state, whose
+    /// `data` is the pid of the pod's init, or 0).
+    pub version: u32,
+    /// The handler's data.
+    pub data: serde_json::Value,
+}
+
+/// A sandbox the handler brought up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedSandbox {
+    /// What the handler needs to find and end it later.
+    pub state: SandboxState,
+    /// A host process whose namespaces `server` pins as the pod's (the init of a shared
+    /// PID namespace or of a user namespace); 0 when `server` makes them itself.
+    pub namespace_holder: u32,
+}
+
 /// A container a handler is asked to create.
 #[derive(Debug, Clone, Copy)]
 pub struct ContainerSpec<'a> {
     /// The container ID.
     pub id: &'a str,
+    /// Its pod.
+    pub sandbox_id: &'a str,
     /// The bundle directory (config.json, the exit file).
     pub bundle: &'a Path,
     /// The OCI runtime spec.
@@ -107,6 +131,8 @@ pub struct ContainerSpec<'a> {
 pub struct ContainerRef<'a> {
     /// The container ID.
     pub id: &'a str,
+    /// Its pod.
+    pub sandbox_id: &'a str,
     /// Its bundle directory.
     pub bundle: &'a Path,
     /// The init's pid as the handler reported it at create (0 if unknown).
@@ -152,11 +178,24 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     fn helper_processes(&self) -> usize;
 
     /// Brings up the handler's part of a pod (an init for a shared PID namespace, a VM).
-    /// Returns the pid of the pod's process on the host, 0 if it has none.
-    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<u32, HandlerError>;
+    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<StartedSandbox, HandlerError>;
 
-    /// Ends what `start_sandbox` brought up; `pid` is what it returned. Idempotent.
-    async fn stop_sandbox(&self, sandbox: &SandboxSpec, pid: u32) -> Result<(), HandlerError>;
+    /// Ends what `start_sandbox` brought up, whatever state it is in. Idempotent: `server`
+    /// calls it for every sandbox it stops, and again after a restart.
+    async fn stop_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<(), HandlerError>;
+
+    /// After a crispd restart: re-attaches to a sandbox `server` still has as ready, and
+    /// says whether it is whole (false: its init or VM is gone, so the pod cannot run
+    /// containers any more).
+    async fn recover_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<bool, HandlerError>;
 
     /// Creates a container (not started). Returns its init's pid.
     async fn create_container(&self, container: &ContainerSpec<'_>) -> Result<u32, HandlerError>;

@@ -31,7 +31,7 @@ pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal, cloexec_pipe};
 pub use handler::{
     ContainerRef, ContainerSpec, Features, IdRange, Recovered, RuntimeHandler, SandboxSpec,
-    UserNamespace,
+    SandboxState, StartedSandbox, UserNamespace,
 };
 pub use host_check::{CheckLevel, HostCheck};
 pub use oci::{

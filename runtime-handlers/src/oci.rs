@@ -16,7 +16,8 @@ use tokio::process::Command;
 use crate::error::HandlerError;
 use crate::exec::ExecSession;
 use crate::handler::{
-    ContainerRef, ContainerSpec, Features, Recovered, RuntimeHandler, SandboxSpec, UserNamespace,
+    ContainerRef, ContainerSpec, Features, Recovered, RuntimeHandler, SandboxSpec, SandboxState,
+    StartedSandbox, UserNamespace,
 };
 use crate::stats::{ContainerStats, cgroup_stats};
 
@@ -775,22 +776,37 @@ fn kill_pinned_namespace_init(pin: &Path) {
     }
 }
 
-/// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
-/// namespace is the pinned one): a pid reused after a reboot is left alone.
-fn kill_pid_namespace_init(pid: u32, pin: &Path) {
+/// The `oci` handler's sandbox state format.
+const SANDBOX_STATE_VERSION: u32 = 1;
+
+/// The init pid a sandbox state names (version 0 is a bare pid).
+fn sandbox_init(state: &SandboxState) -> u32 {
+    let pid = match state.version {
+        0 => state.data.as_u64(),
+        _ => state.data["init_pid"].as_u64(),
+    };
+    pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0)
+}
+
+/// Whether `pid` is the init of the PID namespace pinned at `pin` (or, before pinning,
+/// still our monitor in pause mode): a pid reused after a reboot is not.
+fn is_pid_namespace_init(pid: u32, pin: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let same = match (
+    match (
         std::fs::metadata(format!("/proc/{pid}/ns/pid")),
         std::fs::metadata(pin),
     ) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        // Not pinned yet (setup failed before pinning): the init is ours if it still
-        // runs our monitor in pause mode.
         (Ok(_), Err(_)) => std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause")),
         _ => false,
-    };
-    if same {
+    }
+}
+
+/// Kills the pod's PID-namespace init, but only if `pid` still is that init (its PID
+/// namespace is the pinned one): a pid reused after a reboot is left alone.
+fn kill_pid_namespace_init(pid: u32, pin: &Path) {
+    if is_pid_namespace_init(pid, pin) {
         // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
@@ -874,25 +890,48 @@ impl RuntimeHandler for OciRuntime {
         }
     }
 
-    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<u32, HandlerError> {
+    async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<StartedSandbox, HandlerError> {
         if sandbox.userns.is_some() && !self.features().user_namespaces {
             return Err(HandlerError::Unsupported {
                 handler: self.name.clone(),
                 what: "user namespaces".to_owned(),
             });
         }
-        if sandbox.share_pid || sandbox.userns.is_some() {
-            spawn_pause(&self.monitor, sandbox.userns.as_ref()).await
+        let init = if sandbox.share_pid || sandbox.userns.is_some() {
+            spawn_pause(&self.monitor, sandbox.userns.as_ref()).await?
         } else {
-            Ok(0)
-        }
+            0
+        };
+        Ok(StartedSandbox {
+            state: SandboxState {
+                version: SANDBOX_STATE_VERSION,
+                data: serde_json::json!({ "init_pid": init }),
+            },
+            namespace_holder: init,
+        })
     }
 
-    async fn stop_sandbox(&self, sandbox: &SandboxSpec, pid: u32) -> Result<(), HandlerError> {
+    async fn stop_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<(), HandlerError> {
+        let pid = sandbox_init(state);
         if pid > 0 {
             kill_pid_namespace_init(pid, &sandbox.pid_pin);
         }
         Ok(())
+    }
+
+    async fn recover_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<bool, HandlerError> {
+        // A pod without an init has nothing of the handler's to lose; one with an init
+        // needs it alive in the pinned PID namespace.
+        let pid = sandbox_init(state);
+        Ok(pid == 0 || is_pid_namespace_init(pid, &sandbox.pid_pin))
     }
 
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {

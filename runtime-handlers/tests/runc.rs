@@ -55,12 +55,16 @@ fn spec(root: &Path, args: &[&str]) -> Spec {
 /// How the handler names a container these tests made (no pid or cgroup needed).
 fn handle_of<'a>(id: &'a str, bundle: &'a Path) -> ContainerRef<'a> {
     ContainerRef {
+        sandbox_id: SANDBOX,
         id,
         bundle,
         pid: 0,
         cgroup_path: "",
     }
 }
+
+/// The pod these containers belong to (the `oci` handler needs none made for them).
+const SANDBOX: &str = "contract-pod";
 
 async fn wait_exit(bundle: &Path) -> runtime_handlers::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -91,6 +95,7 @@ async fn a_container_runs_logs_and_reports_its_exit() {
     );
     let pid = rt
         .create_container(&ContainerSpec {
+            sandbox_id: SANDBOX,
             id: &id,
             bundle: &bundle,
             spec: &spec,
@@ -149,6 +154,7 @@ async fn exec_with_output_and_timeout_then_kill() {
     let log = dir.path().join("b.log");
     let pid = rt
         .create_container(&ContainerSpec {
+            sandbox_id: SANDBOX,
             id: &id,
             bundle: &bundle,
             spec: &spec(&root, &["sleep", "300"]),
@@ -159,6 +165,7 @@ async fn exec_with_output_and_timeout_then_kill() {
         .await
         .expect("create");
     let handle = ContainerRef {
+        sandbox_id: SANDBOX,
         id: &id,
         bundle: &bundle,
         pid,
@@ -217,6 +224,7 @@ async fn exec_with_output_and_timeout_then_kill() {
         let (id, bundle) = (id.clone(), bundle.clone());
         tokio::spawn(async move {
             rt.wait_container(&ContainerRef {
+                sandbox_id: SANDBOX,
                 id: &id,
                 bundle: &bundle,
                 pid,
@@ -254,6 +262,7 @@ async fn a_failed_create_is_reported_and_leaves_nothing() {
     let log = dir.path().join("c.log");
     let err = rt
         .create_container(&ContainerSpec {
+            sandbox_id: SANDBOX,
             id: &id,
             bundle: &bundle,
             spec: &spec(&missing, &["true"]),
@@ -306,6 +315,7 @@ async fn a_tty_container_logs_its_terminal_output() {
         spec.set_process(Some(process));
     }
     rt.create_container(&ContainerSpec {
+        sandbox_id: SANDBOX,
         id: &id,
         bundle: &bundle,
         spec: &spec,

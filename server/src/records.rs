@@ -157,26 +157,58 @@ impl<T: Record + Clone> Records<T> {
     /// Forgets a record and deletes its file.
     pub fn forget(&self, id: &str) -> std::io::Result<()> {
         self.map_mut().remove(id);
-        match std::fs::remove_file(self.dir.join(format!("{id}.json"))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_file(&self.dir, id)
     }
 
-    /// Writes a record durably: temp file, fsync, rename, fsync of the directory.
+    /// As [`Records::forget`], with the file deleted off the async threads.
+    pub async fn discard(&self, id: &str) -> std::io::Result<()> {
+        self.map_mut().remove(id);
+        let (dir, id) = (self.dir.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || remove_file(&dir, &id))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Writes a record durably: temp file, fsync, rename, fsync of the directory. For
+    /// sync contexts (startup); async code calls [`Records::persist`].
     pub fn save(&self, record: &T) -> std::io::Result<()> {
-        use std::io::Write;
-        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!("{}.tmp", record.id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(format!("{}.json", record.id())))?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        write_file(&self.dir, record)?;
         if let Some(entry) = self.map().get(record.id()) {
             entry.set_snapshot(record.clone());
         }
         Ok(())
+    }
+
+    /// As [`Records::save`], with the write and its fsyncs off the async threads.
+    pub async fn persist(&self, record: &T) -> std::io::Result<()> {
+        let (dir, copy) = (self.dir.clone(), record.clone());
+        tokio::task::spawn_blocking(move || write_file(&dir, &copy))
+            .await
+            .map_err(std::io::Error::other)??;
+        if let Some(entry) = self.map().get(record.id()) {
+            entry.set_snapshot(record.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Writes `record` durably into `dir`.
+fn write_file<T: Record>(dir: &Path, record: &T) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{}.tmp", record.id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(format!("{}.json", record.id())))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Deletes the file of record `id` in `dir`; a missing one is fine.
+fn remove_file(dir: &Path, id: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(format!("{id}.json"))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

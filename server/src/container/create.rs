@@ -317,14 +317,20 @@ pub async fn create(
     let oci: oci_spec::runtime::Spec = serde_json::from_value(spec_json)
         .map_err(|e| Status::internal(format!("OCI spec: {e}")))?;
 
+    // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
         let store = daemon.images.store();
-        if let Err(e) = record.release_filesystems(&store.snapshots) {
-            tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
-        }
+        let record = record.clone();
+        blocking(move || {
+            if let Err(e) = record.release_filesystems(&store.snapshots) {
+                tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
+            }
+            Ok(())
+        })
     };
     let created = runtime
         .create_container(&runtime_handlers::ContainerSpec {
+            sandbox_id: &pod.id,
             id: &id,
             bundle: &bundle,
             spec: &oci,
@@ -336,19 +342,24 @@ pub async fn create(
     match created {
         Ok(pid) => record.pid = pid,
         Err(e) => {
-            cleanup(daemon, &record);
+            cleanup(daemon, &record).await?;
             return Err(handler_status(e));
         }
     }
     // The container's mount namespace has its own copies of the prepared binds now. The
     // host's copies would keep the sources' submounts busy (a volume's owner could not
     // remove a directory a submount sits on), so they go.
-    if let Err(e) = binds::release(&bundle) {
-        tracing::warn!(id = %id, error = %e, "detaching prepared bind mounts");
-    }
-    if let Err(e) = daemon.containers.save(&record) {
+    let staged = bundle.clone();
+    blocking(move || {
+        if let Err(e) = binds::release(&staged) {
+            tracing::warn!(error = %e, "detaching prepared bind mounts");
+        }
+        Ok(())
+    })
+    .await?;
+    if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;
-        cleanup(daemon, &record);
+        cleanup(daemon, &record).await?;
         return Err(Status::internal(format!(
             "cannot persist container {id}: {e}"
         )));

@@ -30,7 +30,8 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     record.started_at = now_ns();
     daemon
         .containers
-        .save(&record)
+        .persist(&record)
+        .await
         .map_err(|e| Status::internal(format!("cannot persist container {}: {e}", record.id)))?;
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerStartedEvent,
@@ -67,7 +68,7 @@ async fn wait_exit(
         }
         Err(_) => return false,
     };
-    record.set_exit(daemon, exit);
+    record.set_exit(daemon, exit).await;
     true
 }
 
@@ -152,7 +153,8 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     .await?;
     daemon
         .containers
-        .forget(&record.id)
+        .discard(&record.id)
+        .await
         .map_err(|e| Status::internal(format!("cannot delete the record of {}: {e}", record.id)))?;
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerDeletedEvent,

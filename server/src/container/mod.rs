@@ -216,6 +216,7 @@ impl ContainerRecord {
     pub fn handle(&self) -> runtime_handlers::ContainerRef<'_> {
         runtime_handlers::ContainerRef {
             id: &self.id,
+            sandbox_id: &self.pod_id,
             bundle: &self.bundle,
             pid: self.pid,
             cgroup_path: &self.cgroup_path,
@@ -254,12 +255,12 @@ impl ContainerRecord {
 
     /// Records how the container ended (first report wins), saves the record, and
     /// records its STOPPED event. Call with the record's lock held.
-    pub fn set_exit(&mut self, daemon: &crate::state::Daemon, exit: ExitRecord) {
+    pub async fn set_exit(&mut self, daemon: &crate::state::Daemon, exit: ExitRecord) {
         if self.exit.is_some() {
             return;
         }
         self.exit = Some(exit);
-        if let Err(e) = daemon.containers.save(self) {
+        if let Err(e) = daemon.containers.persist(self).await {
             tracing::error!(id = %self.id, error = %e, "cannot persist the container's exit");
         }
         daemon.events.record(
@@ -320,7 +321,7 @@ pub fn watch(
         };
         let mut record = container.record.lock().await;
         if daemon.containers.get(&record.id).is_some() {
-            record.set_exit(&daemon, exit);
+            record.set_exit(&daemon, exit).await;
         }
     });
 }
@@ -343,7 +344,7 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
                 tracing::warn!(id = %record.id, %message, "container lost");
                 daemon.events.already_stopped(&record.id);
                 record.exit = Some(ExitRecord::lost(message));
-                if let Err(e) = daemon.containers.save(&record) {
+                if let Err(e) = daemon.containers.persist(&record).await {
                     tracing::error!(id = %record.id, error = %e, "cannot persist container record");
                 }
                 continue;
@@ -366,7 +367,7 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
         // down, and is not sent again.
         daemon.events.already_stopped(&record.id);
         record.exit = Some(exit);
-        if let Err(e) = daemon.containers.save(&record) {
+        if let Err(e) = daemon.containers.persist(&record).await {
             tracing::error!(id = %record.id, error = %e, "cannot persist container record");
         }
     }

@@ -140,10 +140,13 @@ pub struct SandboxRecord {
     pub network: Option<NetworkJournal>,
     /// IPs reported after the network is released (kept for status, as containerd does).
     pub ips: Vec<String>,
-    /// The init of the pod's shared PID namespace (PID mode POD) or of its user
-    /// namespace, 0 if none.
+    /// The host process the handler gave as the holder of the pod's namespaces (the init
+    /// of its shared PID namespace or of its user namespace), 0 if none.
     #[serde(default)]
     pub pause_pid: u32,
+    /// The handler's own state of the sandbox, until the handler has stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_state: Option<runtime_handlers::SandboxState>,
     /// The pod's user namespace; `None` runs it in the host's.
     #[serde(default)]
     pub userns: Option<UsernsRecord>,
@@ -169,22 +172,35 @@ impl SandboxRecord {
         }
     }
 
-    /// Ends the handler's part of the pod (its PID-namespace init, a VM). A handler that
-    /// is no longer configured cannot be asked; that is logged and the pid kept.
+    /// The handler's state of the sandbox while it has one (a record written before
+    /// handlers kept state names only its init's pid).
+    pub fn handler_state(&self) -> Option<runtime_handlers::SandboxState> {
+        self.handler_state.clone().or_else(|| {
+            (self.pause_pid > 0).then(|| runtime_handlers::SandboxState {
+                version: 0,
+                data: self.pause_pid.into(),
+            })
+        })
+    }
+
+    /// Ends the handler's part of the pod (its PID-namespace init, a VM), whatever it
+    /// is. A handler that is no longer configured cannot be asked; that is reported and
+    /// the state kept for the next try.
     pub async fn stop_handler_sandbox(
         &mut self,
         handlers: &crate::handlers::Handlers,
     ) -> Result<(), String> {
-        if self.pause_pid == 0 {
+        let Some(state) = self.handler_state() else {
             return Ok(());
-        }
+        };
         let runtime = handlers
             .get(&self.handler)
             .map_err(|s| s.message().to_owned())?;
         runtime
-            .stop_sandbox(&self.sandbox_spec(), self.pause_pid)
+            .stop_sandbox(&self.sandbox_spec(), &state)
             .await
             .map_err(|e| e.to_string())?;
+        self.handler_state = None;
         self.pause_pid = 0;
         Ok(())
     }
@@ -244,14 +260,19 @@ impl Pods {
         self.records.all()
     }
 
-    /// Forgets a sandbox and deletes its record file.
-    pub fn forget(&self, id: &str) -> std::io::Result<()> {
-        self.records.forget(id)
+    /// Forgets a sandbox and deletes its record file (off the async threads).
+    pub async fn discard(&self, id: &str) -> std::io::Result<()> {
+        self.records.discard(id).await
     }
 
-    /// Writes a record durably.
+    /// Writes a record durably (sync contexts: startup).
     pub fn save(&self, record: &SandboxRecord) -> std::io::Result<()> {
         self.records.save(record)
+    }
+
+    /// Writes a record durably, off the async threads.
+    pub async fn persist(&self, record: &SandboxRecord) -> std::io::Result<()> {
+        self.records.persist(record).await
     }
 
     /// The lock for one pod name.
@@ -530,10 +551,30 @@ pub async fn restore(
     .map_err(|e| format!("sandbox restore failed: {e}"))??;
     let count = records.len();
     for mut record in records {
-        if !record.ready && record.pause_pid > 0 {
+        // A ready pod whose handler lost its part (the init of its PID namespace died
+        // with crispd away) cannot run containers any more: NotReady, network released.
+        if record.ready
+            && let Some(state) = record.handler_state()
+            && let Ok(handler) = handlers.get(&record.handler)
+            && let Ok(false) = handler
+                .recover_sandbox(&record.sandbox_spec(), &state)
+                .await
+        {
+            tracing::warn!(id = %record.id, "the sandbox's handler lost its part of it; marking it NotReady");
+            record.ready = false;
+            let owned = config.clone();
+            let (after, failures) = tokio::task::spawn_blocking(move || release(&owned, record))
+                .await
+                .map_err(|e| format!("sandbox restore failed: {e}"))?;
+            record = after;
+            if !failures.is_empty() {
+                tracing::warn!(id = %record.id, failures = ?failures, "network release failed; will retry");
+            }
+        }
+        if !record.ready && record.handler_state().is_some() {
             match record.stop_handler_sandbox(handlers).await {
                 Ok(()) => {
-                    if let Err(e) = pods.save(&record) {
+                    if let Err(e) = pods.persist(&record).await {
                         tracing::error!(id = %record.id, error = %e, "cannot persist sandbox record");
                     }
                 }

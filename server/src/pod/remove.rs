@@ -14,16 +14,22 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     let pod_id = pod.record.lock().await.id.clone();
     crate::container::remove_all_in_pod(daemon, &pod_id).await?;
     let record = pod.record.lock().await;
-    if let Err(e) = std::fs::remove_dir_all(&record.state_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
+    let state_dir = record.state_dir.clone();
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&state_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    if let Err(e) = removed {
         return Err(Status::internal(format!(
             "cannot remove {} of sandbox {}: {e}",
             record.state_dir.display(),
             record.id
         )));
     }
-    daemon.pods.forget(&record.id).map_err(|e| {
+    daemon.pods.discard(&record.id).await.map_err(|e| {
         Status::internal(format!(
             "cannot delete the record of sandbox {}: {e}",
             record.id

@@ -111,6 +111,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         network: None,
         ips: Vec::new(),
         pause_pid: 0,
+        handler_state: None,
         userns,
     };
     let mut record = record;
@@ -147,11 +148,12 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     // Everything is validated: from here on, a failure undoes what was made.
     let runtime = daemon.handlers.get(&record.handler)?;
     let sandbox = record.sandbox_spec();
-    record.pause_pid = runtime
+    let started = runtime
         .start_sandbox(&sandbox)
         .await
         .map_err(crate::errors::handler_status)?;
-    let sandbox_pid = record.pause_pid;
+    record.pause_pid = started.namespace_holder;
+    record.handler_state = Some(started.state.clone());
     let setup_config = config.clone();
     let set_up = blocking(move || {
         let mut record = record;
@@ -175,21 +177,24 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     let record = match set_up {
         Ok(record) => record,
         Err(status) => {
-            if let Err(e) = runtime.stop_sandbox(&sandbox, sandbox_pid).await {
+            if let Err(e) = runtime.stop_sandbox(&sandbox, &started.state).await {
                 tracing::error!(id = %id, error = %e, "ending the sandbox of a failed RunPodSandbox");
             }
             return Err(status);
         }
     };
-    if let Err(e) = daemon.pods.save(&record) {
+    if let Err(e) = daemon.pods.persist(&record).await {
         let (_, _) = blocking({
             let config = config.clone();
             let record = record.clone();
-            move || Ok(release(&config, record))
+            move || {
+                let released = release(&config, record.clone());
+                let _ = std::fs::remove_dir_all(&record.state_dir);
+                Ok(released)
+            }
         })
         .await?;
-        let _ = runtime.stop_sandbox(&sandbox, sandbox_pid).await;
-        let _ = std::fs::remove_dir_all(&record.state_dir);
+        let _ = runtime.stop_sandbox(&sandbox, &started.state).await;
         return Err(Status::internal(format!(
             "cannot persist sandbox {id}: {e}"
         )));

@@ -22,7 +22,8 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
     after.ready = false;
     daemon
         .pods
-        .save(&after)
+        .persist(&after)
+        .await
         .map_err(|e| Status::internal(format!("cannot persist sandbox {}: {e}", after.id)))?;
     *record = after;
     if failures.is_empty() {
