@@ -1,8 +1,99 @@
-//! Domain errors as gRPC statuses. Matches are exhaustive: a new error variant must
-//! decide its status code here.
+//! The lifecycle's error type, and every domain error as a gRPC status. Matches are
+//! exhaustive: a new error variant must decide its status code here. Nothing else in
+//! `server` builds a `Status`, but the CRI layer's request checks where they stand.
 
 use image::ImageError;
+use runtime_handlers::HandlerError;
 use tonic::Status;
+
+/// What can go wrong in the pod and container lifecycle, by what the caller can do
+/// about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The request is malformed, or asks for what crisp refuses.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such pod, container or image.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name (or attempt) already in use.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object or the node is not in a state that allows the call: a pod not ready,
+    /// a container not running, the network plugin not ready, a handler that cannot run.
+    #[error("{0}")]
+    Precondition(String),
+    /// Something this crisp cannot do yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Waiting for the runtime took too long.
+    #[error("{0}")]
+    Timeout(String),
+    /// A release or teardown that left something to retry (the CNI plugin failed).
+    #[error("{0}")]
+    Retry(String),
+    /// A runtime handler failed.
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+    /// An image lookup failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// crisp's own state could not be written or read (records, pod files, tasks).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl LifecycleError {
+    /// [`LifecycleError::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+    /// [`LifecycleError::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+    /// [`LifecycleError::AlreadyExists`].
+    pub fn exists(message: impl Into<String>) -> Self {
+        Self::AlreadyExists(message.into())
+    }
+    /// [`LifecycleError::Precondition`].
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::Precondition(message.into())
+    }
+    /// [`LifecycleError::Unsupported`].
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::Unsupported(message.into())
+    }
+    /// [`LifecycleError::Timeout`].
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::Timeout(message.into())
+    }
+    /// [`LifecycleError::Retry`].
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry(message.into())
+    }
+    /// [`LifecycleError::Internal`].
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
+    }
+}
+
+impl From<LifecycleError> for Status {
+    fn from(error: LifecycleError) -> Self {
+        match error {
+            LifecycleError::Invalid(m) => Status::invalid_argument(m),
+            LifecycleError::NotFound(m) => Status::not_found(m),
+            LifecycleError::AlreadyExists(m) => Status::already_exists(m),
+            LifecycleError::Precondition(m) => Status::failed_precondition(m),
+            LifecycleError::Unsupported(m) => Status::unimplemented(m),
+            LifecycleError::Timeout(m) => Status::deadline_exceeded(m),
+            LifecycleError::Retry(m) => Status::unavailable(m),
+            LifecycleError::Handler(e) => handler_status(e),
+            LifecycleError::Image(e) => image_status(e),
+            LifecycleError::Internal(m) => Status::internal(m),
+        }
+    }
+}
 
 /// The status a failed image operation answers with.
 pub fn image_status(error: ImageError) -> Status {
@@ -27,8 +118,8 @@ pub fn image_status(error: ImageError) -> Status {
 }
 
 /// The status a failed runtime operation answers with.
-pub fn handler_status(error: runtime_handlers::HandlerError) -> Status {
-    use runtime_handlers::HandlerError as E;
+pub fn handler_status(error: HandlerError) -> Status {
+    use HandlerError as E;
     let message = error.to_string();
     match error {
         E::NotFound { .. } => Status::not_found(message),

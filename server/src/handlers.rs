@@ -1,13 +1,13 @@
 //! The runtime handlers, built once from configuration when crispd starts (their
 //! `[runtimes.*]` tables need a restart to change), and looked up by name per call.
 
+use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use conf::{Config, HandlerType};
 use runtime_handlers::RuntimeHandler;
-use tonic::Status;
 
 /// Why a configured handler cannot run here.
 #[derive(Debug, Clone)]
@@ -63,14 +63,14 @@ impl Handlers {
     }
 
     /// The handler of that name, or the status a call naming it answers.
-    pub fn get(&self, name: &str) -> Result<Arc<dyn RuntimeHandler>, Status> {
+    pub fn get(&self, name: &str) -> Result<Arc<dyn RuntimeHandler>, LifecycleError> {
         match self.by_name.get(name) {
             Some(Ok(handler)) => Ok(Arc::clone(handler)),
-            Some(Err(Unusable::Unsupported(message))) => Err(Status::unimplemented(message)),
-            Some(Err(Unusable::Missing(message))) => Err(Status::failed_precondition(format!(
+            Some(Err(Unusable::Unsupported(message))) => Err(LifecycleError::unsupported(message)),
+            Some(Err(Unusable::Missing(message))) => Err(LifecycleError::precondition(format!(
                 "{message} (it is looked up when crispd starts)"
             ))),
-            None => Err(Status::failed_precondition(format!(
+            None => Err(LifecycleError::precondition(format!(
                 "runtime handler `{name}` is no longer configured"
             ))),
         }

@@ -72,3 +72,54 @@ fn the_check_finds_what_it_looks_for() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+/// Where a `tonic::Status` may be built: the one module that maps domain errors, the
+/// CRI layer's request checks, and the deadline layer around every call.
+const STATUS_ALLOWED: &[&str] = &["errors.rs", "cri/", "daemon/deadline.rs"];
+
+#[test]
+fn statuses_are_built_in_one_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for path in files {
+        let rel = path
+            .strip_prefix(&src)
+            .expect("under src")
+            .display()
+            .to_string();
+        if STATUS_ALLOWED.iter().any(|a| rel.starts_with(a)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            // A constructor: `Status::` then a lower-case name (zlib's Status::Ok is not).
+            let builds = code.match_indices("Status::").any(|(at, _)| {
+                code[at + 8..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_lowercase())
+            });
+            if builds {
+                found.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "gRPC statuses built outside errors.rs and the CRI layer:\n{}",
+        found.join("\n")
+    );
+}

@@ -10,10 +10,10 @@
 //! container (its mount namespace holds its own), or when a failed create is undone
 //! ([`release`]).
 
+use crate::errors::LifecycleError;
 use std::path::{Path, PathBuf};
 
 use cri_proto::v1 as cri;
-use tonic::Status;
 
 use crate::pod::{IdRange, UsernsRecord};
 
@@ -30,13 +30,13 @@ pub fn staged_source(bundle: &Path, n: usize, mount: &cri::Mount) -> Option<Path
 /// Checks a mount that needs a prepared copy. ID mapping is the pod's own: the mount's
 /// mappings must be the pod's. Recursive read-only needs `readonly` and private
 /// propagation (a read-only copy cannot receive or send mount events).
-pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Status> {
+pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), LifecycleError> {
     let private = matches!(
         cri::MountPropagation::try_from(mount.propagation),
         Ok(cri::MountPropagation::PropagationPrivate)
     );
     if idmapped(mount) && !private {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "mount at {}: an ID-mapped mount is a private copy and cannot propagate mounts",
             mount.container_path
         )));
@@ -51,7 +51,7 @@ pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Statu
         if !same(&mount.uid_mappings, pod.map(|u| u.uid))
             || !same(&mount.gid_mappings, pod.map(|u| u.gid))
         {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "mount at {}: ID mappings must be the pod's user namespace mappings",
                 mount.container_path
             )));
@@ -61,13 +61,13 @@ pub fn check(mount: &cri::Mount, pod: Option<&UsernsRecord>) -> Result<(), Statu
         return Ok(());
     }
     if !mount.readonly {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "mount at {}: recursive_read_only needs readonly",
             mount.container_path
         )));
     }
     if !private {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "mount at {}: recursive_read_only needs private propagation",
             mount.container_path
         )));
@@ -81,7 +81,7 @@ pub fn stage(
     bundle: &Path,
     mounts: &[cri::Mount],
     userns: Option<(&Path, &UsernsRecord)>,
-) -> Result<(), Status> {
+) -> Result<(), LifecycleError> {
     for (n, m) in mounts.iter().enumerate() {
         let Some(target) = staged_source(bundle, n, m) else {
             continue;
@@ -94,8 +94,8 @@ pub fn stage(
             };
             storage::clone_tree(Path::new(&m.host_path), &target, &options).map_err(|e| {
                 let status = match e.kind() {
-                    std::io::ErrorKind::NotFound => Status::invalid_argument,
-                    _ => Status::internal,
+                    std::io::ErrorKind::NotFound => LifecycleError::invalid,
+                    _ => LifecycleError::internal,
                 };
                 status(format!(
                     "preparing {} for {} (recursively read-only or ID-mapped): {e}",

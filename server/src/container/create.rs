@@ -1,14 +1,13 @@
 //! CreateContainer: rootfs, identity, OCI spec, and the container created under its
 //! monitor; everything undone on failure.
 
+use crate::errors::LifecycleError;
 use std::sync::Arc;
 
 use cri_proto::v1 as cri;
-use tonic::Status;
 
 use super::spec::{self, ImageDefaults, SpecInput};
 use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, binds, user};
-use crate::errors::{handler_status, image_status};
 use crate::pod::{blocking, new_id, now_ns};
 use crate::state::Daemon;
 
@@ -16,22 +15,22 @@ use crate::state::Daemon;
 pub async fn create(
     daemon: &Arc<Daemon>,
     request: cri::CreateContainerRequest,
-) -> Result<String, Status> {
+) -> Result<String, LifecycleError> {
     let config = daemon.config();
     let container = request
         .config
-        .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+        .ok_or_else(|| LifecycleError::invalid("CreateContainer needs a config"))?;
     let meta = container
         .metadata
         .clone()
         .filter(|m| !m.name.is_empty())
-        .ok_or_else(|| Status::invalid_argument("config.metadata.name must not be empty"))?;
+        .ok_or_else(|| LifecycleError::invalid("config.metadata.name must not be empty"))?;
     let pod = daemon.pods.get(&request.pod_sandbox_id).ok_or_else(|| {
-        Status::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
+        LifecycleError::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
     })?;
     let pod = pod.record.lock().await.clone();
     if !pod.ready {
-        return Err(Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "pod sandbox {} is not ready",
             pod.id
         )));
@@ -48,7 +47,7 @@ pub async fn create(
         .into_iter()
         .next()
     {
-        return Err(Status::already_exists(format!(
+        return Err(LifecycleError::exists(format!(
             "container name {} (attempt {}) is already used by {} in pod {}",
             meta.name, meta.attempt, r.id, pod.id
         )));
@@ -61,7 +60,7 @@ pub async fn create(
         && security.run_as_user.is_none()
         && security.run_as_username.is_empty()
     {
-        return Err(Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "run_as_group needs run_as_user or run_as_username: a group alone does not say who runs",
         ));
     }
@@ -70,16 +69,20 @@ pub async fn create(
         .as_ref()
         .map(|i| i.image.clone())
         .filter(|i| !i.is_empty())
-        .ok_or_else(|| Status::invalid_argument("config.image.image must name an image"))?;
+        .ok_or_else(|| LifecycleError::invalid("config.image.image must name an image"))?;
     let image = daemon
         .images
         .find(&image_name)
         .await
-        .map_err(image_status)?
+        .map_err(LifecycleError::from)?
         .ok_or_else(|| {
-            Status::not_found(format!("image {image_name} is not present; pull it first"))
+            LifecycleError::not_found(format!("image {image_name} is not present; pull it first"))
         })?;
-    let image_config = daemon.images.config(&image).await.map_err(image_status)?;
+    let image_config = daemon
+        .images
+        .config(&image)
+        .await
+        .map_err(LifecycleError::from)?;
     let defaults = ImageDefaults::from_config(&image_config);
     let runtime = daemon.handlers.get(&pod.handler)?;
 
@@ -147,7 +150,7 @@ pub async fn create(
         if !m.readonly {
             // Image volumes are read-only by definition (KEP-4639); a writable one is a
             // request error, not something to quietly make read-only.
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "the image volume at {} ({}) must be read-only: set readonly: true",
                 m.container_path, spec.image
             )));
@@ -156,9 +159,9 @@ pub async fn create(
             .images
             .find(&spec.image)
             .await
-            .map_err(image_status)?
+            .map_err(LifecycleError::from)?
             .ok_or_else(|| {
-                Status::not_found(format!(
+                LifecycleError::not_found(format!(
                     "image {} of the volume at {} is not present; pull it first",
                     spec.image, m.container_path
                 ))
@@ -187,7 +190,7 @@ pub async fn create(
             .containers
             .get(&namespaces.target_id)
             .ok_or_else(|| {
-                Status::not_found(format!(
+                LifecycleError::not_found(format!(
                     "target container {} of the PID namespace not found",
                     namespaces.target_id
                 ))
@@ -197,7 +200,7 @@ pub async fn create(
             .then(|| runtime.pid_namespace(&target.handle()))
             .flatten();
         if path.is_none() {
-            return Err(Status::failed_precondition(format!(
+            return Err(LifecycleError::precondition(format!(
                 "target container {} is not running",
                 target.id
             )));
@@ -234,7 +237,7 @@ pub async fn create(
                     .mount_rootfs(&record.id, &record.chain_ids, &rootfs, idmap.as_ref())
             {
                 release(&record);
-                return Err(Status::internal(format!("preparing the rootfs: {e}")));
+                return Err(LifecycleError::internal(format!("preparing the rootfs: {e}")));
             }
             let mut volumes = Vec::new();
             for (n, chain) in volume_chains.iter().enumerate() {
@@ -244,7 +247,7 @@ pub async fn create(
                     .mount_rootfs(&id, chain, &target, idmap.as_ref())
                 {
                     release(&record);
-                    return Err(Status::internal(format!("mounting an image volume: {e}")));
+                    return Err(LifecycleError::internal(format!("mounting an image volume: {e}")));
                 }
                 volumes.push(target);
             }
@@ -296,7 +299,7 @@ pub async fn create(
                 let spec = spec::build(&container, &input)?;
                 let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
                 binds::stage(&record.bundle, &container.mounts, pinned)?;
-                Ok::<_, Status>((spec, identity))
+                Ok::<_, LifecycleError>((spec, identity))
             })();
             if built.is_err() {
                 release(&record);
@@ -315,7 +318,7 @@ pub async fn create(
     record.gid = identity.gid;
     record.groups = identity.groups.clone();
     let oci: oci_spec::runtime::Spec = serde_json::from_value(spec_json)
-        .map_err(|e| Status::internal(format!("OCI spec: {e}")))?;
+        .map_err(|e| LifecycleError::internal(format!("OCI spec: {e}")))?;
 
     // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
@@ -343,7 +346,7 @@ pub async fn create(
         Ok(pid) => record.pid = pid,
         Err(e) => {
             cleanup(daemon, &record).await?;
-            return Err(handler_status(e));
+            return Err(LifecycleError::from(e));
         }
     }
     // The container's mount namespace has its own copies of the prepared binds now. The
@@ -360,7 +363,7 @@ pub async fn create(
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;
         cleanup(daemon, &record).await?;
-        return Err(Status::internal(format!(
+        return Err(LifecycleError::internal(format!(
             "cannot persist container {id}: {e}"
         )));
     }

@@ -1,23 +1,21 @@
 //! StartContainer, StopContainer, RemoveContainer, and the pod-wide stop and remove.
 
+use crate::errors::LifecycleError;
 use std::time::{Duration, Instant};
 
-use tonic::Status;
-
 use super::{ContainerRecord, State};
-use crate::errors::handler_status;
 use crate::pod::now_ns;
 use crate::state::Daemon;
 
 /// Starts a created container.
-pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
+pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     let container = daemon
         .containers
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let mut record = container.record.lock().await;
     if record.state() != State::Created {
-        return Err(Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "container {} is not in the created state",
             record.id
         )));
@@ -26,13 +24,11 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), Status> {
     runtime
         .start_container(&record.id)
         .await
-        .map_err(handler_status)?;
+        .map_err(LifecycleError::from)?;
     record.started_at = now_ns();
-    daemon
-        .containers
-        .persist(&record)
-        .await
-        .map_err(|e| Status::internal(format!("cannot persist container {}: {e}", record.id)))?;
+    daemon.containers.persist(&record).await.map_err(|e| {
+        LifecycleError::internal(format!("cannot persist container {}: {e}", record.id))
+    })?;
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerStartedEvent,
         &record.id,
@@ -79,7 +75,7 @@ async fn stop_record(
     daemon: &Daemon,
     record: &mut ContainerRecord,
     timeout: Duration,
-) -> Result<(), Status> {
+) -> Result<(), LifecycleError> {
     if record.exit.is_some() {
         return Ok(());
     }
@@ -95,13 +91,13 @@ async fn stop_record(
             runtime
                 .delete_container(&record.handle(), true)
                 .await
-                .map_err(handler_status)?;
+                .map_err(LifecycleError::from)?;
         }
     } else if !timeout.is_zero() {
         runtime
             .kill_container(&record.id, record.stop_signal, false)
             .await
-            .map_err(handler_status)?;
+            .map_err(LifecycleError::from)?;
         if wait_exit(daemon, runtime.as_ref(), record, timeout).await {
             return Ok(());
         }
@@ -109,9 +105,9 @@ async fn stop_record(
     runtime
         .kill_container(&record.id, libc::SIGKILL, true)
         .await
-        .map_err(handler_status)?;
+        .map_err(LifecycleError::from)?;
     if !wait_exit(daemon, runtime.as_ref(), record, Duration::from_secs(10)).await {
-        return Err(Status::deadline_exceeded(format!(
+        return Err(LifecycleError::timeout(format!(
             "container {} did not exit 10s after SIGKILL",
             record.id
         )));
@@ -121,7 +117,7 @@ async fn stop_record(
 }
 
 /// StopContainer: an unknown ID succeeds, as the CRI requires.
-pub async fn stop(daemon: &Daemon, id: &str, timeout_secs: i64) -> Result<(), Status> {
+pub async fn stop(daemon: &Daemon, id: &str, timeout_secs: i64) -> Result<(), LifecycleError> {
     let Some(container) = daemon.containers.get(id) else {
         return Ok(());
     };
@@ -132,7 +128,7 @@ pub async fn stop(daemon: &Daemon, id: &str, timeout_secs: i64) -> Result<(), St
 
 /// RemoveContainer: kills a running container first (as the CRI requires), deletes it
 /// at the runtime, unmounts and discards its rootfs. An unknown ID succeeds.
-pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
+pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     let Some(container) = daemon.containers.get(id) else {
         return Ok(());
     };
@@ -142,20 +138,18 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     runtime
         .delete_container(&record.handle(), true)
         .await
-        .map_err(handler_status)?;
+        .map_err(LifecycleError::from)?;
     let store = daemon.images.store();
     let filesystems = record.clone();
     crate::pod::blocking(move || {
         filesystems
             .release_filesystems(&store.snapshots)
-            .map_err(Status::internal)
+            .map_err(LifecycleError::internal)
     })
     .await?;
-    daemon
-        .containers
-        .discard(&record.id)
-        .await
-        .map_err(|e| Status::internal(format!("cannot delete the record of {}: {e}", record.id)))?;
+    daemon.containers.discard(&record.id).await.map_err(|e| {
+        LifecycleError::internal(format!("cannot delete the record of {}: {e}", record.id))
+    })?;
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerDeletedEvent,
         &record.id,
@@ -166,7 +160,7 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
 }
 
 /// Kills every container of a pod (StopPodSandbox).
-pub async fn stop_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
+pub async fn stop_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), LifecycleError> {
     for (c, _) in daemon.containers.snapshots_where(|r| r.pod_id == pod_id) {
         let mut record = c.record.lock().await;
         stop_record(daemon, &mut record, Duration::ZERO).await?;
@@ -175,7 +169,7 @@ pub async fn stop_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status
 }
 
 /// Removes every container of a pod (RemovePodSandbox).
-pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Status> {
+pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), LifecycleError> {
     for (_, record) in daemon.containers.snapshots_where(|r| r.pod_id == pod_id) {
         remove(daemon, &record.id).await?;
     }
@@ -183,14 +177,14 @@ pub async fn remove_all_in_pod(daemon: &Daemon, pod_id: &str) -> Result<(), Stat
 }
 
 /// ReopenContainerLog: the monitor reopens the log path (kubelet rotated the file).
-pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
+pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     let container = daemon
         .containers
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let record = container.record.lock().await;
     if record.state() != State::Running {
-        return Err(Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "container {} is not running",
             record.id
         )));
@@ -199,7 +193,7 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
     runtime
         .reopen_log(&record.id)
         .await
-        .map_err(handler_status)?;
+        .map_err(LifecycleError::from)?;
     // The monitor reopens on its own time; kubelet (and critest) expect the new file to
     // exist when this call returns.
     if record.log_path.is_empty() {
@@ -209,7 +203,7 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), Status> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while !path.exists() {
         if Instant::now() >= deadline {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(LifecycleError::timeout(format!(
                 "the monitor of {} did not reopen {} within 2s",
                 record.id, record.log_path
             )));
@@ -224,14 +218,14 @@ pub async fn update_resources(
     daemon: &Daemon,
     id: &str,
     resources: Option<cri_proto::v1::LinuxContainerResources>,
-) -> Result<(), Status> {
+) -> Result<(), LifecycleError> {
     let container = daemon
         .containers
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let record = container.record.lock().await;
     if matches!(record.state(), State::Exited { .. }) {
-        return Err(Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "container {} has exited",
             record.id
         )));
@@ -253,5 +247,5 @@ pub async fn update_resources(
     runtime
         .update_container(&record.id, &update)
         .await
-        .map_err(handler_status)
+        .map_err(LifecycleError::from)
 }

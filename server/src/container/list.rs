@@ -1,9 +1,9 @@
 //! ContainerStatus and ListContainers.
 
+use crate::errors::LifecycleError;
 use std::collections::HashMap;
 
 use cri_proto::v1 as cri;
-use tonic::Status;
 
 use super::{ContainerRecord, State};
 use crate::records::to_hash_map;
@@ -30,11 +30,11 @@ pub async fn status(
     daemon: &Daemon,
     id: &str,
     verbose: bool,
-) -> Result<cri::ContainerStatusResponse, Status> {
+) -> Result<cri::ContainerStatusResponse, LifecycleError> {
     let container = daemon
         .containers
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let record = container.snapshot();
     let state = record.state();
     let (exit_code, finished_at, (reason, message)) = match &record.exit {

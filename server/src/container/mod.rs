@@ -340,7 +340,7 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
         let runtime = match daemon.handlers.get(&record.handler) {
             Ok(runtime) => runtime,
             Err(e) => {
-                let message = format!("its runtime handler cannot run: {}", e.message());
+                let message = format!("its runtime handler cannot run: {e}");
                 tracing::warn!(id = %record.id, %message, "container lost");
                 daemon.events.already_stopped(&record.id);
                 record.exit = Some(ExitRecord::lost(message));

@@ -2,9 +2,9 @@
 //! (a profile file on the node) or `Unconfined`, from the CRI's SecurityProfile or the
 //! deprecated `seccomp_profile_path` strings.
 
+use crate::errors::LifecycleError;
 use cri_proto::v1 as cri;
 use serde_json::{Value, json};
-use tonic::Status;
 
 /// Syscalls the default profile refuses with EPERM, each with the capability that lifts
 /// the refusal (as in Docker's and containerd's default profiles): kernel modules and
@@ -85,7 +85,7 @@ fn runtime_default(caps: &[String]) -> Value {
 pub fn profile(
     security: &cri::LinuxContainerSecurityContext,
     caps: &[String],
-) -> Result<Option<Value>, Status> {
+) -> Result<Option<Value>, LifecycleError> {
     #[allow(deprecated)]
     let legacy = security.seccomp_profile_path.as_str();
     let (kind, localhost) = match &security.seccomp {
@@ -102,7 +102,7 @@ pub fn profile(
             other => match other.strip_prefix("localhost/") {
                 Some(path) => ("localhost", path.to_owned()),
                 None => {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "unknown seccomp profile `{other}`"
                     )));
                 }
@@ -118,18 +118,16 @@ pub fn profile(
     }
 }
 
-fn localhost_profile(path: &str) -> Result<Value, Status> {
+fn localhost_profile(path: &str) -> Result<Value, LifecycleError> {
     if !path.starts_with('/') {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "seccomp localhost profile `{path}` must be an absolute path on the node"
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Status::invalid_argument(format!("cannot read seccomp profile {path}: {e}"))
-    })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
-        Status::invalid_argument(format!("seccomp profile {path} is not JSON: {e}"))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LifecycleError::invalid(format!("cannot read seccomp profile {path}: {e}")))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| LifecycleError::invalid(format!("seccomp profile {path} is not JSON: {e}")))?;
     // Docker's format is OCI's plus keys runtimes ignore; keep what OCI knows.
     let mut oci = serde_json::Map::new();
     for key in [
@@ -147,7 +145,7 @@ fn localhost_profile(path: &str) -> Result<Value, Status> {
     }
     let oci = Value::Object(oci);
     serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(oci.clone()).map_err(|e| {
-        Status::invalid_argument(format!(
+        LifecycleError::invalid(format!(
             "seccomp profile {path} is not a valid profile: {e}"
         ))
     })?;

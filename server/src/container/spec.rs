@@ -2,11 +2,11 @@
 //! way kubelet expects: command/args against Entrypoint/Cmd, env merged by key, the pod's
 //! namespaces joined by path, the pod's hosts/resolv.conf/hostname/shm bind-mounted.
 
+use crate::errors::LifecycleError;
 use std::path::Path;
 
 use cri_proto::v1 as cri;
 use serde_json::{Value, json};
-use tonic::Status;
 
 use super::user::Identity;
 use crate::pod::{NsMode, SandboxRecord};
@@ -112,7 +112,7 @@ impl ImageDefaults {
 pub fn process_args(
     request: &cri::ContainerConfig,
     image: &ImageDefaults,
-) -> Result<Vec<String>, Status> {
+) -> Result<Vec<String>, LifecycleError> {
     let (entry, args) = if request.command.is_empty() {
         let args = if request.args.is_empty() {
             image.cmd.clone()
@@ -125,7 +125,7 @@ pub fn process_args(
     };
     let all: Vec<String> = entry.into_iter().chain(args).collect();
     if all.is_empty() {
-        return Err(Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "no command: the request has neither command nor args and the image has no Entrypoint or Cmd",
         ));
     }
@@ -240,22 +240,22 @@ pub struct SpecInput<'a> {
 
 /// A host device made available in the container: its OCI `linux.devices` entry and the
 /// cgroup rule allowing it.
-fn device(d: &cri::Device) -> Result<(Value, Value), Status> {
+fn device(d: &cri::Device) -> Result<(Value, Value), LifecycleError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     if !d.container_path.starts_with('/') {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "device path `{}` in the container must be absolute",
             d.container_path
         )));
     }
     let meta = std::fs::metadata(&d.host_path)
-        .map_err(|e| Status::invalid_argument(format!("device {}: {e}", d.host_path)))?;
+        .map_err(|e| LifecycleError::invalid(format!("device {}: {e}", d.host_path)))?;
     let kind = if meta.file_type().is_char_device() {
         "c"
     } else if meta.file_type().is_block_device() {
         "b"
     } else {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "{} is not a character or block device",
             d.host_path
         )));
@@ -266,7 +266,7 @@ fn device(d: &cri::Device) -> Result<(Value, Value), Status> {
         d.permissions.as_str()
     };
     if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "device permissions `{permissions}` must be made of r, w and m"
         )));
     }
@@ -280,7 +280,10 @@ fn device(d: &cri::Device) -> Result<(Value, Value), Status> {
 }
 
 /// Builds the OCI spec as JSON (validated by deserializing it into oci-spec's type).
-pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Value, Status> {
+pub fn build(
+    request: &cri::ContainerConfig,
+    input: &SpecInput<'_>,
+) -> Result<Value, LifecycleError> {
     let linux = request.linux.clone().unwrap_or_default();
     let security = linux.security_context.clone().unwrap_or_default();
     let resources = linux.resources.clone().unwrap_or_default();
@@ -317,7 +320,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
     let mut volumes = input.image_volumes.iter();
     for (n, m) in request.mounts.iter().enumerate() {
         if m.container_path.is_empty() || !m.container_path.starts_with('/') {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "mount destination `{}` must be an absolute path",
                 m.container_path
             )));
@@ -325,14 +328,14 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
             // An image's filesystem, read-only (optionally one of its directories).
             let Some(root) = volumes.next() else {
-                return Err(Status::internal("an image volume was not mounted"));
+                return Err(LifecycleError::internal("an image volume was not mounted"));
             };
             let sub = Path::new(&m.image_sub_path);
             if sub
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
             {
-                return Err(Status::invalid_argument(format!(
+                return Err(LifecycleError::invalid(format!(
                     "image_sub_path `{}` must be a relative path inside the image",
                     m.image_sub_path
                 )));
@@ -342,7 +345,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
                 .ok()
                 .filter(|s| s.starts_with(root) && s.is_dir());
             if inside.is_none() {
-                return Err(Status::invalid_argument(format!(
+                return Err(LifecycleError::invalid(format!(
                     "image_sub_path `{}` is not a directory of the image",
                     m.image_sub_path
                 )));
@@ -352,7 +355,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         }
         let host = Path::new(&m.host_path);
         if !host.is_absolute() {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "mount source `{}` must be an absolute path",
                 m.host_path
             )));
@@ -360,7 +363,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         if !host.exists() {
             // As containerd does: a missing host path becomes an empty directory.
             std::fs::create_dir_all(host).map_err(|e| {
-                Status::invalid_argument(format!(
+                LifecycleError::invalid(format!(
                     "cannot create mount source {}: {e}",
                     host.display()
                 ))
@@ -392,13 +395,13 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
                 Some(Ok(cri::NamespaceMode::Target)) => match &input.target_pid_ns {
                     Some(path) => namespaces.push(json!({"type": "pid", "path": path})),
                     None => {
-                        return Err(Status::invalid_argument(
+                        return Err(LifecycleError::invalid(
                             "PID namespace mode TARGET needs namespace_options.target_id",
                         ));
                     }
                 },
                 Some(Ok(cri::NamespaceMode::Pod)) => {
-                    return Err(Status::invalid_argument(
+                    return Err(LifecycleError::invalid(
                         "the pod has no shared PID namespace (its PID mode is CONTAINER)",
                     ));
                 }
@@ -558,7 +561,7 @@ pub fn build(request: &cri::ContainerConfig, input: &SpecInput<'_>) -> Result<Va
         spec["hostname"] = pod.hostname.clone().into();
     }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
-        .map_err(|e| Status::internal(format!("built an invalid OCI spec: {e}")))?;
+        .map_err(|e| LifecycleError::internal(format!("built an invalid OCI spec: {e}")))?;
     Ok(spec)
 }
 

@@ -2,9 +2,8 @@
 //! `run_as_group`, else the image's `USER` (`uid`, `name`, `uid:gid`, `name:group`),
 //! against the image's own /etc/passwd and /etc/group.
 
+use crate::errors::LifecycleError;
 use std::path::Path;
-
-use tonic::Status;
 
 /// The resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +61,7 @@ pub fn resolve(
     run_as_group: Option<i64>,
     supplemental: &[i64],
     strict: bool,
-) -> Result<Identity, Status> {
+) -> Result<Identity, LifecycleError> {
     let passwd = read_image_file(rootfs, "etc/passwd");
     let group = read_image_file(rootfs, "etc/group");
     let (user_part, group_part) = match image_user.split_once(':') {
@@ -86,7 +85,7 @@ pub fn resolve(
         }
     } else {
         passwd_entry(&passwd, |n, _| n == user).ok_or_else(|| {
-            Status::invalid_argument(format!("user `{user}` is not in the image's /etc/passwd"))
+            LifecycleError::invalid(format!("user `{user}` is not in the image's /etc/passwd"))
         })?
     };
     // The image's group part applies only when the user came from the image too.
@@ -96,13 +95,13 @@ pub fn resolve(
         gid = match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => group_id(&group, g).ok_or_else(|| {
-                Status::invalid_argument(format!("group `{g}` is not in the image's /etc/group"))
+                LifecycleError::invalid(format!("group `{g}` is not in the image's /etc/group"))
             })?,
         };
     }
     if let Some(g) = run_as_group {
         gid = u32::try_from(g)
-            .map_err(|_| Status::invalid_argument(format!("run_as_group {g} is out of range")))?;
+            .map_err(|_| LifecycleError::invalid(format!("run_as_group {g} is out of range")))?;
     }
     let mut groups = if name.is_empty() || strict {
         Vec::new()
@@ -111,7 +110,7 @@ pub fn resolve(
     };
     for g in supplemental {
         let g = u32::try_from(*g).map_err(|_| {
-            Status::invalid_argument(format!("supplemental group {g} is out of range"))
+            LifecycleError::invalid(format!("supplemental group {g} is out of range"))
         })?;
         if !groups.contains(&g) {
             groups.push(g);

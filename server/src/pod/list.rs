@@ -1,9 +1,9 @@
 //! PodSandboxStatus and ListPodSandbox.
 
+use crate::errors::LifecycleError;
 use std::collections::HashMap;
 
 use cri_proto::v1 as cri;
-use tonic::Status;
 
 use super::{NsMode, SandboxRecord};
 use crate::records::to_hash_map;
@@ -41,11 +41,11 @@ pub async fn status(
     daemon: &Daemon,
     id: &str,
     verbose: bool,
-) -> Result<cri::PodSandboxStatusResponse, Status> {
+) -> Result<cri::PodSandboxStatusResponse, LifecycleError> {
     let pod = daemon
         .pods
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("pod sandbox {id} not found")))?;
     let record = pod.snapshot();
     let network = (record.network_mode != NsMode::Node).then(|| cri::PodSandboxNetworkStatus {
         ip: record.ips.first().cloned().unwrap_or_default(),

@@ -15,6 +15,7 @@ mod remove;
 mod run;
 mod stop;
 
+use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,9 +194,7 @@ impl SandboxRecord {
         let Some(state) = self.handler_state() else {
             return Ok(());
         };
-        let runtime = handlers
-            .get(&self.handler)
-            .map_err(|s| s.message().to_owned())?;
+        let runtime = handlers.get(&self.handler).map_err(|e| e.to_string())?;
         runtime
             .stop_sandbox(&self.sandbox_spec(), &state)
             .await
@@ -312,11 +311,11 @@ pub fn now_ns() -> i64 {
 
 /// Runs sync pod work (namespaces, CNI, files) off the async threads.
 pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, tonic::Status> + Send + 'static,
-) -> Result<T, tonic::Status> {
+    f: impl FnOnce() -> Result<T, LifecycleError> + Send + 'static,
+) -> Result<T, LifecycleError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| tonic::Status::internal(format!("pod task failed: {e}")))?
+        .map_err(|e| LifecycleError::internal(format!("pod task failed: {e}")))?
 }
 
 /// Where UpdateRuntimeConfig's pod CIDR is kept, so it outlives a restart.
@@ -338,7 +337,7 @@ pub fn pod_cidrs(config: &conf::Config) -> Vec<String> {
 /// UpdateRuntimeConfig: records the node's pod CIDR(s), comma-separated as kubelet sends
 /// them, after checking each is `address/prefix`. Pods created from now on get addresses
 /// from it where the network's plugins take the `ipRanges` capability.
-pub fn set_pod_cidr(config: &conf::Config, cidrs: &str) -> Result<(), tonic::Status> {
+pub fn set_pod_cidr(config: &conf::Config, cidrs: &str) -> Result<(), LifecycleError> {
     for cidr in cidrs.split(',').map(str::trim).filter(|c| !c.is_empty()) {
         let valid = cidr.split_once('/').is_some_and(|(ip, prefix)| {
             match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
@@ -348,7 +347,7 @@ pub fn set_pod_cidr(config: &conf::Config, cidrs: &str) -> Result<(), tonic::Sta
             }
         });
         if !valid {
-            return Err(tonic::Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "pod CIDR `{cidr}` is not address/prefix"
             )));
         }
@@ -358,7 +357,7 @@ pub fn set_pod_cidr(config: &conf::Config, cidrs: &str) -> Result<(), tonic::Sta
     std::fs::create_dir_all(&config.root)
         .and_then(|()| std::fs::write(&tmp, cidrs.trim()))
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| tonic::Status::internal(format!("saving the pod CIDR: {e}")))?;
+        .map_err(|e| LifecycleError::internal(format!("saving the pod CIDR: {e}")))?;
     tracing::info!(pod_cidr = %cidrs, "pod CIDR updated");
     Ok(())
 }

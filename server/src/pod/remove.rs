@@ -1,12 +1,12 @@
 //! RemovePodSandbox: stop if needed, then forget the sandbox and delete its files.
 //! Idempotent: an unknown ID succeeds.
 
-use tonic::Status;
+use crate::errors::LifecycleError;
 
 use crate::state::Daemon;
 
 /// Removes the sandbox `id`.
-pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
+pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     let Some(pod) = daemon.pods.get(id) else {
         return Ok(());
     };
@@ -23,14 +23,14 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), Status> {
     .map_err(std::io::Error::other)
     .and_then(|r| r);
     if let Err(e) = removed {
-        return Err(Status::internal(format!(
+        return Err(LifecycleError::internal(format!(
             "cannot remove {} of sandbox {}: {e}",
             record.state_dir.display(),
             record.id
         )));
     }
     daemon.pods.discard(&record.id).await.map_err(|e| {
-        Status::internal(format!(
+        LifecycleError::internal(format!(
             "cannot delete the record of sandbox {}: {e}",
             record.id
         ))

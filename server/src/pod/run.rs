@@ -1,13 +1,13 @@
 //! RunPodSandbox: namespaces, files, shm, sysctls and the CNI attachment, all undone if
 //! any step fails.
 
+use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use cri_proto::v1 as cri;
-use tonic::Status;
 
 use super::{
     IdRange, NetworkJournal, NsMode, SandboxRecord, UsernsRecord, blocking, name_key, new_id,
@@ -28,22 +28,25 @@ fn mode(m: i32) -> NsMode {
 }
 
 /// Runs a sandbox and returns its ID.
-pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<String, Status> {
+pub async fn run(
+    daemon: &Daemon,
+    request: cri::RunPodSandboxRequest,
+) -> Result<String, LifecycleError> {
     let config = daemon.config();
     let pod_config = request
         .config
-        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+        .ok_or_else(|| LifecycleError::invalid("RunPodSandbox needs a config"))?;
     let meta = pod_config
         .metadata
         .clone()
-        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs config.metadata"))?;
+        .ok_or_else(|| LifecycleError::invalid("RunPodSandbox needs config.metadata"))?;
     for (field, value) in [
         ("name", &meta.name),
         ("namespace", &meta.namespace),
         ("uid", &meta.uid),
     ] {
         if value.is_empty() {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "config.metadata.{field} must not be empty"
             )));
         }
@@ -57,7 +60,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         .to_owned();
     if !config.runtimes.contains_key(&handler) {
         let known: Vec<&str> = config.runtimes.keys().map(String::as_str).collect();
-        return Err(Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "runtime handler `{handler}` is not configured; configured handlers: {}",
             known.join(", ")
         )));
@@ -135,14 +138,14 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         .iter()
         .any(|p| p.host_port == 0 || p.container_port == 0)
     {
-        return Err(Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "port mappings need ports between 1 and 65535",
         ));
     }
     let sysctls: BTreeMap<String, String> = linux.sysctls.clone().into_iter().collect();
     let bandwidth =
         network::bandwidth_from_annotations(|k| pod_config.annotations.get(k).map(String::as_str))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| LifecycleError::invalid(e.to_string()))?;
     let dns = pod_config.dns_config.clone();
 
     // Everything is validated: from here on, a failure undoes what was made.
@@ -151,7 +154,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
     let started = runtime
         .start_sandbox(&sandbox)
         .await
-        .map_err(crate::errors::handler_status)?;
+        .map_err(LifecycleError::from)?;
     record.pause_pid = started.namespace_holder;
     record.handler_state = Some(started.state.clone());
     let setup_config = config.clone();
@@ -195,7 +198,7 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
         })
         .await?;
         let _ = runtime.stop_sandbox(&sandbox, &started.state).await;
-        return Err(Status::internal(format!(
+        return Err(LifecycleError::internal(format!(
             "cannot persist sandbox {id}: {e}"
         )));
     }
@@ -207,14 +210,14 @@ pub async fn run(daemon: &Daemon, request: cri::RunPodSandboxRequest) -> Result<
 /// The pod's user namespace, from `namespace_options.userns_options`: NODE (or none)
 /// is the host's; POD is the pod's own, with one ID range for users and one for groups,
 /// which must map the pod's root. CONTAINER and TARGET have no meaning for a pod.
-fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, Status> {
+fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, LifecycleError> {
     let Some(userns) = &ns.userns_options else {
         return Ok(None);
     };
     match cri::NamespaceMode::try_from(userns.mode) {
         Ok(cri::NamespaceMode::Node) => {
             if !userns.uids.is_empty() || !userns.gids.is_empty() {
-                return Err(Status::invalid_argument(
+                return Err(LifecycleError::invalid(
                     "user namespace mode NODE takes no ID mappings",
                 ));
             }
@@ -223,31 +226,31 @@ fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, Sta
         Ok(cri::NamespaceMode::Pod) => {
             for (what, m) in [("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)] {
                 if m == i32::from(cri::NamespaceMode::Node) {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "a pod in its own user namespace cannot use the host's {what} namespace"
                     )));
                 }
             }
-            let range = |what: &str, maps: &[cri::IdMapping]| -> Result<IdRange, Status> {
+            let range = |what: &str, maps: &[cri::IdMapping]| -> Result<IdRange, LifecycleError> {
                 let [m] = maps else {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "user namespace mode POD needs exactly one {what} mapping, got {}",
                         maps.len()
                     )));
                 };
                 if m.container_id != 0 {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "the {what} mapping must start at container ID 0 (the pod's root), not {}",
                         m.container_id
                     )));
                 }
                 if m.host_id == 0 {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "the {what} mapping would make the pod's root the host's root (host ID 0)"
                     )));
                 }
                 if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(LifecycleError::invalid(format!(
                         "the {what} mapping {}+{} is not a range of host IDs",
                         m.host_id, m.length
                     )));
@@ -263,7 +266,7 @@ fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<UsernsRecord>, Sta
                 gid: range("gid", &userns.gids)?,
             }))
         }
-        _ => Err(Status::invalid_argument(format!(
+        _ => Err(LifecycleError::invalid(format!(
             "user namespace mode {} is not supported for a pod; use POD or NODE",
             cri::NamespaceMode::try_from(userns.mode)
                 .map(|m| m.as_str_name())
@@ -285,7 +288,7 @@ fn setup(
     wanted: &Network<'_>,
     sysctls: &BTreeMap<String, String>,
     dns: Option<&cri::DnsConfig>,
-) -> Result<(), Status> {
+) -> Result<(), LifecycleError> {
     use network::NamespaceKind as Kind;
     macro_rules! attempt {
         ($e:expr, $status:expr) => {
@@ -295,12 +298,15 @@ fn setup(
             }
         };
     }
-    attempt!(std::fs::create_dir_all(&record.state_dir), Status::internal);
+    attempt!(
+        std::fs::create_dir_all(&record.state_dir),
+        LifecycleError::internal
+    );
     if record.pause_pid > 0 {
         let pin = network::pin_path(&record.state_dir, Kind::Pid);
         attempt!(
             network::pin_process_namespace(Kind::Pid, record.pause_pid, &pin),
-            Status::internal
+            LifecycleError::internal
         );
     }
     // A pod in its own user namespace got its namespaces from the handler's init, made
@@ -320,7 +326,7 @@ fn setup(
                 pid,
                 &network::pin_path(&record.state_dir, Kind::User)
             ),
-            Status::internal
+            LifecycleError::internal
         );
     }
     let host_network = record.network_mode == NsMode::Node;
@@ -330,16 +336,19 @@ fn setup(
         record.hostname.clone()
     };
     if !host_network {
-        attempt!(make(Kind::Net, None), Status::internal);
-        attempt!(make(Kind::Uts, Some(&hostname)), Status::internal);
+        attempt!(make(Kind::Net, None), LifecycleError::internal);
+        attempt!(make(Kind::Uts, Some(&hostname)), LifecycleError::internal);
     }
     if record.ipc_mode != NsMode::Node {
-        attempt!(make(Kind::Ipc, None), Status::internal);
-        attempt!(mount_shm(&record.state_dir.join("shm")), Status::internal);
+        attempt!(make(Kind::Ipc, None), LifecycleError::internal);
+        attempt!(
+            mount_shm(&record.state_dir.join("shm")),
+            LifecycleError::internal
+        );
     }
     for (key, value) in sysctls {
         let Some(kind) = network::sysctl_namespace(key) else {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "sysctl {key} is not namespaced; a pod cannot set it"
             )));
         };
@@ -349,28 +358,28 @@ fn setup(
             Kind::Pid | Kind::User => false,
         };
         if !own {
-            return Err(Status::invalid_argument(format!(
+            return Err(LifecycleError::invalid(format!(
                 "sysctl {key} would change the host: the pod shares the host's namespace"
             )));
         }
         let pin = network::pin_path(&record.state_dir, kind);
         attempt!(
             network::set_sysctl(&pin, key, value),
-            Status::invalid_argument
+            LifecycleError::invalid
         );
     }
     attempt!(
         std::fs::write(record.state_dir.join("hostname"), format!("{hostname}\n")),
-        Status::internal
+        LifecycleError::internal
     );
     attempt!(
         std::fs::write(record.state_dir.join("resolv.conf"), resolv_conf(dns)),
-        Status::internal
+        LifecycleError::internal
     );
 
     if !host_network {
         let network_config = attempt!(crate::host::network_config(config), |m: String| {
-            Status::failed_precondition(format!("network plugin is not ready: {m}"))
+            LifecycleError::precondition(format!("network plugin is not ready: {m}"))
         });
         let args = vec![
             ("K8S_POD_NAMESPACE".to_owned(), record.namespace.clone()),
@@ -393,7 +402,7 @@ fn setup(
         let journal = super::cni_journal(config);
         attempt!(
             journal.begin(&network_config.raw, &attachment),
-            Status::internal
+            LifecycleError::internal
         );
         let attached = match network::add(&network_config, &search, &attachment) {
             Ok(attached) => attached,
@@ -402,7 +411,7 @@ fn setup(
                 if let Err(j) = journal.end(&record.id) {
                     tracing::warn!(id = %record.id, error = %j, "forgetting a rolled-back CNI intent");
                 }
-                return Err(Status::unavailable(e.to_string()));
+                return Err(LifecycleError::retry(e.to_string()));
             }
         };
         let ips: Vec<String> = attached.ips.iter().map(ToString::to_string).collect();
@@ -424,7 +433,7 @@ fn setup(
     }
     attempt!(
         std::fs::write(record.state_dir.join("hosts"), hosts),
-        Status::internal
+        LifecycleError::internal
     );
     Ok(())
 }

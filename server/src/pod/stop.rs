@@ -1,13 +1,13 @@
 //! StopPodSandbox: release the network (journaled) and the pins. Idempotent: an unknown
 //! ID or an already stopped pod succeeds.
 
-use tonic::Status;
+use crate::errors::LifecycleError;
 
 use super::{blocking, release};
 use crate::state::Daemon;
 
 /// Stops the sandbox `id`.
-pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
+pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     let Some(pod) = daemon.pods.get(id) else {
         return Ok(());
     };
@@ -20,18 +20,16 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), Status> {
     let (mut after, mut failures) = blocking(move || Ok(release(&config, before))).await?;
     failures.extend(handler_failure);
     after.ready = false;
-    daemon
-        .pods
-        .persist(&after)
-        .await
-        .map_err(|e| Status::internal(format!("cannot persist sandbox {}: {e}", after.id)))?;
+    daemon.pods.persist(&after).await.map_err(|e| {
+        LifecycleError::internal(format!("cannot persist sandbox {}: {e}", after.id))
+    })?;
     *record = after;
     if failures.is_empty() {
         tracing::info!(id = %record.id, "sandbox stopped");
         Ok(())
     } else {
         // The journal keeps what is left; the next stop, remove or restart retries it.
-        Err(Status::unavailable(format!(
+        Err(LifecycleError::retry(format!(
             "sandbox {} stopped, but releasing it failed (will be retried): {}",
             record.id,
             failures.join("; ")

@@ -8,13 +8,13 @@
 //! from the last two samples. A container no sample has seen yet (just started) is sampled
 //! on demand.
 
+use crate::errors::LifecycleError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cri_proto::v1 as cri;
 use runtime_handlers::ContainerStats;
-use tonic::Status;
 
 use crate::container::{ContainerRecord, State};
 use crate::records::to_hash_map;
@@ -299,11 +299,11 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
 }
 
 /// ContainerStats of one container; NotFound for an unknown ID.
-pub async fn container(daemon: &Daemon, id: &str) -> Result<cri::ContainerStats, Status> {
+pub async fn container(daemon: &Daemon, id: &str) -> Result<cri::ContainerStats, LifecycleError> {
     let entry = daemon
         .containers
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let record = entry.snapshot();
     let sample = sample_of(daemon, &record).await;
     Ok(container_stats(daemon, &record, sample.as_ref()))
@@ -444,11 +444,14 @@ async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandbo
 }
 
 /// PodSandboxStats of one pod; NotFound for an unknown ID.
-pub async fn pod_sandbox(daemon: &Daemon, id: &str) -> Result<cri::PodSandboxStats, Status> {
+pub async fn pod_sandbox(
+    daemon: &Daemon,
+    id: &str,
+) -> Result<cri::PodSandboxStats, LifecycleError> {
     let entry = daemon
         .pods
         .get(id)
-        .ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))?;
+        .ok_or_else(|| LifecycleError::not_found(format!("pod sandbox {id} not found")))?;
     let record = entry.snapshot();
     Ok(pod(daemon, &record).await)
 }

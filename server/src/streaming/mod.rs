@@ -20,6 +20,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::errors::LifecycleError;
 use crate::state::Daemon;
 
 /// A request waiting for its client.
@@ -356,17 +357,17 @@ where
 }
 
 /// Exec: validates the request and returns the URL for it.
-pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, tonic::Status> {
+pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, LifecycleError> {
     if request.cmd.is_empty() {
-        return Err(tonic::Status::invalid_argument("Exec needs a command"));
+        return Err(LifecycleError::invalid("Exec needs a command"));
     }
     if !(request.stdin || request.stdout || request.stderr) {
-        return Err(tonic::Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "Exec needs at least one of stdin, stdout and stderr",
         ));
     }
     if request.tty && request.stderr {
-        return Err(tonic::Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "with a TTY, stderr is merged into stdout: stderr must be false",
         ));
     }
@@ -374,11 +375,11 @@ pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, to
         .containers
         .get(&request.container_id)
         .ok_or_else(|| {
-            tonic::Status::not_found(format!("container {} not found", request.container_id))
+            LifecycleError::not_found(format!("container {} not found", request.container_id))
         })?;
     let record = container.snapshot();
     if record.state() != crate::container::State::Running {
-        return Err(tonic::Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "container {} is not running",
             record.id
         )));
@@ -389,9 +390,9 @@ pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, to
 }
 
 /// Attach: validates the request and returns the URL for it.
-pub fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<String, tonic::Status> {
+pub fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<String, LifecycleError> {
     if !(request.stdin || request.stdout || request.stderr) {
-        return Err(tonic::Status::invalid_argument(
+        return Err(LifecycleError::invalid(
             "Attach needs at least one of stdin, stdout and stderr",
         ));
     }
@@ -399,18 +400,18 @@ pub fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<String
         .containers
         .get(&request.container_id)
         .ok_or_else(|| {
-            tonic::Status::not_found(format!("container {} not found", request.container_id))
+            LifecycleError::not_found(format!("container {} not found", request.container_id))
         })?;
     let record = container.snapshot();
     if record.state() != crate::container::State::Running {
-        return Err(tonic::Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "container {} is not running",
             record.id
         )));
     }
     let tty = record.process["terminal"].as_bool().unwrap_or(false);
     if request.tty != tty {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "tty is {} but container {} was created with tty {tty}",
             request.tty, record.id
         )));
@@ -424,19 +425,19 @@ pub fn attach_url(daemon: &Daemon, request: cri::AttachRequest) -> Result<String
 pub fn port_forward_url(
     daemon: &Daemon,
     request: cri::PortForwardRequest,
-) -> Result<String, tonic::Status> {
+) -> Result<String, LifecycleError> {
     let pod = daemon.pods.get(&request.pod_sandbox_id).ok_or_else(|| {
-        tonic::Status::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
+        LifecycleError::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
     })?;
     let record = pod.snapshot();
     if !record.ready {
-        return Err(tonic::Status::failed_precondition(format!(
+        return Err(LifecycleError::precondition(format!(
             "pod sandbox {} is not ready",
             record.id
         )));
     }
     if let Some(bad) = request.port.iter().find(|p| !(1..=65535).contains(*p)) {
-        return Err(tonic::Status::invalid_argument(format!(
+        return Err(LifecycleError::invalid(format!(
             "port {bad} is not between 1 and 65535"
         )));
     }
@@ -445,9 +446,9 @@ pub fn port_forward_url(
     streaming(daemon).map(|s| s.url_for(Pending::PortForward(request)))
 }
 
-fn streaming(daemon: &Daemon) -> Result<&Streaming, tonic::Status> {
+fn streaming(daemon: &Daemon) -> Result<&Streaming, LifecycleError> {
     daemon
         .streaming
         .get()
-        .ok_or_else(|| tonic::Status::unavailable("the streaming server is not running"))
+        .ok_or_else(|| LifecycleError::retry("the streaming server is not running"))
 }

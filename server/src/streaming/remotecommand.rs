@@ -362,7 +362,7 @@ async fn attach(
             .attach(&record.handle())
             .await
             .map_err(|e| e.to_string()),
-        Err(status) => Err(status.message().to_owned()),
+        Err(e) => Err(e.to_string()),
     };
     let (mut reader, writer) = match connected {
         Ok(pair) => pair,
@@ -607,7 +607,7 @@ async fn prepare(daemon: &Daemon, request: &cri::ExecRequest) -> Result<Prepared
     let runtime = daemon
         .handlers
         .get(&record.handler)
-        .map_err(|s| s.message().to_owned())?;
+        .map_err(|e| e.to_string())?;
     Ok((runtime, record, process))
 }
 
