@@ -131,7 +131,11 @@ impl OciRuntime {
             return Ok(output.stdout);
         }
         let message = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if message.contains("does not exist") || message.contains("not found") {
+        // A create that fails never means "no such container" (its rootfs may be the
+        // missing file); every other command on a gone container does.
+        if what != "create"
+            && crate::quirks::classify(&message) == crate::quirks::Failure::NoSuchContainer
+        {
             return Err(HandlerError::NotFound { id: id.to_owned() });
         }
         Err(HandlerError::Runtime {
@@ -228,8 +232,7 @@ impl OciRuntime {
             Err(HandlerError::NotFound { .. }) => Ok(()),
             // Already gone is what a kill wants.
             Err(HandlerError::Runtime { message, .. })
-                if message.contains("not running")
-                    || message.contains("process already finished") =>
+                if crate::quirks::classify(&message) == crate::quirks::Failure::AlreadyExited =>
             {
                 Ok(())
             }

@@ -62,7 +62,16 @@ impl Handlers {
         Self { by_name }
     }
 
-    /// The handler of that name, or the status a call naming it answers.
+    /// A set of handlers made elsewhere (tests drive the lifecycle with a fake).
+    pub fn from_handlers(handlers: Vec<Arc<dyn RuntimeHandler>>) -> Self {
+        let by_name = handlers
+            .into_iter()
+            .map(|h| (h.name().to_owned(), Ok(h)))
+            .collect();
+        Self { by_name }
+    }
+
+    /// The handler of that name, or the error a call naming it answers.
     pub fn get(&self, name: &str) -> Result<Arc<dyn RuntimeHandler>, LifecycleError> {
         match self.by_name.get(name) {
             Some(Ok(handler)) => Ok(Arc::clone(handler)),

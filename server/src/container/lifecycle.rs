@@ -249,3 +249,7 @@ pub async fn update_resources(
         .await
         .map_err(LifecycleError::from)
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

@@ -1,22 +1,91 @@
-//! The oci handler with real runc and the real crisp-monitor, on a busybox rootfs.
+//! The contract every runtime handler kind keeps, run against each kind this host can
+//! run: the `oci` handler with real runc and with real crun, the real crisp-monitor, on a
+//! busybox rootfs. (The microVM handler will run the same suite.) The contract is the
+//! one `runtime_handlers::handler` states in its module doc.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use oci_spec::runtime::{ProcessBuilder, Spec};
-use runtime_handlers::{ContainerRef, ContainerSpec, OciRuntime, RuntimeHandler, exit_status};
+use runtime_handlers::{
+    ContainerRef, ContainerSpec, OciRuntime, Recovered, RuntimeHandler, SandboxSpec,
+};
 
-fn runtime(dir: &Path) -> OciRuntime {
-    OciRuntime {
-        name: "runc".to_owned(),
-        binary: runtime_handlers::resolve_binary(Path::new("runc")).expect("runc is installed"),
-        root: dir.join("runc-root"),
+/// The handler kinds (and runtimes) the contract runs against.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Runc,
+    Crun,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Runc => "runc",
+            Self::Crun => "crun",
+        }
+    }
+
+    /// Whether this host can run it: Debian's crun 1.8 refuses a hybrid cgroup host whose
+    /// cgroup2 still has controllers (`make test` runs scripts/cgroup-hybrid.sh first;
+    /// server/tests/containers.rs checks the refusal itself).
+    fn runs_here(self) -> bool {
+        match self {
+            Self::Runc => true,
+            Self::Crun => !std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+                .is_ok_and(|c| !c.trim().is_empty()),
+        }
+    }
+}
+
+fn runtime(kind: Kind, dir: &Path) -> Arc<dyn RuntimeHandler> {
+    let name = kind.name();
+    Arc::new(OciRuntime {
+        name: name.to_owned(),
+        binary: runtime_handlers::resolve_binary(Path::new(name))
+            .unwrap_or_else(|| panic!("{name} is installed")),
+        root: dir.join(format!("{name}-root")),
         runtime_args: Vec::new(),
         monitor: PathBuf::from(env!("CARGO_BIN_EXE_crisp-monitor")),
         enter: PathBuf::from(env!("CARGO_BIN_EXE_crisp-enter")),
         runtime_exec: false,
-    }
+    })
 }
+
+/// Runs each contract test against each kind.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Kind::Runc).await;
+                }
+            )*
+        }
+        mod crun {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if !super::Kind::Crun.runs_here() {
+                        eprintln!("crun cannot run on this host's cgroup layout; see scripts/cgroup-hybrid.sh");
+                        return;
+                    }
+                    super::$test(super::Kind::Crun).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    a_container_runs_logs_and_reports_its_exit,
+    exec_with_output_and_timeout_then_kill,
+    a_failed_create_is_reported_and_leaves_nothing,
+    a_tty_container_logs_its_terminal_output,
+    a_sandbox_is_started_recovered_and_stopped,
+);
 
 /// A rootfs with Debian's static busybox and its applets.
 fn rootfs(dir: &Path) -> PathBuf {
@@ -66,25 +135,21 @@ fn handle_of<'a>(id: &'a str, bundle: &'a Path) -> ContainerRef<'a> {
 /// The pod these containers belong to (the `oci` handler needs none made for them).
 const SANDBOX: &str = "contract-pod";
 
-async fn wait_exit(bundle: &Path) -> runtime_handlers::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = exit_status(bundle) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "container did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The container's exit, as the handler reports it.
+async fn wait_exit(rt: &dyn RuntimeHandler, c: &ContainerRef<'_>) -> runtime_handlers::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(20), rt.wait_container(c))
+        .await
+        .expect("the container exits within 20 s")
+        .expect("its exit is reported")
 }
 
-#[tokio::test]
-async fn a_container_runs_logs_and_reports_its_exit() {
+async fn a_container_runs_logs_and_reports_its_exit(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path());
+    let rt = runtime(kind, dir.path());
     let root = rootfs(dir.path());
     let bundle = dir.path().join("bundle-a");
     let log = dir.path().join("logs/a.log");
-    let id = format!("crisp-test-a-{}", std::process::id());
+    let id = format!("crisp-{}-a-{}", kind.name(), std::process::id());
     let spec = spec(
         &root,
         &[
@@ -106,6 +171,10 @@ async fn a_container_runs_logs_and_reports_its_exit() {
         .await
         .expect("create");
     assert!(pid > 0);
+    let handle = ContainerRef {
+        pid,
+        ..handle_of(&id, &bundle)
+    };
     assert_eq!(
         rt.container_state(&id)
             .await
@@ -115,8 +184,13 @@ async fn a_container_runs_logs_and_reports_its_exit() {
         Some("created")
     );
     rt.start_container(&id).await.expect("start");
-    let exit = wait_exit(&bundle).await;
+    let exit = wait_exit(rt.as_ref(), &handle).await;
     assert_eq!(exit.code, 3);
+    // After a restart the handler tells the same.
+    assert_eq!(
+        rt.recover_container(&handle).await.expect("recover"),
+        Recovered::Exited(exit)
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -144,13 +218,12 @@ async fn a_container_runs_logs_and_reports_its_exit() {
         .expect("delete twice");
 }
 
-#[tokio::test]
-async fn exec_with_output_and_timeout_then_kill() {
+async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path());
+    let rt = runtime(kind, dir.path());
     let root = rootfs(dir.path());
     let bundle = dir.path().join("bundle-b");
-    let id = format!("crisp-test-b-{}", std::process::id());
+    let id = format!("crisp-{}-b-{}", kind.name(), std::process::id());
     let log = dir.path().join("b.log");
     let pid = rt
         .create_container(&ContainerSpec {
@@ -178,6 +251,10 @@ async fn exec_with_output_and_timeout_then_kill() {
         .expect("state")
         .expect("known");
     assert_eq!(state.status, "running");
+    assert_eq!(
+        rt.recover_container(&handle).await.expect("recover"),
+        Recovered::Running
+    );
 
     let process = ProcessBuilder::default()
         .args(vec![
@@ -210,6 +287,12 @@ async fn exec_with_output_and_timeout_then_kill() {
         .expect_err("timeout");
     assert!(err.to_string().contains("timed out"), "{err}");
     // The timed-out process was killed (at most a zombie of it remains).
+    for _ in 0..50 {
+        if live_processes_with_cmdline(b"sleep\x0030\x00") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(live_processes_with_cmdline(b"sleep\x0030\x00"), 0);
 
     let stats = rt.container_stats(&handle, true).await.expect("stats");
@@ -220,7 +303,7 @@ async fn exec_with_output_and_timeout_then_kill() {
     );
 
     let waiter = {
-        let rt = rt.clone();
+        let rt = Arc::clone(&rt);
         let (id, bundle) = (id.clone(), bundle.clone());
         tokio::spawn(async move {
             rt.wait_container(&ContainerRef {
@@ -244,20 +327,18 @@ async fn exec_with_output_and_timeout_then_kill() {
         .expect("join")
         .expect("exit");
     assert_eq!(waited.code, 128 + libc::SIGKILL);
-    let exit = wait_exit(&bundle).await;
-    assert_eq!(exit, waited);
+    assert_eq!(wait_exit(rt.as_ref(), &handle).await, waited);
     rt.kill_container(&id, libc::SIGKILL, false)
         .await
         .expect("killing a dead container is fine");
     rt.delete_container(&handle, false).await.expect("delete");
 }
 
-#[tokio::test]
-async fn a_failed_create_is_reported_and_leaves_nothing() {
+async fn a_failed_create_is_reported_and_leaves_nothing(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path());
+    let rt = runtime(kind, dir.path());
     let bundle = dir.path().join("bundle-c");
-    let id = format!("crisp-test-c-{}", std::process::id());
+    let id = format!("crisp-{}-c-{}", kind.name(), std::process::id());
     let missing = dir.path().join("no-such-rootfs");
     let log = dir.path().join("c.log");
     let err = rt
@@ -301,32 +382,36 @@ fn live_processes_with_cmdline(cmdline: &[u8]) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn a_tty_container_logs_its_terminal_output() {
+async fn a_tty_container_logs_its_terminal_output(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path());
+    let rt = runtime(kind, dir.path());
     let root = rootfs(dir.path());
     let bundle = dir.path().join("bundle-t");
     let log = dir.path().join("t.log");
-    let id = format!("crisp-test-t-{}", std::process::id());
+    let id = format!("crisp-{}-t-{}", kind.name(), std::process::id());
     let mut spec = spec(&root, &["sh", "-c", "tty; echo on a terminal"]);
     if let Some(mut process) = spec.process().clone() {
         process.set_terminal(Some(true));
         spec.set_process(Some(process));
     }
-    rt.create_container(&ContainerSpec {
-        sandbox_id: SANDBOX,
-        id: &id,
-        bundle: &bundle,
-        spec: &spec,
-        log_path: &log,
-        stdin: false,
-        stdin_once: false,
-    })
-    .await
-    .expect("create");
+    let pid = rt
+        .create_container(&ContainerSpec {
+            sandbox_id: SANDBOX,
+            id: &id,
+            bundle: &bundle,
+            spec: &spec,
+            log_path: &log,
+            stdin: false,
+            stdin_once: false,
+        })
+        .await
+        .expect("create");
     rt.start_container(&id).await.expect("start");
-    assert_eq!(wait_exit(&bundle).await.code, 0);
+    let handle = ContainerRef {
+        pid,
+        ..handle_of(&id, &bundle)
+    };
+    assert_eq!(wait_exit(rt.as_ref(), &handle).await.code, 0);
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains(" stdout F /dev/pts/0"), "{text}");
     assert!(text.contains(" stdout F on a terminal"), "{text}");
@@ -334,4 +419,38 @@ async fn a_tty_container_logs_its_terminal_output() {
     rt.delete_container(&handle_of(&id, &bundle), false)
         .await
         .expect("delete");
+}
+
+async fn a_sandbox_is_started_recovered_and_stopped(kind: Kind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(kind, dir.path());
+    for share_pid in [false, true] {
+        let sandbox = SandboxSpec {
+            id: format!("crisp-{}-pod-{share_pid}", kind.name()),
+            state_dir: dir.path().join(format!("pod-{share_pid}")),
+            share_pid,
+            pid_pin: dir.path().join(format!("pod-{share_pid}/ns/pid")),
+            userns: None,
+        };
+        let started = rt.start_sandbox(&sandbox).await.expect("start sandbox");
+        // Its state survives a round trip through the pod's record.
+        let saved = serde_json::to_string(&started.state).expect("encode");
+        let state = serde_json::from_str(&saved).expect("decode");
+        assert_eq!(
+            started.namespace_holder > 0,
+            share_pid,
+            "a shared PID namespace has a holder"
+        );
+        assert!(rt.recover_sandbox(&sandbox, &state).await.expect("recover"));
+        rt.stop_sandbox(&sandbox, &state).await.expect("stop");
+        rt.stop_sandbox(&sandbox, &state).await.expect("stop again");
+        if share_pid {
+            // The init is gone (a zombie at most until the handler reaps it).
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while rt.recover_sandbox(&sandbox, &state).await.expect("recover") {
+                assert!(std::time::Instant::now() < deadline, "init still alive");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
