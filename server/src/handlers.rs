@@ -1,11 +1,11 @@
 //! The runtime handlers, built once from configuration when crispd starts (their
 //! `[runtimes.*]` tables need a restart to change), and looked up by name per call.
 
-use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::errors::LifecycleError;
 use conf::{Config, HandlerType};
 use runtime_handlers::RuntimeHandler;
 

@@ -10,11 +10,11 @@
 //! container (its mount namespace holds its own), or when a failed create is undone
 //! ([`release`]).
 
-use crate::errors::LifecycleError;
 use std::path::{Path, PathBuf};
 
 use cri_proto::v1 as cri;
 
+use crate::errors::LifecycleError;
 use crate::pod::{IdRange, UsernsRecord};
 
 /// Whether a mount asks for ID mapping.

@@ -1,13 +1,13 @@
 //! CreateContainer: rootfs, identity, OCI spec, and the container created under its
 //! monitor; everything undone on failure.
 
-use crate::errors::LifecycleError;
 use std::sync::Arc;
 
 use cri_proto::v1 as cri;
 
 use super::spec::{self, ImageDefaults, SpecInput};
 use super::{ContainerRecord, MountRecord, RECORD_VERSION, State, binds, user};
+use crate::errors::LifecycleError;
 use crate::pod::{blocking, new_id, now_ns};
 use crate::state::Daemon;
 

@@ -1,12 +1,12 @@
 //! ExecSync: a command in a running container, with the container's own env, user and
 //! working directory, its output collected up to a cap, killed at the timeout.
 
-use crate::errors::LifecycleError;
 use std::time::Duration;
 
 use cri_proto::v1 as cri;
 
 use super::State;
+use crate::errors::LifecycleError;
 use crate::state::Daemon;
 
 /// Runs the request's command and returns its output and exit code.

@@ -1,9 +1,9 @@
 //! StartContainer, StopContainer, RemoveContainer, and the pod-wide stop and remove.
 
-use crate::errors::LifecycleError;
 use std::time::{Duration, Instant};
 
 use super::{ContainerRecord, State};
+use crate::errors::LifecycleError;
 use crate::pod::now_ns;
 use crate::state::Daemon;
 

@@ -1,11 +1,11 @@
 //! ContainerStatus and ListContainers.
 
-use crate::errors::LifecycleError;
 use std::collections::HashMap;
 
 use cri_proto::v1 as cri;
 
 use super::{ContainerRecord, State};
+use crate::errors::LifecycleError;
 use crate::records::to_hash_map;
 use crate::state::Daemon;
 

@@ -7,6 +7,7 @@
 //! file under `<root>/containers/` written atomically.
 
 mod binds;
+mod capabilities;
 mod create;
 mod exec;
 mod lifecycle;

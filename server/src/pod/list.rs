@@ -1,11 +1,11 @@
 //! PodSandboxStatus and ListPodSandbox.
 
-use crate::errors::LifecycleError;
 use std::collections::HashMap;
 
 use cri_proto::v1 as cri;
 
 use super::{NsMode, SandboxRecord};
+use crate::errors::LifecycleError;
 use crate::records::to_hash_map;
 use crate::state::Daemon;
 

@@ -15,11 +15,11 @@ mod remove;
 mod run;
 mod stop;
 
-use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::errors::LifecycleError;
 use serde::{Deserialize, Serialize};
 
 pub use list::{list, status};

@@ -2,7 +2,6 @@
 //! Idempotent: an unknown ID succeeds.
 
 use crate::errors::LifecycleError;
-
 use crate::state::Daemon;
 
 /// Removes the sandbox `id`.

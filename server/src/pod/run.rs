@@ -1,7 +1,6 @@
 //! RunPodSandbox: namespaces, files, shm, sysctls and the CNI attachment, all undone if
 //! any step fails.
 
-use crate::errors::LifecycleError;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +12,7 @@ use super::{
     IdRange, NetworkJournal, NsMode, SandboxRecord, UsernsRecord, blocking, name_key, new_id,
     now_ns, release,
 };
+use crate::errors::LifecycleError;
 use crate::state::Daemon;
 
 /// Annotation older containerd setups use to ask for the untrusted-workload handler.

@@ -1,9 +1,8 @@
 //! StopPodSandbox: release the network (journaled) and the pins. Idempotent: an unknown
 //! ID or an already stopped pod succeeds.
 
-use crate::errors::LifecycleError;
-
 use super::{blocking, release};
+use crate::errors::LifecycleError;
 use crate::state::Daemon;
 
 /// Stops the sandbox `id`.

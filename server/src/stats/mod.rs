@@ -8,7 +8,6 @@
 //! from the last two samples. A container no sample has seen yet (just started) is sampled
 //! on demand.
 
-use crate::errors::LifecycleError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use cri_proto::v1 as cri;
 use runtime_handlers::ContainerStats;
 
 use crate::container::{ContainerRecord, State};
+use crate::errors::LifecycleError;
 use crate::records::to_hash_map;
 use crate::state::Daemon;
 
