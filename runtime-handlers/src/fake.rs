@@ -205,7 +205,8 @@ impl RuntimeHandler for FakeHandler {
         Ok(1)
     }
 
-    async fn start_container(&self, id: &str) -> Result<(), HandlerError> {
+    async fn start_container(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
+        let id = c.id;
         self.log(format!("start {id}"));
         match lock(&self.containers).get_mut(id) {
             Some(c) => {
@@ -216,7 +217,13 @@ impl RuntimeHandler for FakeHandler {
         }
     }
 
-    async fn kill_container(&self, id: &str, signal: i32, _all: bool) -> Result<(), HandlerError> {
+    async fn kill_container(
+        &self,
+        c: &ContainerRef<'_>,
+        signal: i32,
+        _all: bool,
+    ) -> Result<(), HandlerError> {
+        let id = c.id;
         self.log(format!("kill {id} {signal}"));
         let containers = lock(&self.containers);
         let Some(c) = containers.get(id) else {
@@ -249,8 +256,11 @@ impl RuntimeHandler for FakeHandler {
         Ok(())
     }
 
-    async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
-        Ok(lock(&self.containers).get(id).map(|c| RuntimeState {
+    async fn container_state(
+        &self,
+        c: &ContainerRef<'_>,
+    ) -> Result<Option<RuntimeState>, HandlerError> {
+        Ok(lock(&self.containers).get(c.id).map(|c| RuntimeState {
             status: match (*c.exit.borrow(), c.started) {
                 (Some(_), _) => "stopped",
                 (None, true) => "running",
@@ -340,15 +350,15 @@ impl RuntimeHandler for FakeHandler {
 
     async fn update_container(
         &self,
-        id: &str,
+        c: &ContainerRef<'_>,
         _update: &ResourceUpdate,
     ) -> Result<(), HandlerError> {
-        self.log(format!("update {id}"));
+        self.log(format!("update {}", c.id));
         Ok(())
     }
 
-    async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {
-        self.log(format!("reopen_log {id}"));
+    async fn reopen_log(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
+        self.log(format!("reopen_log {}", c.id));
         Ok(())
     }
 

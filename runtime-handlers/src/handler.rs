@@ -201,10 +201,15 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     async fn create_container(&self, container: &ContainerSpec<'_>) -> Result<u32, HandlerError>;
 
     /// Starts a created container.
-    async fn start_container(&self, id: &str) -> Result<(), HandlerError>;
+    async fn start_container(&self, container: &ContainerRef<'_>) -> Result<(), HandlerError>;
 
     /// Sends `signal` to the container's init, or to all its processes.
-    async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError>;
+    async fn kill_container(
+        &self,
+        container: &ContainerRef<'_>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), HandlerError>;
 
     /// Deletes the container at the runtime, with whatever the handler keeps for it on
     /// the host (the `oci` handler: the cgroup directories a runtime left empty).
@@ -215,7 +220,10 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     ) -> Result<(), HandlerError>;
 
     /// The runtime's view of a container, `None` if it has none.
-    async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError>;
+    async fn container_state(
+        &self,
+        container: &ContainerRef<'_>,
+    ) -> Result<Option<RuntimeState>, HandlerError>;
 
     /// Ends what this handler left of a sandbox `server` has no record of (a crash between
     /// starting it and saving its record), given where its PID namespace is pinned.
@@ -271,11 +279,14 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     ) -> Result<tokio::net::TcpStream, HandlerError>;
 
     /// Applies new resource limits to a running container.
-    async fn update_container(&self, id: &str, update: &ResourceUpdate)
-    -> Result<(), HandlerError>;
+    async fn update_container(
+        &self,
+        container: &ContainerRef<'_>,
+        update: &ResourceUpdate,
+    ) -> Result<(), HandlerError>;
 
     /// Makes the container's log writer reopen its log file.
-    async fn reopen_log(&self, id: &str) -> Result<(), HandlerError>;
+    async fn reopen_log(&self, container: &ContainerRef<'_>) -> Result<(), HandlerError>;
 
     /// Resource usage of a running container; with [`crate::StatsDetail`] when `detail`
     /// is set (dearer: it visits every process of the container).

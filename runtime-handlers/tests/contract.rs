@@ -176,14 +176,16 @@ async fn a_container_runs_logs_and_reports_its_exit(kind: Kind) {
         ..handle_of(&id, &bundle)
     };
     assert_eq!(
-        rt.container_state(&id)
+        rt.container_state(&handle_of(&id, &bundle))
             .await
             .expect("state")
             .map(|s| s.status)
             .as_deref(),
         Some("created")
     );
-    rt.start_container(&id).await.expect("start");
+    rt.start_container(&handle_of(&id, &bundle))
+        .await
+        .expect("start");
     let exit = wait_exit(rt.as_ref(), &handle).await;
     assert_eq!(exit.code, 3);
     // After a restart the handler tells the same.
@@ -212,7 +214,12 @@ async fn a_container_runs_logs_and_reports_its_exit(kind: Kind) {
     rt.delete_container(&handle_of(&id, &bundle), false)
         .await
         .expect("delete");
-    assert_eq!(rt.container_state(&id).await.expect("state"), None);
+    assert_eq!(
+        rt.container_state(&handle_of(&id, &bundle))
+            .await
+            .expect("state"),
+        None
+    );
     rt.delete_container(&handle_of(&id, &bundle), false)
         .await
         .expect("delete twice");
@@ -244,9 +251,11 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
         pid,
         cgroup_path: "",
     };
-    rt.start_container(&id).await.expect("start");
+    rt.start_container(&handle_of(&id, &bundle))
+        .await
+        .expect("start");
     let state = rt
-        .container_state(&id)
+        .container_state(&handle)
         .await
         .expect("state")
         .expect("known");
@@ -318,7 +327,7 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "the container still runs");
-    rt.kill_container(&id, libc::SIGKILL, false)
+    rt.kill_container(&handle_of(&id, &bundle), libc::SIGKILL, false)
         .await
         .expect("kill");
     let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
@@ -328,7 +337,7 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
         .expect("exit");
     assert_eq!(waited.code, 128 + libc::SIGKILL);
     assert_eq!(wait_exit(rt.as_ref(), &handle).await, waited);
-    rt.kill_container(&id, libc::SIGKILL, false)
+    rt.kill_container(&handle_of(&id, &bundle), libc::SIGKILL, false)
         .await
         .expect("killing a dead container is fine");
     rt.delete_container(&handle, false).await.expect("delete");
@@ -354,7 +363,12 @@ async fn a_failed_create_is_reported_and_leaves_nothing(kind: Kind) {
         .await
         .expect_err("no rootfs");
     assert!(err.to_string().contains("create"), "{err}");
-    assert_eq!(rt.container_state(&id).await.expect("state"), None);
+    assert_eq!(
+        rt.container_state(&handle_of(&id, &bundle))
+            .await
+            .expect("state"),
+        None
+    );
 }
 
 /// Host processes, not zombies, whose cmdline is exactly `cmdline`.
@@ -406,7 +420,9 @@ async fn a_tty_container_logs_its_terminal_output(kind: Kind) {
         })
         .await
         .expect("create");
-    rt.start_container(&id).await.expect("start");
+    rt.start_container(&handle_of(&id, &bundle))
+        .await
+        .expect("start");
     let handle = ContainerRef {
         pid,
         ..handle_of(&id, &bundle)

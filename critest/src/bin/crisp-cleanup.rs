@@ -9,7 +9,7 @@ use cri_proto::v1 as cri;
 
 /// Stops and removes every pod sandbox (and so every container) of a CRI runtime.
 #[derive(Debug, Parser)]
-#[command(name = "crisp-cleanup", version, about, long_about = None)]
+#[command(name = "crisp-cleanup", version)]
 struct Cli {
     /// The runtime's CRI socket (a path, or unix:///path).
     socket: String,

@@ -14,7 +14,7 @@ use critest::fixture::{self, BuiltImage, ImageBuilder, LayerBuilder, Registry};
 
 /// Serves the images critest pulls from a local docker-registry, offline.
 #[derive(Debug, Parser)]
-#[command(name = "crisp-fixture", version, about, long_about = None)]
+#[command(name = "crisp-fixture", version)]
 struct Cli {
     /// The registry's storage directory (created if missing).
     dir: PathBuf,

@@ -184,12 +184,17 @@ impl RuntimeHandler for OciRuntime {
         self.create(c).await
     }
 
-    async fn start_container(&self, id: &str) -> Result<(), HandlerError> {
-        self.start(id).await
+    async fn start_container(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
+        self.start(c.id).await
     }
 
-    async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), HandlerError> {
-        self.kill(id, signal, all).await
+    async fn kill_container(
+        &self,
+        c: &ContainerRef<'_>,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), HandlerError> {
+        self.kill(c.id, signal, all).await
     }
 
     async fn delete_container(
@@ -206,8 +211,11 @@ impl RuntimeHandler for OciRuntime {
         Ok(())
     }
 
-    async fn container_state(&self, id: &str) -> Result<Option<RuntimeState>, HandlerError> {
-        self.state(id).await
+    async fn container_state(
+        &self,
+        c: &ContainerRef<'_>,
+    ) -> Result<Option<RuntimeState>, HandlerError> {
+        self.state(c.id).await
     }
 
     fn release_unknown_sandbox(&self, pid_pin: &Path) {
@@ -311,10 +319,10 @@ impl RuntimeHandler for OciRuntime {
 
     async fn update_container(
         &self,
-        id: &str,
+        c: &ContainerRef<'_>,
         update: &ResourceUpdate,
     ) -> Result<(), HandlerError> {
-        self.update(id, update).await
+        self.update(c.id, update).await
     }
 
     async fn exec_streaming(
@@ -430,8 +438,8 @@ impl RuntimeHandler for OciRuntime {
         ExecSession::new(child, pid_path, spec_path, master)
     }
 
-    async fn reopen_log(&self, id: &str) -> Result<(), HandlerError> {
-        self.reopen_monitor_log(id).await
+    async fn reopen_log(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
+        self.reopen_monitor_log(c.id).await
     }
 
     async fn container_stats(

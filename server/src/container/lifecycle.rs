@@ -22,7 +22,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     }
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
-        .start_container(&record.id)
+        .start_container(&record.handle())
         .await
         .map_err(LifecycleError::from)?;
     record.started_at = now_ns();
@@ -84,7 +84,7 @@ async fn stop_record(
         // Never started: its init waits in the runtime; killing it ends the container.
         // Some runtimes (runsc) refuse to signal a created container: delete it instead.
         if let Err(e) = runtime
-            .kill_container(&record.id, libc::SIGKILL, false)
+            .kill_container(&record.handle(), libc::SIGKILL, false)
             .await
         {
             tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
@@ -95,7 +95,7 @@ async fn stop_record(
         }
     } else if !timeout.is_zero() {
         runtime
-            .kill_container(&record.id, record.stop_signal, false)
+            .kill_container(&record.handle(), record.stop_signal, false)
             .await
             .map_err(LifecycleError::from)?;
         if wait_exit(daemon, runtime.as_ref(), record, timeout).await {
@@ -103,7 +103,7 @@ async fn stop_record(
         }
     }
     runtime
-        .kill_container(&record.id, libc::SIGKILL, true)
+        .kill_container(&record.handle(), libc::SIGKILL, true)
         .await
         .map_err(LifecycleError::from)?;
     if !wait_exit(daemon, runtime.as_ref(), record, Duration::from_secs(10)).await {
@@ -191,7 +191,7 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), LifecycleError>
     }
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
-        .reopen_log(&record.id)
+        .reopen_log(&record.handle())
         .await
         .map_err(LifecycleError::from)?;
     // The monitor reopens on its own time; kubelet (and critest) expect the new file to
@@ -245,7 +245,7 @@ pub async fn update_resources(
     };
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
-        .update_container(&record.id, &update)
+        .update_container(&record.handle(), &update)
         .await
         .map_err(LifecycleError::from)
 }

@@ -28,7 +28,7 @@ pub(crate) type Error = Box<dyn std::error::Error>;
 
 /// crisp against containerd's CRI plugin, same machine, same run: ratios.
 #[derive(Debug, clap::Parser)]
-#[command(name = "crisp-bench", version, about, long_about = None)]
+#[command(name = "crisp-bench", version)]
 struct Cli {
     #[command(subcommand)]
     command: Bench,
