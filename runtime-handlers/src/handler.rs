@@ -4,18 +4,27 @@
 //! host namespaces that `server` pins plus, when the pod shares a PID namespace, an init
 //! process; each container is an OCI runtime container under its own monitor. A VM-per-pod
 //! handler boots the VM in [`RuntimeHandler::start_sandbox`], creates containers through
-//! its agent, and answers state, exec and stats from inside the guest. The calls carry
-//! everything a handler needs (ids, bundle directories, the OCI spec), so neither kind keeps
-//! state that `server` does not persist.
+//! its agent, and answers state, exec and stats from inside the guest.
 //!
-//! Contract shared by every handler:
+//! Handlers are sandbox-scoped: `start_sandbox` returns the handler's own versioned
+//! [`SandboxState`], which `server` persists with the pod without reading it and hands
+//! back to `stop_sandbox` and, after a crispd restart, to `recover_sandbox`; every
+//! container call names its container and its sandbox ([`ContainerRef`]). `server` keeps
+//! what every handler needs (the pod's network namespace and CNI, the rootfs, the pod's
+//! files) and asks the handler for everything about processes: exits and OOM kills,
+//! attach and port-forward streams, stats, host facts and checks.
+//!
+//! Contract shared by every handler (held by `tests/contract.rs`, which each handler
+//! kind runs):
 //! - a failed `create_container` leaves nothing at the runtime;
 //! - when a container's init exits, [`RuntimeHandler::wait_container`] reports how, also
 //!   when that happened while crispd was down (the `oci` handler's monitor records it in
 //!   the bundle's `exit` file);
 //! - [`RuntimeHandler::recover_container`] tells, after a restart, whether a container
 //!   still runs, how it ended, or that its end is lost (a node reboot), leaving nothing;
-//! - `kill_container` and `delete_container` of a container that is already gone succeed.
+//! - `kill_container` and `delete_container` of a container that is already gone succeed;
+//! - `stop_sandbox` ends what `start_sandbox` made whatever state it is in, and may be
+//!   called again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -135,6 +135,26 @@ fn handle_of<'a>(id: &'a str, bundle: &'a Path) -> ContainerRef<'a> {
 /// The pod these containers belong to (the `oci` handler needs none made for them).
 const SANDBOX: &str = "contract-pod";
 
+/// Creates container `id` of `spec` in the contract's pod, logging to `log`.
+async fn create(
+    rt: &dyn RuntimeHandler,
+    id: &str,
+    bundle: &Path,
+    spec: &Spec,
+    log: &Path,
+) -> Result<u32, runtime_handlers::HandlerError> {
+    rt.create_container(&ContainerSpec {
+        sandbox_id: SANDBOX,
+        id,
+        bundle,
+        spec,
+        log_path: log,
+        stdin: false,
+        stdin_once: false,
+    })
+    .await
+}
+
 /// The container's exit, as the handler reports it.
 async fn wait_exit(rt: &dyn RuntimeHandler, c: &ContainerRef<'_>) -> runtime_handlers::ExitStatus {
     tokio::time::timeout(Duration::from_secs(20), rt.wait_container(c))
@@ -158,16 +178,7 @@ async fn a_container_runs_logs_and_reports_its_exit(kind: Kind) {
             "echo hello; echo oops >&2; printf partial; exit 3",
         ],
     );
-    let pid = rt
-        .create_container(&ContainerSpec {
-            sandbox_id: SANDBOX,
-            id: &id,
-            bundle: &bundle,
-            spec: &spec,
-            log_path: &log,
-            stdin: false,
-            stdin_once: false,
-        })
+    let pid = create(rt.as_ref(), &id, &bundle, &spec, &log)
         .await
         .expect("create");
     assert!(pid > 0);
@@ -232,18 +243,15 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
     let bundle = dir.path().join("bundle-b");
     let id = format!("crisp-{}-b-{}", kind.name(), std::process::id());
     let log = dir.path().join("b.log");
-    let pid = rt
-        .create_container(&ContainerSpec {
-            sandbox_id: SANDBOX,
-            id: &id,
-            bundle: &bundle,
-            spec: &spec(&root, &["sleep", "300"]),
-            log_path: &log,
-            stdin: false,
-            stdin_once: false,
-        })
-        .await
-        .expect("create");
+    let pid = create(
+        rt.as_ref(),
+        &id,
+        &bundle,
+        &spec(&root, &["sleep", "300"]),
+        &log,
+    )
+    .await
+    .expect("create");
     let handle = ContainerRef {
         sandbox_id: SANDBOX,
         id: &id,
@@ -350,16 +358,7 @@ async fn a_failed_create_is_reported_and_leaves_nothing(kind: Kind) {
     let id = format!("crisp-{}-c-{}", kind.name(), std::process::id());
     let missing = dir.path().join("no-such-rootfs");
     let log = dir.path().join("c.log");
-    let err = rt
-        .create_container(&ContainerSpec {
-            sandbox_id: SANDBOX,
-            id: &id,
-            bundle: &bundle,
-            spec: &spec(&missing, &["true"]),
-            log_path: &log,
-            stdin: false,
-            stdin_once: false,
-        })
+    let err = create(rt.as_ref(), &id, &bundle, &spec(&missing, &["true"]), &log)
         .await
         .expect_err("no rootfs");
     assert!(err.to_string().contains("create"), "{err}");
@@ -408,16 +407,7 @@ async fn a_tty_container_logs_its_terminal_output(kind: Kind) {
         process.set_terminal(Some(true));
         spec.set_process(Some(process));
     }
-    let pid = rt
-        .create_container(&ContainerSpec {
-            sandbox_id: SANDBOX,
-            id: &id,
-            bundle: &bundle,
-            spec: &spec,
-            log_path: &log,
-            stdin: false,
-            stdin_once: false,
-        })
+    let pid = create(rt.as_ref(), &id, &bundle, &spec, &log)
         .await
         .expect("create");
     rt.start_container(&handle_of(&id, &bundle))

@@ -235,16 +235,24 @@ async fn concurrent_pulls_download_each_blob_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_resolves_to_linux_amd64() {
-    let sandbox = Sandbox::new("");
-    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+/// `multi:<tag>`: an index over busybox for amd64 and a one-file arm64 image; the amd64
+/// image and the index's digest.
+fn push_multi_arch(registry: &Registry, tag: &str) -> (fixture::BuiltImage, String) {
     let amd64 = busybox().build();
     let arm64 = ImageBuilder::new()
         .layer(LayerBuilder::new().file("arch", b"arm64", 0o644).finish())
         .arch("arm64")
         .build();
-    fixture::push_index(&registry, "multi", "latest", &[arm64, amd64.clone()]).expect("push index");
+    let index =
+        fixture::push_index(registry, "multi", tag, &[arm64, amd64.clone()]).expect("push index");
+    (amd64, index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_resolves_to_linux_amd64() {
+    let sandbox = Sandbox::new("");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    let (amd64, _) = push_multi_arch(&registry, "latest");
     let daemon = sandbox.start();
     let (_, mut images) = daemon.clients().await;
     let pulled = images
@@ -272,13 +280,7 @@ async fn status_of(
 async fn an_index_pulled_by_its_digest_is_found_listed_and_removed_by_it() {
     let sandbox = Sandbox::new("");
     let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
-    let amd64 = busybox().build();
-    let arm64 = ImageBuilder::new()
-        .layer(LayerBuilder::new().file("arch", b"arm64", 0o644).finish())
-        .arch("arm64")
-        .build();
-    let index =
-        fixture::push_index(&registry, "multi", "v1", &[arm64, amd64.clone()]).expect("push index");
+    let (amd64, index) = push_multi_arch(&registry, "v1");
     let daemon = sandbox.start();
     let (_, mut images) = daemon.clients().await;
     let by_digest = format!("{}/multi@{index}", registry.addr);

@@ -11,7 +11,7 @@
 use cri_proto::v1 as cri;
 use runtime_handlers::StatsDetail;
 
-use super::{Interface, pod_network, sample_of, u64_value};
+use super::{Interface, detailed_sample_of, pod_network, u64_value};
 use crate::state::Daemon;
 
 use cri::MetricType::{Counter, Gauge};
@@ -294,7 +294,7 @@ pub async fn pod_metrics(daemon: &Daemon) -> Vec<cri::PodSandboxMetrics> {
             if record.pod_id != pod.id {
                 continue;
             }
-            let Some(sample) = sample_of(daemon, &record).await else {
+            let Some(sample) = detailed_sample_of(daemon, &record).await else {
                 continue;
             };
             let s = &sample.latest;

@@ -2,11 +2,11 @@
 //! forms, and the pod metrics.
 //!
 //! A background task samples every running container through its handler (cgroup CPU,
-//! memory, swap, processes), each pod's network from a running container's netns, and,
-//! less often, each writable layer's disk use, into a cache. The RPCs only read the cache,
-//! so they cost the same however often kubelet asks. CPU rate (`usage_nano_cores`) comes
-//! from the last two samples. A container no sample has seen yet (just started) is sampled
-//! on demand.
+//! memory, swap, processes), each pod's network inside its pinned netns, and, less often,
+//! each writable layer's disk use, into a cache. The RPCs only read the cache, so they
+//! cost the same however often kubelet asks. CPU rate (`usage_nano_cores`) comes from the
+//! last two samples. A container no sample has seen yet (just started) is sampled on
+//! demand, and so are the detailed figures only the pod metrics carry (at most 10 s old).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,8 @@ struct Sample {
     latest: ContainerStats,
     previous: Option<ContainerStats>,
     writable: Option<Writable>,
+    /// When `latest.detail` was read (ns); 0 if never.
+    detail_at: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -75,6 +77,8 @@ impl StatsCache {
         let mut previous = std::mem::take(&mut entry.latest);
         if stats.detail.is_none() {
             stats.detail = previous.detail.take();
+        } else {
+            entry.detail_at = stats.timestamp;
         }
         previous.detail = None;
         if previous.timestamp > 0 {
@@ -113,7 +117,8 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
         let Ok(runtime) = daemon.handlers.get(&record.handler) else {
             continue;
         };
-        if let Ok(stats) = runtime.container_stats(&record.handle(), with_fs).await {
+        // The detailed figures only ListPodSandboxMetrics needs are read when it asks.
+        if let Ok(stats) = runtime.container_stats(&record.handle(), false).await {
             daemon.stats.record(&record.id, stats);
             measured_pods.insert(record.pod_id.clone());
         }
@@ -279,9 +284,43 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
     if let Some(s) = daemon.stats.sample(&record.id) {
         return Some(s);
     }
+    sample_now(daemon, record).await
+}
+
+/// The sample of a running container with its detailed figures at most `DETAIL_MAX_AGE`
+/// old: they are read on demand (kubelet asks for pod metrics at its scrape interval, and
+/// many nodes never), not by the background sampler.
+async fn detailed_sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
+    if record.state() != State::Running {
+        return None;
+    }
+    match daemon.stats.sample(&record.id) {
+        Some(s)
+            if s.latest.detail.is_some()
+                && crate::pod::now_ns().saturating_sub(s.detail_at) < DETAIL_MAX_AGE_NS =>
+        {
+            Some(s)
+        }
+        _ => sample_now(daemon, record).await,
+    }
+}
+
+/// How old the detailed figures may be when pod metrics are asked for.
+const DETAIL_MAX_AGE_NS: i64 = 10_000_000_000;
+
+/// Samples a running container now, with its detail and, if never measured, its
+/// writable layer.
+async fn sample_now(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
     let runtime = daemon.handlers.get(&record.handler).ok()?;
     let stats = runtime.container_stats(&record.handle(), true).await.ok()?;
     daemon.stats.record(&record.id, stats);
+    if daemon
+        .stats
+        .sample(&record.id)
+        .is_some_and(|s| s.writable.is_some())
+    {
+        return daemon.stats.sample(&record.id);
+    }
     // The writable layer of a container this young is small: measure it now too.
     let store = daemon.images.store();
     let id = record.id.clone();
@@ -491,6 +530,7 @@ mod tests {
             latest: at(3_000_000_000, 1_500_000_000),
             previous: Some(at(1_000_000_000, 500_000_000)),
             writable: None,
+            detail_at: 0,
         };
         // 1 s of CPU over 2 s: half a core.
         assert_eq!(nano_cores(&sample), 500_000_000);
