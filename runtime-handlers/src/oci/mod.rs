@@ -194,7 +194,22 @@ impl RuntimeHandler for OciRuntime {
         signal: i32,
         all: bool,
     ) -> Result<(), HandlerError> {
-        self.kill(c.id, signal, all).await
+        match self.kill(c.id, signal, all).await {
+            // runsc refuses to signal a container that was created but never started; a
+            // SIGKILL for one ends it by deleting it (its monitor then records the exit).
+            Err(HandlerError::Runtime { .. })
+                if signal == libc::SIGKILL
+                    && self
+                        .state(c.id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|s| s.status == "created") =>
+            {
+                self.delete(c.id, true).await
+            }
+            other => other,
+        }
     }
 
     async fn delete_container(

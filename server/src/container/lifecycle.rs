@@ -82,17 +82,10 @@ async fn stop_record(
     let runtime = daemon.handlers.get(&record.handler)?;
     if record.state() == State::Created {
         // Never started: its init waits in the runtime; killing it ends the container.
-        // Some runtimes (runsc) refuse to signal a created container: delete it instead.
-        if let Err(e) = runtime
+        runtime
             .kill_container(&record.handle(), libc::SIGKILL, false)
             .await
-        {
-            tracing::debug!(id = %record.id, error = %e, "kill refused for a created container; deleting it");
-            runtime
-                .delete_container(&record.handle(), true)
-                .await
-                .map_err(LifecycleError::from)?;
-        }
+            .map_err(LifecycleError::from)?;
     } else if !timeout.is_zero() {
         runtime
             .kill_container(&record.handle(), record.stop_signal, false)
