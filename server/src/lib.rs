@@ -20,6 +20,7 @@ pub mod errors;
 pub mod events;
 pub mod handlers;
 pub mod host;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod options;

@@ -215,10 +215,48 @@ async fn stopping_the_pod_kills_its_containers_and_bad_requests_are_refused() {
     let err = create_refused(&mut rt, &"f".repeat(64), container(&s, "x", "true")).await;
     assert_eq!(err.code(), tonic::Code::NotFound);
 
+    // Input that would escape or overflow: InvalidArgument naming the field, nothing made.
+    let escape = s.net.sandbox.path("escaped.log");
+    let climbing = format!("../{}", "../".repeat(20)) + escape.to_str().expect("utf-8 path");
+    let mut cases = Vec::new();
+    for log_path in [escape.display().to_string(), climbing] {
+        let mut c = container(&s, "log", "true");
+        c.log_path = log_path;
+        cases.push((c, "config.log_path"));
+    }
+    for target in ["/", "/proc", "/sys"] {
+        let mut c = container(&s, "mnt", "true");
+        c.mounts = vec![cri::Mount {
+            container_path: target.into(),
+            host_path: s.net.sandbox.path("logs").display().to_string(),
+            ..Default::default()
+        }];
+        cases.push((c, "config.mounts[0].container_path"));
+    }
+    let mut huge = container(&s, "argv", "true");
+    huge.args = vec!["x".repeat(200 * 1024)];
+    cases.push((huge, "config.args[0]"));
+    for (bad, field) in cases {
+        let err = create_refused(&mut rt, &pod, bad).await;
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+    }
+    assert!(!escape.exists(), "no log written outside the log directory");
+
     let id = create(&mut rt, &s, &pod, container(&s, "long", "sleep 1000")).await;
     let err = create_refused(&mut rt, &pod, container(&s, "long", "true")).await;
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     start(&mut rt, &id).await;
+    let err = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "x".repeat(200 * 1024)],
+            timeout: 5,
+        })
+        .await
+        .expect_err("an argument the kernel would refuse");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cmd[1]"), "{}", err.message());
     let (_, mut images) = daemon.clients().await;
     let err = images
         .remove_image(cri::RemoveImageRequest {

@@ -301,7 +301,37 @@ async fn bad_requests_are_refused_and_unknown_ids_are_fine_to_stop() {
         .await
         .expect_err("host sysctl");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Beyond Kubernetes' limits: refused before CNI sees them, naming the field.
+    let mut long_name = pod_config("x");
+    long_name.metadata.as_mut().expect("metadata").name = "p".repeat(1 << 20);
+    let mut many_ports = pod_config("x");
+    many_ports.port_mappings = (1..=2000)
+        .map(|p| cri::PortMapping {
+            container_port: p,
+            host_port: 20000 + p,
+            ..Default::default()
+        })
+        .collect();
+    for (bad, field) in [
+        (long_name, "config.metadata.name"),
+        (many_ports, "config.port_mappings"),
+    ] {
+        let err = runtime
+            .run_pod_sandbox(run_request(bad))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+    }
     assert_eq!(net.mounts(), 0, "refused pods leave no pins");
+    let listed = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
 
     let unknown = "0".repeat(64);
     runtime

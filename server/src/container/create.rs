@@ -25,6 +25,15 @@ pub async fn create(
         .clone()
         .filter(|m| !m.name.is_empty())
         .ok_or_else(|| LifecycleError::invalid("config.metadata.name must not be empty"))?;
+    crate::limits::length("config.metadata.name", &meta.name, crate::limits::MAX_NAME)?;
+    crate::limits::argv("config.command", &container.command)?;
+    crate::limits::argv("config.args", &container.args)?;
+    for (n, m) in container.mounts.iter().enumerate() {
+        crate::limits::mount_target(
+            &format!("config.mounts[{n}].container_path"),
+            &m.container_path,
+        )?;
+    }
     let pod = daemon.pods.get(&request.pod_sandbox_id).ok_or_else(|| {
         LifecycleError::not_found(format!("pod sandbox {} not found", request.pod_sandbox_id))
     })?;
@@ -91,8 +100,7 @@ pub async fn create(
     let log_path = if pod.log_directory.is_empty() || container.log_path.is_empty() {
         String::new()
     } else {
-        std::path::Path::new(&pod.log_directory)
-            .join(&container.log_path)
+        crate::limits::log_file(&pod.log_directory, &container.log_path)?
             .display()
             .to_string()
     };

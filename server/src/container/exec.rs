@@ -17,6 +17,7 @@ pub async fn exec_sync(
     if request.cmd.is_empty() {
         return Err(LifecycleError::invalid("ExecSync needs a command"));
     }
+    crate::limits::argv("cmd", &request.cmd)?;
     let container = daemon
         .containers
         .get(&request.container_id)

@@ -50,6 +50,19 @@ pub async fn run(
                 "config.metadata.{field} must not be empty"
             )));
         }
+        let max = if field == "namespace" {
+            crate::limits::MAX_NAMESPACE
+        } else {
+            crate::limits::MAX_NAME
+        };
+        crate::limits::length(&format!("config.metadata.{field}"), value, max)?;
+    }
+    if pod_config.port_mappings.len() > crate::limits::MAX_PORT_MAPPINGS {
+        return Err(LifecycleError::invalid(format!(
+            "config.port_mappings has {} entries; at most {} are allowed",
+            pod_config.port_mappings.len(),
+            crate::limits::MAX_PORT_MAPPINGS
+        )));
     }
     let untrusted = pod_config
         .annotations

@@ -361,6 +361,7 @@ pub fn exec_url(daemon: &Daemon, request: cri::ExecRequest) -> Result<String, Li
     if request.cmd.is_empty() {
         return Err(LifecycleError::invalid("Exec needs a command"));
     }
+    crate::limits::argv("cmd", &request.cmd)?;
     if !(request.stdin || request.stdout || request.stderr) {
         return Err(LifecycleError::invalid(
             "Exec needs at least one of stdin, stdout and stderr",
