@@ -78,6 +78,23 @@ pub enum ImageError {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// A blob of another length than its descriptor announced (the registry's data is
+    /// wrong, not the registry down).
+    #[error(
+        "{what} {blob} of {reference} is corrupt: {expected} bytes announced, {actual} received; nothing was stored"
+    )]
+    WrongSize {
+        /// Which content (config, layer).
+        what: String,
+        /// The reference pulled.
+        reference: String,
+        /// The blob's digest.
+        blob: Digest,
+        /// The announced size.
+        expected: u64,
+        /// The bytes received.
+        actual: u64,
+    },
     /// A layer that tries to escape its directory or cannot be unpacked.
     #[error("layer {layer} of {reference} was refused: {source}")]
     BadLayer {

@@ -300,7 +300,28 @@ impl Images {
             Err(ContentError::DigestMismatch { expected, actual }) => {
                 Err(source.mismatch(what, expected, actual))
             }
+            // The registry sent all it had, and it was not the blob: its data is bad
+            // (DataLoss), not the registry down.
+            Err(ContentError::SizeMismatch {
+                expected, actual, ..
+            }) if stream_error.as_ref().is_none_or(is_verification_error) => {
+                match stream_error.as_ref().and_then(verification_actual) {
+                    Some(wrong) => Err(source.mismatch(what, digest, wrong)),
+                    None => Err(ImageError::WrongSize {
+                        what: what.to_owned(),
+                        reference: source.reference.to_string(),
+                        blob: digest,
+                        expected,
+                        actual,
+                    }),
+                }
+            }
             Err(e) => match stream_error {
+                // The stream ended with the client's own digest check failing.
+                Some(io) if is_verification_error(&io) => match verification_actual(&io) {
+                    Some(wrong) => Err(source.mismatch(what, digest, wrong)),
+                    None => Err(e.into()),
+                },
                 // Fewer bytes than announced because the connection broke: say so.
                 Some(io) => Err(ImageError::Unavailable {
                     reference: source.reference.to_string(),
@@ -361,5 +382,26 @@ impl Source<'_> {
             expected,
             actual,
         }
+    }
+}
+
+/// The client's own digest check, if that is what ended a blob stream.
+fn verification(io: &std::io::Error) -> Option<&oci_client::errors::DigestError> {
+    io.get_ref()?
+        .downcast_ref::<oci_client::errors::DigestError>()
+}
+
+fn is_verification_error(io: &std::io::Error) -> bool {
+    matches!(
+        verification(io),
+        Some(oci_client::errors::DigestError::VerificationError { .. })
+    )
+}
+
+/// The digest the received bytes had, as the client's check computed it.
+fn verification_actual(io: &std::io::Error) -> Option<Digest> {
+    match verification(io)? {
+        oci_client::errors::DigestError::VerificationError { actual, .. } => actual.parse().ok(),
+        _ => None,
     }
 }

@@ -109,7 +109,9 @@ pub fn image_status(error: ImageError) -> Status {
         ImageError::BadManifest { .. } | ImageError::BadLayer { .. } => {
             Status::failed_precondition(message)
         }
-        ImageError::DigestMismatch { .. } => Status::data_loss(message),
+        ImageError::DigestMismatch { .. } | ImageError::WrongSize { .. } => {
+            Status::data_loss(message)
+        }
         ImageError::Stalled { .. } | ImageError::Deadline { .. } => {
             Status::deadline_exceeded(message)
         }

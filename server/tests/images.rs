@@ -537,6 +537,22 @@ async fn a_corrupt_blob_fails_the_pull_and_registers_nothing() {
             .exists()
     );
     assert_eq!(count_files(&sandbox.path("root/content/ingest")), 0);
+
+    // Wrong content of another length (the registry serves what it stores, with that
+    // length): still the registry's bad data, not an outage.
+    let other = busybox().env("COPY=2").build();
+    fixture::push(&registry, "short", "v1", &other).expect("push");
+    let layer = fixture::digest(&other.layers[0]);
+    let path = registry.blob_data_path(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).expect("blob data");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&path, bytes).expect("tamper");
+    let err = images
+        .pull_image(pull_request(&format!("{}/short:v1", registry.addr)))
+        .await
+        .expect_err("truncated layer");
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err:?}");
+    assert_eq!(count_files(&sandbox.path("root/content/ingest")), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
