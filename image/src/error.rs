@@ -106,13 +106,13 @@ pub enum ImageError {
         #[source]
         source: UnpackError,
     },
-    /// No bytes arrived for too long.
-    #[error("pull of {reference} made no progress for {after:?} (downloading {blob}); aborted")]
+    /// No answer or no bytes arrived for too long (connection, headers or body).
+    #[error("pull of {reference} made no progress for {after:?} ({waiting}); aborted")]
     Stalled {
         /// The reference.
         reference: String,
-        /// The blob being downloaded.
-        blob: Digest,
+        /// What it was waiting for (the manifest, a blob's headers or bytes).
+        waiting: String,
         /// The configured progress timeout.
         after: Duration,
     },

@@ -25,6 +25,8 @@ use crate::registry::{self, Credentials, Endpoint, classify};
 /// One endpoint's connection for the length of a pull.
 struct Source<'a> {
     client: oci_client::Client,
+    /// Every request, connection and headers included, gets this long to answer.
+    progress_timeout: Duration,
     oci: oci_client::Reference,
     auth: RegistryAuth,
     endpoint: &'a Endpoint,
@@ -63,9 +65,12 @@ impl Images {
             }
             match attempt {
                 Ok(image) => return Ok(image),
+                // A mirror that is down, silent, refuses us or lacks the image: the next
+                // endpoint may have it.
                 Err(
                     e @ (ImageError::NotFound { .. }
                     | ImageError::Unavailable { .. }
+                    | ImageError::Stalled { .. }
                     | ImageError::Unauthorized { .. }),
                 ) if endpoint.mirror => {
                     tracing::warn!(mirror = %endpoint.host, error = %e, "mirror failed; trying the next endpoint");
@@ -105,6 +110,7 @@ impl Images {
                 self.progress_timeout + Duration::from_secs(5),
                 plain_http,
             ),
+            progress_timeout: self.progress_timeout,
             oci: registry::oci_reference(reference, endpoint),
             auth: auth.clone(),
             endpoint,
@@ -243,9 +249,13 @@ impl Images {
         }
         let started = std::time::Instant::now();
         let mut stream = source
-            .client
-            .pull_blob_stream(&source.oci, desc.digest.as_str())
-            .await
+            .bounded(
+                format!("waiting for the headers of {what} {digest}"),
+                source
+                    .client
+                    .pull_blob_stream(&source.oci, desc.digest.as_str()),
+            )
+            .await?
             .map_err(|e| classify(e, source.reference, source.endpoint))?;
 
         // Bytes go to a blocking writer thread; the async side only moves buffers.
@@ -272,7 +282,7 @@ impl Images {
                     let _ = writer.await;
                     return Err(ImageError::Stalled {
                         reference: source.reference.to_string(),
-                        blob: digest,
+                        waiting: format!("downloading {what} {digest}"),
                         after: self.progress_timeout,
                     });
                 }
@@ -367,12 +377,30 @@ where
 impl Source<'_> {
     async fn manifest(&self, oci: &oci_client::Reference) -> Result<(Vec<u8>, Digest), ImageError> {
         let (bytes, _) = self
-            .client
-            .pull_manifest_raw(oci, &self.auth, ACCEPTED_MANIFEST_TYPES)
-            .await
+            .bounded(
+                format!("waiting for the manifest {oci}"),
+                self.client
+                    .pull_manifest_raw(oci, &self.auth, ACCEPTED_MANIFEST_TYPES),
+            )
+            .await?
             .map_err(|e| classify(e, self.reference, self.endpoint))?;
         let digest = Digest::of(&bytes);
         Ok((bytes, digest))
+    }
+
+    /// `request` within the progress timeout, or Stalled saying what it waited for.
+    async fn bounded<T>(
+        &self,
+        waiting: String,
+        request: impl std::future::Future<Output = T>,
+    ) -> Result<T, ImageError> {
+        tokio::time::timeout(self.progress_timeout, request)
+            .await
+            .map_err(|_| ImageError::Stalled {
+                reference: self.reference.to_string(),
+                waiting,
+                after: self.progress_timeout,
+            })
     }
 
     fn mismatch(&self, what: &str, expected: Digest, actual: Digest) -> ImageError {

@@ -884,6 +884,48 @@ async fn a_stalled_download_and_a_slow_pull_are_aborted_clearly() {
     assert!(listed.is_empty());
 }
 
+/// A registry that accepts connections and never answers.
+fn silent_registry() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().flatten() {
+            open.push(stream);
+            if open.len() > 64 {
+                return;
+            }
+        }
+    });
+    (addr, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_never_answers_fails_within_the_progress_timeout() {
+    let (addr, _held) = silent_registry();
+    let sandbox = Sandbox::new("[image]\npull_progress_timeout = \"2s\"\n");
+    let daemon = sandbox.start();
+    let (_, images) = daemon.clients().await;
+    // Several at once: each fails on its own timeout, none waits behind another.
+    let pulls: Vec<_> = (0..4)
+        .map(|n| {
+            let mut images = images.clone();
+            let name = format!("{addr}/silent:v{n}");
+            tokio::spawn(async move { images.pull_image(pull_request(&name)).await })
+        })
+        .collect();
+    for pull in pulls {
+        let err = pull.await.expect("join").expect_err("never answers");
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().contains("made no progress"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("manifest"), "{}", err.message());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_import_an_oci_layout_for_air_gapped_nodes() {
     let source = Sandbox::new("");
