@@ -1,9 +1,11 @@
-//! The runtime handlers, built once from configuration when crispd starts (their
-//! `[runtimes.*]` tables need a restart to change), and looked up by name per call.
+//! The runtime handlers, built from configuration when crispd starts (their
+//! `[runtimes.*]` tables need a restart to change), and looked up by name per call. A
+//! handler whose binary was missing is looked for again when it is asked for, so a
+//! runtime installed after crispd started is used without a restart.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::errors::LifecycleError;
 use conf::{Config, HandlerType};
@@ -18,14 +20,44 @@ enum Unusable {
     Missing(String),
 }
 
+type Slot = Result<Arc<dyn RuntimeHandler>, Unusable>;
+
 /// Every configured handler, usable or not.
 pub struct Handlers {
-    by_name: BTreeMap<String, Result<Arc<dyn RuntimeHandler>, Unusable>>,
+    by_name: RwLock<BTreeMap<String, Slot>>,
+    /// The configuration they were built from, to look for a missing binary again.
+    config: Option<Arc<Config>>,
 }
 
 impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.by_name.keys()).finish()
+        f.debug_list().entries(self.map().keys()).finish()
+    }
+}
+
+/// Builds handler `name` of `config`.
+fn build_one(config: &Config, name: &str) -> Slot {
+    let Some(h) = config.runtimes.get(name) else {
+        return Err(Unusable::Missing(format!(
+            "runtime handler `{name}` is not configured"
+        )));
+    };
+    if h.kind != HandlerType::Oci {
+        return Err(Unusable::Unsupported(format!(
+            "runtime handler `{name}` is of type microvm, which this crisp cannot run yet"
+        )));
+    }
+    match crate::host::runtime_binary(config, name) {
+        Ok(binary) => Ok(Arc::new(runtime_handlers::OciRuntime {
+            name: name.to_owned(),
+            binary,
+            root: config.runtime_root(name),
+            runtime_args: h.runtime_args.clone(),
+            monitor: runtime_handlers::helper_binary(runtime_handlers::MONITOR),
+            enter: runtime_handlers::helper_binary(runtime_handlers::ENTER),
+            runtime_exec: h.runtime_exec,
+        }) as Arc<dyn RuntimeHandler>),
+        Err(message) => Err(Unusable::Missing(message)),
     }
 }
 
@@ -34,32 +66,13 @@ impl Handlers {
     pub fn build(config: &Config) -> Self {
         let by_name = config
             .runtimes
-            .iter()
-            .map(|(name, h)| {
-                let handler = if h.kind != HandlerType::Oci {
-                    Err(Unusable::Unsupported(format!(
-                        "runtime handler `{name}` is of type microvm, which this crisp cannot run yet"
-                    )))
-                } else {
-                    match crate::host::runtime_binary(config, name) {
-                        Ok(binary) => Ok(Arc::new(runtime_handlers::OciRuntime {
-                            name: name.clone(),
-                            binary,
-                            root: config.runtime_root(name),
-                            runtime_args: h.runtime_args.clone(),
-                            monitor: runtime_handlers::helper_binary(
-                                runtime_handlers::MONITOR,
-                            ),
-                            enter: runtime_handlers::helper_binary(runtime_handlers::ENTER),
-                            runtime_exec: h.runtime_exec,
-                        }) as Arc<dyn RuntimeHandler>),
-                        Err(message) => Err(Unusable::Missing(message)),
-                    }
-                };
-                (name.clone(), handler)
-            })
+            .keys()
+            .map(|name| (name.clone(), build_one(config, name)))
             .collect();
-        Self { by_name }
+        Self {
+            by_name: RwLock::new(by_name),
+            config: Some(Arc::new(config.clone())),
+        }
     }
 
     /// A set of handlers made elsewhere (tests drive the lifecycle with a fake).
@@ -68,28 +81,53 @@ impl Handlers {
             .into_iter()
             .map(|h| (h.name().to_owned(), Ok(h)))
             .collect();
-        Self { by_name }
+        Self {
+            by_name: RwLock::new(by_name),
+            config: None,
+        }
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
+        match self.by_name.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     /// The handler of that name, or the error a call naming it answers.
     pub fn get(&self, name: &str) -> Result<Arc<dyn RuntimeHandler>, LifecycleError> {
-        match self.by_name.get(name) {
-            Some(Ok(handler)) => Ok(Arc::clone(handler)),
+        let slot = self.map().get(name).cloned();
+        match slot {
+            Some(Ok(handler)) => Ok(handler),
             Some(Err(Unusable::Unsupported(message))) => Err(LifecycleError::unsupported(message)),
-            Some(Err(Unusable::Missing(message))) => Err(LifecycleError::precondition(format!(
-                "{message} (it is looked up when crispd starts)"
-            ))),
+            Some(Err(Unusable::Missing(message))) => {
+                // Installed since? Look again.
+                if let Some(config) = &self.config
+                    && let Ok(handler) = build_one(config, name)
+                {
+                    tracing::info!(handler = name, "runtime handler's binary found");
+                    let mut map = match self.by_name.write() {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                    map.insert(name.to_owned(), Ok(Arc::clone(&handler)));
+                    return Ok(handler);
+                }
+                Err(LifecycleError::precondition(message))
+            }
             None => Err(LifecycleError::precondition(format!(
                 "runtime handler `{name}` is no longer configured"
             ))),
         }
     }
 
-    /// The names of the handlers that can run, with the handler.
-    pub fn usable(&self) -> impl Iterator<Item = (&str, &Arc<dyn RuntimeHandler>)> {
-        self.by_name
-            .iter()
-            .filter_map(|(name, h)| h.as_ref().ok().map(|h| (name.as_str(), h)))
+    /// The handlers that can run now (a missing binary looked for again), by name.
+    pub fn usable(&self) -> Vec<(String, Arc<dyn RuntimeHandler>)> {
+        let names: Vec<String> = self.map().keys().cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|name| self.get(&name).ok().map(|h| (name, h)))
+            .collect()
     }
 
     /// Helper processes the handlers keep on this host. The OCI handlers share one kind
@@ -97,6 +135,7 @@ impl Handlers {
     pub fn helper_processes(&self) -> usize {
         let mut kinds = std::collections::BTreeSet::new();
         self.usable()
+            .into_iter()
             .filter(|(_, h)| kinds.insert(h.kind()))
             .map(|(_, h)| h.helper_processes())
             .sum()
@@ -110,14 +149,15 @@ impl Handlers {
         }
     }
 
-    /// Each configured handler: `Ok` with its binary's handler, or why it cannot run.
-    pub fn report(&self) -> impl Iterator<Item = (&str, Result<(), String>)> {
-        self.by_name.iter().map(|(name, h)| {
-            let state = match h {
-                Ok(_) => Ok(()),
-                Err(Unusable::Unsupported(m) | Unusable::Missing(m)) => Err(m.clone()),
-            };
-            (name.as_str(), state)
-        })
+    /// Each configured handler: usable, or why it cannot run.
+    pub fn report(&self) -> Vec<(String, Result<(), String>)> {
+        let names: Vec<String> = self.map().keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let state = self.get(&name).map(|_| ()).map_err(|e| e.to_string());
+                (name, state)
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// A record kind: how to name it and which format version it carries.
-pub trait Record: Serialize + DeserializeOwned + Send + 'static {
+pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The ID (file name and map key).
     fn id(&self) -> &str;
     /// The record's format version.
@@ -179,16 +179,31 @@ impl<T: Record + Clone> Records<T> {
         Ok(())
     }
 
-    /// As [`Records::save`], with the write and its fsyncs off the async threads.
+    /// As [`Records::save`], with the write and its fsyncs off the async threads. Call it
+    /// after changing the record under its lock. The write and the saved copy readers see
+    /// are finished by a task of their own, so a caller that is dropped midway (a client
+    /// deadline) still leaves record and copy alike; the copy follows the record even when
+    /// the write fails (readers see the truth; the next write or a restart's recovery
+    /// repairs the disk).
     pub async fn persist(&self, record: &T) -> std::io::Result<()> {
-        let (dir, copy) = (self.dir.clone(), record.clone());
-        tokio::task::spawn_blocking(move || write_file(&dir, &copy))
-            .await
-            .map_err(std::io::Error::other)??;
-        if let Some(entry) = self.map().get(record.id()) {
-            entry.set_snapshot(record.clone());
-        }
-        Ok(())
+        let dir = self.dir.clone();
+        let copy = record.clone();
+        let entry = self.map().get(record.id()).cloned();
+        tokio::spawn(async move {
+            let written = {
+                let copy = copy.clone();
+                tokio::task::spawn_blocking(move || write_file(&dir, &copy))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+            };
+            if let Some(entry) = entry {
+                entry.set_snapshot(copy);
+            }
+            written
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 }
 
@@ -196,7 +211,10 @@ impl<T: Record + Clone> Records<T> {
 fn write_file<T: Record>(dir: &Path, record: &T) -> std::io::Result<()> {
     use std::io::Write;
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{}.tmp", record.id()));
+    // A write that outlived its caller may still run: each write has its own temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{}.{n}.tmp", record.id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;

@@ -566,7 +566,40 @@ async fn pod_metrics_carry_the_cadvisor_set_with_real_values() {
     );
     assert!(value("container_fs_limit_bytes", None) > 0);
     assert!(value("container_fs_inodes_total", None) >= value("container_fs_inodes_free", None));
-    assert!(value("container_network_receive_packets_total", Some("eth0")) < u64::MAX);
+    // Traffic out of the pod shows on its eth0 (a connection attempt to the gateway).
+    let gateway = format!("{}1", s.net.subnet_prefix);
+    exec_out(
+        &mut rt,
+        &id,
+        &["sh", "-c", &format!("nc -w 1 {gateway} 9 </dev/null; true")],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = rt
+            .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await
+            .expect("pod metrics")
+            .into_inner()
+            .pod_metrics
+            .into_iter()
+            .filter(|p| p.pod_sandbox_id == pod)
+            .flat_map(|p| p.metrics)
+            .find(|m| {
+                m.name == "container_network_transmit_packets_total"
+                    && m.label_values.iter().any(|v| v == "eth0")
+            })
+            .and_then(|m| m.value)
+            .map_or(0, |v| v.value);
+        if sent > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no packets counted on eth0"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let pressure = samples
         .iter()
         .any(|m| m.name.starts_with("container_pressure_"));

@@ -148,10 +148,11 @@ impl RuntimeHandler for OciRuntime {
         } else {
             0
         };
+        let pid_ns = (init > 0).then(|| pid_namespace_of(init)).flatten();
         Ok(StartedSandbox {
             state: SandboxState {
                 version: SANDBOX_STATE_VERSION,
-                data: serde_json::json!({ "init_pid": init }),
+                data: serde_json::json!({ "init_pid": init, "pid_ns": pid_ns }),
             },
             namespace_holder: init,
         })
@@ -163,8 +164,9 @@ impl RuntimeHandler for OciRuntime {
         state: &SandboxState,
     ) -> Result<(), HandlerError> {
         let pid = sandbox_init(state);
-        if pid > 0 {
-            kill_pid_namespace_init(pid, &sandbox.pid_pin);
+        if pid > 0 && is_sandbox_init(pid, state, &sandbox.pid_pin) {
+            // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         Ok(())
     }
@@ -177,7 +179,7 @@ impl RuntimeHandler for OciRuntime {
         // A pod without an init has nothing of the handler's to lose; one with an init
         // needs it alive in the pinned PID namespace.
         let pid = sandbox_init(state);
-        Ok(pid == 0 || is_pid_namespace_init(pid, &sandbox.pid_pin))
+        Ok(pid == 0 || is_sandbox_init(pid, state, &sandbox.pid_pin))
     }
 
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
@@ -269,11 +271,20 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn recover_container(&self, c: &ContainerRef<'_>) -> Result<Recovered, HandlerError> {
-        if let Some(exit) = exit_of(c) {
-            return Ok(Recovered::Exited(exit));
-        }
-        if monitor_of(c.pid, c.id).is_some() {
-            return Ok(Recovered::Running);
+        // A monitor that has reaped the init may still be draining output before it
+        // writes the exit file: give it the grace `wait_container` gives it.
+        let deadline = std::time::Instant::now() + MONITOR_GRACE;
+        loop {
+            if let Some(exit) = exit_of(c) {
+                return Ok(Recovered::Exited(exit));
+            }
+            if find_monitor(c.pid, c.id).is_some() {
+                return Ok(Recovered::Running);
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // No monitor and no exit file: the node restarted (state is on tmpfs) or the
         // monitor was killed. Whatever the runtime still has of it goes; its exit is lost.
@@ -285,19 +296,20 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn wait_container(&self, c: &ContainerRef<'_>) -> Result<ExitStatus, HandlerError> {
-        // Between the init's death and the exit file there is a moment with no monitor to
-        // find: look again soon, backing off to 100 ms. A container with neither a monitor
-        // nor an exit file for 2 s has lost its monitor (killed, or the node restarted).
+        // The monitor is found through the init while it lives, else by its command line
+        // (it outlives the init while it drains output). A container with neither a
+        // monitor nor an exit file for MONITOR_GRACE has lost its monitor (killed, or the
+        // node restarted).
         let mut pause = Duration::from_millis(1);
         let mut missing_since: Option<std::time::Instant> = None;
         loop {
             if let Some(exit) = exit_of(c) {
                 return Ok(exit);
             }
-            let monitor = monitor_of(c.pid, c.id);
+            let monitor = find_monitor(c.pid, c.id);
             if monitor.is_none() {
                 let since = *missing_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > Duration::from_secs(2) {
+                if since.elapsed() > MONITOR_GRACE {
                     return Err(HandlerError::Monitor {
                         id: c.id.to_owned(),
                         message: "neither its monitor nor an exit record is left".to_owned(),
@@ -311,12 +323,14 @@ impl RuntimeHandler for OciRuntime {
                 if let Some(exit) = exit_of(c) {
                     return Ok(exit);
                 }
-                if !Path::new(&format!("/proc/{}", c.pid)).exists() {
+                if find_monitor(c.pid, c.id).is_none() {
                     return Err(HandlerError::Monitor {
                         id: c.id.to_owned(),
                         message: "the monitor exited without recording the exit".to_owned(),
                     });
                 }
+            } else {
+                missing_since = None;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));

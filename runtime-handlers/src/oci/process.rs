@@ -19,6 +19,32 @@ pub(super) fn monitor_of(pid: u32, id: &str) -> Option<i32> {
     (ppid > 1 && ours).then_some(ppid)
 }
 
+/// How long a container may have neither a monitor nor an exit record before its end is
+/// taken as lost.
+pub(super) const MONITOR_GRACE: Duration = Duration::from_secs(2);
+
+/// The monitor of container `id`: through its init while that lives, else the process
+/// whose command line is `crisp-monitor ... --id <id>` (a monitor outlives its init while
+/// it drains the container's output; a record written before pids were kept has pid 0).
+pub(super) fn find_monitor(pid: u32, id: &str) -> Option<i32> {
+    if pid > 0
+        && let Some(monitor) = monitor_of(pid, id)
+    {
+        return Some(monitor);
+    }
+    let wanted = format!("\0--id\0{id}\0");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("crisp-monitor") && c.contains(&wanted)
+            })
+        })
+}
+
 /// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
 /// process may keep running (a monitor does); it is reaped in the background.
 pub(super) async fn spawn_reporting(cmd: Command, binary: &Path) -> Result<String, HandlerError> {
@@ -229,6 +255,30 @@ pub(super) fn sandbox_init(state: &SandboxState) -> u32 {
         _ => state.data["init_pid"].as_u64(),
     };
     pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0)
+}
+
+/// The inode of the init's PID namespace, as the state recorded it at start (none in
+/// states from before it was kept).
+pub(super) fn sandbox_pid_namespace(state: &SandboxState) -> Option<u64> {
+    state.data["pid_ns"].as_u64()
+}
+
+/// The inode of process `pid`'s PID namespace.
+pub(super) fn pid_namespace_of(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Whether `pid` still is the sandbox's init: its PID namespace is the one recorded at
+/// start when the state has it (so neither a reused pid nor another pod's init can pass,
+/// pinned or not), else the pinned one.
+pub(super) fn is_sandbox_init(pid: u32, state: &SandboxState, pin: &Path) -> bool {
+    match sandbox_pid_namespace(state) {
+        Some(ns) => pid_namespace_of(pid) == Some(ns),
+        None => is_pid_namespace_init(pid, pin),
+    }
 }
 
 /// Whether `pid` is the init of the PID namespace pinned at `pin` (or, before pinning,

@@ -185,8 +185,14 @@ async fn remove_stops_deletes_and_forgets_and_is_idempotent() {
         .await
         .expect("stop of an unknown ID");
     let calls = w.fake.calls();
-    let kill = calls.iter().position(|c| c.starts_with("kill"));
-    let delete = calls.iter().position(|c| c.starts_with("delete"));
+    let kill = calls
+        .iter()
+        .position(|c| c.starts_with("kill"))
+        .expect("killed");
+    let delete = calls
+        .iter()
+        .position(|c| c.starts_with("delete"))
+        .expect("deleted");
     assert!(kill < delete, "stopped before it is deleted: {calls:?}");
 }
 

@@ -308,17 +308,33 @@ pub fn watch(
 ) {
     let snapshot = container.snapshot();
     tokio::spawn(async move {
-        let exit = match runtime.wait_container(&snapshot.handle()).await {
-            Ok(exit) => ExitRecord::from_handler(exit),
-            Err(e) => match runtime.recover_container(&snapshot.handle()).await {
-                Ok(runtime_handlers::Recovered::Running) => {
-                    tracing::warn!(id = %snapshot.id, error = %e, "lost track of the container's exit");
-                    return;
+        // A wait that loses track while the container still runs waits again, backing
+        // off: nothing else would ever record this container's exit.
+        let mut pause = std::time::Duration::from_millis(100);
+        let exit = loop {
+            let lost_track = match runtime.wait_container(&snapshot.handle()).await {
+                Ok(exit) => break ExitRecord::from_handler(exit),
+                Err(e) => e,
+            };
+            match runtime.recover_container(&snapshot.handle()).await {
+                Ok(runtime_handlers::Recovered::Exited(exit)) => {
+                    break ExitRecord::from_handler(exit);
                 }
-                Ok(runtime_handlers::Recovered::Exited(exit)) => ExitRecord::from_handler(exit),
-                Ok(runtime_handlers::Recovered::Lost { message }) => ExitRecord::lost(message),
-                Err(e) => ExitRecord::lost(format!("its exit could not be learned: {e}")),
-            },
+                Ok(runtime_handlers::Recovered::Lost { message }) => {
+                    break ExitRecord::lost(message);
+                }
+                Ok(runtime_handlers::Recovered::Running) => {
+                    tracing::warn!(id = %snapshot.id, error = %lost_track, "lost track of the container's exit; waiting again");
+                }
+                Err(e) => {
+                    tracing::warn!(id = %snapshot.id, error = %e, "cannot learn the container's state; asking again");
+                }
+            }
+            if daemon.containers.get(&snapshot.id).is_none() {
+                return; // removed meanwhile
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(10));
         };
         let mut record = container.record.lock().await;
         if daemon.containers.get(&record.id).is_some() {
@@ -338,16 +354,12 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
             daemon.events.already_stopped(&record.id);
             continue;
         }
+        // A handler that cannot run here cannot be asked: the container may well still
+        // run, so nothing is recorded; its calls fail saying why until the handler works.
         let runtime = match daemon.handlers.get(&record.handler) {
             Ok(runtime) => runtime,
             Err(e) => {
-                let message = format!("its runtime handler cannot run: {e}");
-                tracing::warn!(id = %record.id, %message, "container lost");
-                daemon.events.already_stopped(&record.id);
-                record.exit = Some(ExitRecord::lost(message));
-                if let Err(e) = daemon.containers.persist(&record).await {
-                    tracing::error!(id = %record.id, error = %e, "cannot persist container record");
-                }
+                tracing::warn!(id = %record.id, error = %e, "cannot recover the container: its handler cannot run");
                 continue;
             }
         };
@@ -362,7 +374,13 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
                 tracing::warn!(id = %record.id, %message, "container lost");
                 ExitRecord::lost(message)
             }
-            Err(e) => ExitRecord::lost(format!("its state could not be recovered: {e}")),
+            // Not knowing is not "lost": watch it, which asks again.
+            Err(e) => {
+                tracing::warn!(id = %record.id, error = %e, "cannot recover the container's state; watching it");
+                drop(record);
+                watch(runtime, container, std::sync::Arc::clone(daemon));
+                continue;
+            }
         };
         // It ended while crispd was away: that STOPPED belonged to the daemon that was
         // down, and is not sent again.

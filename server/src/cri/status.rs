@@ -15,9 +15,10 @@ pub const NETWORK_READY: &str = "NetworkReady";
 
 /// Builds the answer; touches the filesystem, so call it off the async threads.
 pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::StatusResponse {
-    let runtime = match host::runtime_binary(config, &config.default_runtime) {
+    // Ready when the default handler can run: what RunPodSandbox will find.
+    let runtime = match handlers.get(&config.default_runtime) {
         Ok(_) => condition(RUNTIME_READY, Ok(())),
-        Err(message) => condition(RUNTIME_READY, Err(("RuntimeBinaryNotFound", message))),
+        Err(e) => condition(RUNTIME_READY, Err(("RuntimeBinaryNotFound", e.to_string()))),
     };
     let network = match host::network_config(config) {
         Ok(_) => condition(NETWORK_READY, Ok(())),
@@ -38,12 +39,13 @@ pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::Statu
         // `crictl info` shows, per configured handler, whether it can run here.
         let report: serde_json::Map<String, serde_json::Value> = handlers
             .report()
+            .into_iter()
             .map(|(name, state)| {
                 let state = match state {
                     Ok(()) => serde_json::json!({"usable": true}),
                     Err(reason) => serde_json::json!({"usable": false, "reason": reason}),
                 };
-                (name.to_owned(), state)
+                (name, state)
             })
             .collect();
         info.insert(
@@ -101,6 +103,11 @@ fn runtime_handlers(config: &Config, handlers: &Handlers) -> Vec<cri::RuntimeHan
         .map(|h| entry("", &h));
     default
         .into_iter()
-        .chain(handlers.usable().map(|(name, h)| entry(name, h)))
+        .chain(
+            handlers
+                .usable()
+                .into_iter()
+                .map(|(name, h)| entry(&name, &h)),
+        )
         .collect()
 }

@@ -81,7 +81,10 @@ impl StatsCache {
             entry.detail_at = stats.timestamp;
         }
         previous.detail = None;
-        if previous.timestamp > 0 {
+        // An on-demand sample right after another (pod metrics asking for fresh detail)
+        // must not shrink the window the CPU rate is computed over to milliseconds.
+        let apart = stats.timestamp.saturating_sub(previous.timestamp);
+        if previous.timestamp > 0 && (apart >= 1_000_000_000 || entry.previous.is_none()) {
             entry.previous = Some(previous);
         }
         entry.latest = stats;
