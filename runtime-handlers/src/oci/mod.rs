@@ -307,7 +307,9 @@ impl RuntimeHandler for OciRuntime {
                 return Ok(exit);
             }
             let monitor = find_monitor(c.pid, c.id);
-            if monitor.is_none() {
+            if monitor.is_some() {
+                missing_since = None;
+            } else {
                 let since = *missing_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > MONITOR_GRACE {
                     return Err(HandlerError::Monitor {
@@ -329,8 +331,6 @@ impl RuntimeHandler for OciRuntime {
                         message: "the monitor exited without recording the exit".to_owned(),
                     });
                 }
-            } else {
-                missing_since = None;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));

@@ -316,6 +316,12 @@ pub fn watch(
                 Ok(exit) => break ExitRecord::from_handler(exit),
                 Err(e) => e,
             };
+            // A Stop or Remove got there first (its bundle may be gone already): nothing
+            // is left to learn, and nothing to end.
+            match daemon.containers.get(&snapshot.id) {
+                Some(c) if c.snapshot().exit.is_none() => {}
+                _ => return,
+            }
             match runtime.recover_container(&snapshot.handle()).await {
                 Ok(runtime_handlers::Recovered::Exited(exit)) => {
                     break ExitRecord::from_handler(exit);
