@@ -28,8 +28,6 @@ use crate::stats::ContainerStats;
 pub struct FakeBehaviour {
     /// Its init ignores SIGTERM (StopContainer must escalate to SIGKILL).
     pub ignores_sigterm: bool,
-    /// `create_container` fails.
-    pub fail_create: bool,
     /// After a restart, its end is unknown (`recover_container` says Lost).
     pub lost_on_recover: bool,
 }
@@ -185,14 +183,6 @@ impl RuntimeHandler for FakeHandler {
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
         self.log(format!("create {}", c.id));
         let behaviour = std::mem::take(&mut *lock(&self.next));
-        if behaviour.fail_create {
-            return Err(HandlerError::Runtime {
-                handler: self.name.clone(),
-                operation: "create".to_owned(),
-                id: c.id.to_owned(),
-                message: "the fake was told to fail".to_owned(),
-            });
-        }
         let (exit, _) = watch::channel(None);
         lock(&self.containers).insert(
             c.id.to_owned(),

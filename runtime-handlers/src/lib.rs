@@ -36,10 +36,7 @@ pub use handler::{
     SandboxState, StartedSandbox, UserNamespace,
 };
 pub use host_check::{CheckLevel, HostCheck};
-pub use oci::{
-    ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState, exit_status,
-    monitor_processes,
-};
+pub use oci::{ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState};
 pub use stats::{
     BlockDevice, ContainerStats, HugePages, Limits, Pressure, StatsDetail, cgroup_directories,
     cgroup_stats, device_name, remove_empty_cgroup,

@@ -22,6 +22,9 @@ enum Unusable {
 
 type Slot = Result<Arc<dyn RuntimeHandler>, Unusable>;
 
+/// A configured handler by name, looked up: the handler, or why it cannot run.
+pub type Lookup = (String, Result<Arc<dyn RuntimeHandler>, LifecycleError>);
+
 /// Every configured handler, usable or not.
 pub struct Handlers {
     by_name: RwLock<BTreeMap<String, Slot>>,
@@ -121,12 +124,24 @@ impl Handlers {
         }
     }
 
-    /// The handlers that can run now (a missing binary looked for again), by name.
-    pub fn usable(&self) -> Vec<(String, Arc<dyn RuntimeHandler>)> {
+    /// Every configured handler by name, each looked up once: the handler, or why it
+    /// cannot run (a missing binary is looked for again).
+    pub fn all(&self) -> Vec<Lookup> {
         let names: Vec<String> = self.map().keys().cloned().collect();
         names
             .into_iter()
-            .filter_map(|name| self.get(&name).ok().map(|h| (name, h)))
+            .map(|name| {
+                let handler = self.get(&name);
+                (name, handler)
+            })
+            .collect()
+    }
+
+    /// The handlers that can run now, by name.
+    pub fn usable(&self) -> Vec<(String, Arc<dyn RuntimeHandler>)> {
+        self.all()
+            .into_iter()
+            .filter_map(|(name, h)| h.ok().map(|h| (name, h)))
             .collect()
     }
 
@@ -147,17 +162,5 @@ impl Handlers {
         for (_, handler) in self.usable() {
             handler.release_unknown_sandbox(pid_pin);
         }
-    }
-
-    /// Each configured handler: usable, or why it cannot run.
-    pub fn report(&self) -> Vec<(String, Result<(), String>)> {
-        let names: Vec<String> = self.map().keys().cloned().collect();
-        names
-            .into_iter()
-            .map(|name| {
-                let state = self.get(&name).map(|_| ()).map_err(|e| e.to_string());
-                (name, state)
-            })
-            .collect()
     }
 }

@@ -154,13 +154,7 @@ impl<T: Record + Clone> Records<T> {
         Arc::clone(names.entry(key.to_owned()).or_default())
     }
 
-    /// Forgets a record and deletes its file.
-    pub fn forget(&self, id: &str) -> std::io::Result<()> {
-        self.map_mut().remove(id);
-        remove_file(&self.dir, id)
-    }
-
-    /// As [`Records::forget`], with the file deleted off the async threads.
+    /// Forgets a record and deletes its file, off the async threads.
     pub async fn discard(&self, id: &str) -> std::io::Result<()> {
         self.map_mut().remove(id);
         let (dir, id) = (self.dir.clone(), id.to_owned());

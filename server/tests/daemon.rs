@@ -103,12 +103,7 @@ async fn version_status_and_runtime_config_answer() {
         .expect_err("missing runtime binary");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("ghost-runtime"), "{}", err.message());
-    let pods = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = common::list_pods(&mut runtime).await;
     assert!(pods.is_empty(), "{pods:?}");
 }
 

@@ -387,12 +387,7 @@ async fn a_pod_in_its_own_user_namespace() {
             err.message()
         );
     }
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = common::list_pods(&mut rt).await;
     assert_eq!(pods.len(), 2, "refused pods left nothing");
 
     teardown(&mut rt).await;

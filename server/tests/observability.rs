@@ -19,6 +19,16 @@ async fn next_event(events: &mut EventStream) -> cri::ContainerEventResponse {
         .expect("an event, not an error")
 }
 
+async fn metric_descriptors(
+    rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) -> Vec<cri::MetricDescriptor> {
+    rt.list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .expect("descriptors")
+        .into_inner()
+        .descriptors
+}
+
 fn kind(e: &cri::ContainerEventResponse) -> cri::ContainerEventType {
     cri::ContainerEventType::try_from(e.container_event_type).expect("known type")
 }
@@ -288,12 +298,7 @@ async fn stats_rise_with_cpu_and_memory_use_and_metrics_parse() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // The cAdvisor-named pod metrics: every metric's labels match its descriptor.
-    let descriptors = rt
-        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
-        .await
-        .expect("descriptors")
-        .into_inner()
-        .descriptors;
+    let descriptors = metric_descriptors(&mut rt).await;
     let keys: std::collections::HashMap<String, usize> = descriptors
         .iter()
         .map(|d| (d.name.clone(), d.label_keys.len()))
@@ -494,12 +499,7 @@ async fn pod_metrics_carry_the_cadvisor_set_with_real_values() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
 
-    let descriptors = rt
-        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
-        .await
-        .expect("descriptors")
-        .into_inner()
-        .descriptors;
+    let descriptors = metric_descriptors(&mut rt).await;
     let keys: std::collections::HashMap<&str, &[String]> = descriptors
         .iter()
         .map(|d| (d.name.as_str(), d.label_keys.as_slice()))

@@ -225,12 +225,7 @@ async fn pods_get_addresses_reach_each_other_and_publish_ports() {
         .expect("iptables");
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(!rules.contains(&a), "portmap rules left: {rules}");
-    let listed = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let listed = common::list_pods(&mut runtime).await;
     assert!(listed.is_empty());
 }
 
@@ -254,12 +249,7 @@ async fn a_failing_cni_plugin_leaves_nothing_behind() {
             .map(|mut d| d.next().is_none())
             .unwrap_or(true)
     );
-    let listed = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let listed = common::list_pods(&mut runtime).await;
     assert!(listed.is_empty());
 }
 
@@ -325,12 +315,7 @@ async fn bad_requests_are_refused_and_unknown_ids_are_fine_to_stop() {
         assert!(err.message().contains(field), "{}", err.message());
     }
     assert_eq!(net.mounts(), 0, "refused pods leave no pins");
-    let listed = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let listed = common::list_pods(&mut runtime).await;
     assert!(listed.is_empty(), "{listed:?}");
 
     let unknown = "0".repeat(64);
@@ -552,12 +537,7 @@ async fn a_sandbox_crisp_lost_track_of_is_released_at_startup() {
 
     let daemon = net.sandbox.start();
     let (mut runtime, _) = daemon.clients().await;
-    let pods = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = common::list_pods(&mut runtime).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert_eq!(net.allocations(), 0, "the IP is released");
     assert_eq!(net.veths(), 0, "the veth is gone");

@@ -119,12 +119,7 @@ async fn after_a_node_restart_everything_stops_removes_and_is_recreated() {
         assert!(st.message.contains("node restart"), "{}", st.message);
         assert!(st.finished_at > 0);
     }
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
+    let pods = common::list_pods(&mut rt).await;
     assert_eq!(pods.len(), 1);
     assert_eq!(
         pods[0].state,

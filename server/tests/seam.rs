@@ -17,10 +17,8 @@ const FORBIDDEN: &[&str] = &[
     "join(\"exit\")",
     "attach::connect",
     "libc::setns",
-    "runtime_handlers::exit_status",
     "runtime_handlers::cgroup_stats",
     "runtime_handlers::remove_empty_cgroup",
-    "runtime_handlers::monitor_processes",
     "crisp-monitor",
 ];
 

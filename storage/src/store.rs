@@ -48,8 +48,10 @@ pub struct Usage {
 /// The filesystem the store lives on, as cAdvisor reports a container's filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filesystem {
-    /// Its device: `/dev/<name>` when sysfs names one, else `major:minor`.
-    pub device: String,
+    /// Its device number, major.
+    pub major: u32,
+    /// Its device number, minor.
+    pub minor: u32,
     /// Size, bytes.
     pub capacity: u64,
     /// Inodes in all.
@@ -77,15 +79,9 @@ impl Store {
         // SAFETY: statvfs returned 0, so it filled the buffer.
         let st = unsafe { st.assume_init() };
         let dev = meta.dev();
-        let (major, minor) = (libc::major(dev), libc::minor(dev));
-        let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-            .unwrap_or_default();
-        let device = uevent
-            .lines()
-            .find_map(|l| l.strip_prefix("DEVNAME="))
-            .map_or_else(|| format!("{major}:{minor}"), |n| format!("/dev/{n}"));
         Ok(Filesystem {
-            device,
+            major: libc::major(dev),
+            minor: libc::minor(dev),
             capacity: st.f_blocks.saturating_mul(st.f_frsize),
             inodes_total: st.f_files,
             inodes_free: st.f_ffree,

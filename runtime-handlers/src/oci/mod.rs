@@ -99,7 +99,6 @@ mod exec;
 mod process;
 
 use process::*;
-pub use process::{exit_status, monitor_processes};
 
 #[async_trait::async_trait]
 impl RuntimeHandler for OciRuntime {

@@ -52,14 +52,13 @@ async fn wait_exit(
         Ok(Ok(exit)) => super::ExitRecord::from_handler(exit),
         Ok(Err(e)) => {
             tracing::warn!(id = %record.id, error = %e, "waiting for the container's exit");
-            match runtime.recover_container(&record.handle()).await {
-                Ok(runtime_handlers::Recovered::Exited(exit)) => {
-                    super::ExitRecord::from_handler(exit)
-                }
-                Ok(runtime_handlers::Recovered::Lost { message }) => {
-                    super::ExitRecord::lost(message)
-                }
-                Ok(runtime_handlers::Recovered::Running) | Err(_) => return false,
+            match runtime
+                .recover_container(&record.handle())
+                .await
+                .map(super::ExitRecord::from_recovered)
+            {
+                Ok(Some(exit)) => exit,
+                Ok(None) | Err(_) => return false,
             }
         }
         Err(_) => return false,

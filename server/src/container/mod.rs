@@ -140,6 +140,15 @@ impl ExitRecord {
         }
     }
 
+    /// What a handler's recovery tells: how it ended, or `None` while it still runs.
+    pub fn from_recovered(recovered: runtime_handlers::Recovered) -> Option<Self> {
+        match recovered {
+            runtime_handlers::Recovered::Running => None,
+            runtime_handlers::Recovered::Exited(exit) => Some(Self::from_handler(exit)),
+            runtime_handlers::Recovered::Lost { message } => Some(Self::lost(message)),
+        }
+    }
+
     /// An end nobody recorded, as containerd reports it (code 255, reason Unknown).
     pub fn lost(message: String) -> Self {
         Self {
@@ -322,14 +331,13 @@ pub fn watch(
                 Some(c) if c.snapshot().exit.is_none() => {}
                 _ => return,
             }
-            match runtime.recover_container(&snapshot.handle()).await {
-                Ok(runtime_handlers::Recovered::Exited(exit)) => {
-                    break ExitRecord::from_handler(exit);
-                }
-                Ok(runtime_handlers::Recovered::Lost { message }) => {
-                    break ExitRecord::lost(message);
-                }
-                Ok(runtime_handlers::Recovered::Running) => {
+            match runtime
+                .recover_container(&snapshot.handle())
+                .await
+                .map(ExitRecord::from_recovered)
+            {
+                Ok(Some(exit)) => break exit,
+                Ok(None) => {
                     tracing::warn!(id = %snapshot.id, error = %lost_track, "lost track of the container's exit; waiting again");
                 }
                 Err(e) => {
@@ -369,25 +377,23 @@ pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
                 continue;
             }
         };
-        let exit = match runtime.recover_container(&record.handle()).await {
-            Ok(runtime_handlers::Recovered::Running) => {
-                drop(record);
-                watch(runtime, container, std::sync::Arc::clone(daemon));
-                continue;
-            }
-            Ok(runtime_handlers::Recovered::Exited(exit)) => ExitRecord::from_handler(exit),
-            Ok(runtime_handlers::Recovered::Lost { message }) => {
-                tracing::warn!(id = %record.id, %message, "container lost");
-                ExitRecord::lost(message)
-            }
-            // Not knowing is not "lost": watch it, which asks again.
-            Err(e) => {
-                tracing::warn!(id = %record.id, error = %e, "cannot recover the container's state; watching it");
+        let exit = match runtime
+            .recover_container(&record.handle())
+            .await
+            .map(ExitRecord::from_recovered)
+        {
+            Ok(Some(exit)) => exit,
+            // Still running, or not known (which is not "lost"): watch it, which asks
+            // again if it loses track.
+            Ok(None) | Err(_) => {
                 drop(record);
                 watch(runtime, container, std::sync::Arc::clone(daemon));
                 continue;
             }
         };
+        if let Some(message) = &exit.lost {
+            tracing::warn!(id = %record.id, %message, "container lost");
+        }
         // It ended while crispd was away: that STOPPED belonged to the daemon that was
         // down, and is not sent again.
         daemon.events.already_stopped(&record.id);

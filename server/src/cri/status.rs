@@ -1,11 +1,13 @@
 //! The Status RPC: conditions that reflect the host as it is now.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use conf::Config;
 use cri_proto::v1 as cri;
+use runtime_handlers::RuntimeHandler;
 
-use crate::handlers::Handlers;
+use crate::handlers::{Handlers, Lookup};
 use crate::host;
 
 /// Condition type kubelet waits for before it runs pods.
@@ -15,10 +17,24 @@ pub const NETWORK_READY: &str = "NetworkReady";
 
 /// Builds the answer; touches the filesystem, so call it off the async threads.
 pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::StatusResponse {
+    // Each handler looked up once for the whole answer.
+    let all = handlers.all();
     // Ready when the default handler can run: what RunPodSandbox will find.
-    let runtime = match handlers.get(&config.default_runtime) {
-        Ok(_) => condition(RUNTIME_READY, Ok(())),
-        Err(e) => condition(RUNTIME_READY, Err(("RuntimeBinaryNotFound", e.to_string()))),
+    let runtime = match all.iter().find(|(name, _)| *name == config.default_runtime) {
+        Some((_, Ok(_))) => condition(RUNTIME_READY, Ok(())),
+        Some((_, Err(e))) => {
+            condition(RUNTIME_READY, Err(("RuntimeBinaryNotFound", e.to_string())))
+        }
+        None => condition(
+            RUNTIME_READY,
+            Err((
+                "RuntimeBinaryNotFound",
+                format!(
+                    "default runtime `{}` is not configured",
+                    config.default_runtime
+                ),
+            )),
+        ),
     };
     let network = match host::network_config(config) {
         Ok(_) => condition(NETWORK_READY, Ok(())),
@@ -37,15 +53,14 @@ pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::Statu
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode config: {e}\"}}"));
         info.insert("config".to_owned(), json);
         // `crictl info` shows, per configured handler, whether it can run here.
-        let report: serde_json::Map<String, serde_json::Value> = handlers
-            .report()
-            .into_iter()
-            .map(|(name, state)| {
-                let state = match state {
-                    Ok(()) => serde_json::json!({"usable": true}),
-                    Err(reason) => serde_json::json!({"usable": false, "reason": reason}),
+        let report: serde_json::Map<String, serde_json::Value> = all
+            .iter()
+            .map(|(name, handler)| {
+                let state = match handler {
+                    Ok(_) => serde_json::json!({"usable": true}),
+                    Err(e) => serde_json::json!({"usable": false, "reason": e.to_string()}),
                 };
-                (name, state)
+                (name.clone(), state)
             })
             .collect();
         info.insert(
@@ -58,7 +73,7 @@ pub fn status(config: &Config, handlers: &Handlers, verbose: bool) -> cri::Statu
             conditions: vec![runtime, network],
         }),
         info,
-        runtime_handlers: runtime_handlers(config, handlers),
+        runtime_handlers: runtime_handlers(config, &all),
         features: Some(cri::RuntimeFeatures {
             // Strict leaves out the groups an image's /etc/group adds.
             supplemental_groups_policy: true,
@@ -86,8 +101,8 @@ fn condition(kind: &str, state: Result<(), (&str, String)>) -> cri::RuntimeCondi
 
 /// The default handler (empty name, as kubelet looks it up) and every named one whose
 /// binary is installed, each with what its handler says it supports.
-fn runtime_handlers(config: &Config, handlers: &Handlers) -> Vec<cri::RuntimeHandler> {
-    let entry = |name: &str, handler: &std::sync::Arc<dyn runtime_handlers::RuntimeHandler>| {
+fn runtime_handlers(config: &Config, all: &[Lookup]) -> Vec<cri::RuntimeHandler> {
+    let entry = |name: &str, handler: &Arc<dyn RuntimeHandler>| {
         let f = handler.features();
         cri::RuntimeHandler {
             name: name.to_owned(),
@@ -97,17 +112,15 @@ fn runtime_handlers(config: &Config, handlers: &Handlers) -> Vec<cri::RuntimeHan
             }),
         }
     };
-    let default = handlers
-        .get(&config.default_runtime)
-        .ok()
-        .map(|h| entry("", &h));
+    let usable = all
+        .iter()
+        .filter_map(|(name, h)| h.as_ref().ok().map(|h| (name.as_str(), h)));
+    let default = usable
+        .clone()
+        .find(|(name, _)| *name == config.default_runtime)
+        .map(|(_, h)| entry("", h));
     default
         .into_iter()
-        .chain(
-            handlers
-                .usable()
-                .into_iter()
-                .map(|(name, h)| entry(&name, &h)),
-        )
+        .chain(usable.map(|(name, h)| entry(name, h)))
         .collect()
 }

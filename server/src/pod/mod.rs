@@ -589,3 +589,92 @@ pub async fn restore(
     }
     Ok(pods)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime_handlers::fake::FakeHandler;
+    use runtime_handlers::{RuntimeHandler, SandboxSpec};
+
+    fn record(
+        id: &str,
+        state_dir: PathBuf,
+        handler_state: runtime_handlers::SandboxState,
+    ) -> SandboxRecord {
+        SandboxRecord {
+            v: RECORD_VERSION,
+            id: id.to_owned(),
+            name: id.to_owned(),
+            uid: format!("uid-{id}"),
+            namespace: "default".to_owned(),
+            attempt: 0,
+            ready: true,
+            created_at: now_ns(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            runtime_handler: String::new(),
+            handler: "fake".to_owned(),
+            hostname: String::new(),
+            log_directory: String::new(),
+            cgroup_parent: String::new(),
+            // Host network: no netns pin to lose, so only the handler can tell.
+            network_mode: NsMode::Node,
+            pid_mode: NsMode::Container,
+            ipc_mode: NsMode::Node,
+            state_dir,
+            network: None,
+            ips: Vec::new(),
+            pause_pid: 0,
+            handler_state: Some(handler_state),
+            userns: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_stops_a_sandbox_its_handler_lost_and_keeps_a_whole_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = conf::Config {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            ..conf::Config::default()
+        };
+        let fake = Arc::new(FakeHandler::new("fake"));
+        let spec = |id: &str| SandboxSpec {
+            id: id.to_owned(),
+            state_dir: config.state.join("pods").join(id),
+            share_pid: false,
+            pid_pin: config.state.join("pods").join(id).join("ns/pid"),
+            userns: None,
+        };
+        // "whole" runs at the handler; "gone" lost its part while crispd was away.
+        let whole = fake.start_sandbox(&spec("whole")).await.expect("start");
+        let gone = fake.start_sandbox(&spec("gone")).await.expect("start");
+        fake.stop_sandbox(&spec("gone"), &gone.state)
+            .await
+            .expect("stop");
+        let (pods, _) = Pods::load(&config.root).expect("load");
+        for (id, state) in [("whole", whole.state), ("gone", gone.state)] {
+            pods.save(&record(id, spec(id).state_dir, state))
+                .expect("save");
+        }
+        drop(pods);
+        let handlers = Arc::new(crate::handlers::Handlers::from_handlers(vec![
+            Arc::clone(&fake) as Arc<dyn RuntimeHandler>,
+        ]));
+        let pods = restore(&config, &handlers).await.expect("restore");
+        let state = |id: &str| pods.get(id).expect("restored").snapshot();
+        assert!(state("whole").ready);
+        assert!(state("whole").handler_state.is_some());
+        assert!(
+            !state("gone").ready,
+            "a sandbox its handler lost is NotReady"
+        );
+        assert!(state("gone").handler_state.is_none(), "and was stopped");
+        let stops = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c == "stop_sandbox gone")
+            .count();
+        assert_eq!(stops, 2, "once before the restart, once by restore");
+    }
+}

@@ -266,10 +266,14 @@ impl Emitter<'_> {
 /// containers' figures, from the cache.
 pub async fn pod_metrics(daemon: &Daemon) -> Vec<cri::PodSandboxMetrics> {
     let store = daemon.images.store();
-    let filesystem = tokio::task::spawn_blocking(move || store.filesystem().ok())
-        .await
-        .ok()
-        .flatten();
+    let filesystem = tokio::task::spawn_blocking(move || {
+        let fs = store.filesystem().ok()?;
+        let device = runtime_handlers::device_name(fs.major, fs.minor);
+        Some((fs, device))
+    })
+    .await
+    .ok()
+    .flatten();
     let now_s = u64::try_from(crate::pod::now_ns() / 1_000_000_000).unwrap_or(0);
     let mut out = Vec::new();
     for p in daemon.pods.all() {
@@ -335,8 +339,8 @@ pub async fn pod_metrics(daemon: &Daemon) -> Vec<cri::PodSandboxMetrics> {
             m.put("container_last_seen", &[], now_s);
             let started = u64::try_from(record.started_at / 1_000_000_000).unwrap_or(0);
             m.put("container_start_time_seconds", &[], started);
-            if let Some(fs) = &filesystem {
-                let dev = [fs.device.as_str()];
+            if let Some((fs, device)) = &filesystem {
+                let dev = [device.as_str()];
                 let used = sample.writable.as_ref().map_or(0, |w| w.bytes);
                 m.put("container_fs_usage_bytes", &dev, used);
                 m.put("container_fs_limit_bytes", &dev, fs.capacity);

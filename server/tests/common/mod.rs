@@ -14,6 +14,15 @@ use tonic::transport::Channel;
 
 pub mod workload;
 
+/// Every pod sandbox the daemon lists.
+pub async fn list_pods(rt: &mut RuntimeServiceClient<Channel>) -> Vec<cri_proto::v1::PodSandbox> {
+    rt.list_pod_sandbox(cri_proto::v1::ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items
+}
+
 /// The crispd under test.
 pub fn crispd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_crispd"))

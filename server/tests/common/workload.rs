@@ -133,12 +133,7 @@ pub fn container(s: &Setup, name: &str, script: &str) -> cri::ContainerConfig {
 /// Stops and removes every pod (and so every container) the daemon has: crisp keeps
 /// pods running across daemon restarts, so a test must not leave any.
 pub async fn teardown(rt: &mut RuntimeServiceClient<Channel>) {
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
+    let pods = super::list_pods(rt).await;
     for pod in pods {
         rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod.id,
