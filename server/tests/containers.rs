@@ -937,16 +937,7 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     .await;
     assert_eq!((code, out.trim()), (0, "ro-ok"), "{out}");
     // ContainerStatus names the mounted image's ID (ImageSpec.image_ref, KEP-5365).
-    let status = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("status")
-        .into_inner()
-        .status
-        .expect("status");
+    let status = status(&mut rt, &id).await;
     let image_id = status.image_id.clone();
     assert!(image_id.starts_with("sha256:"), "{image_id}");
     let mounted = status
