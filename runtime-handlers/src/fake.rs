@@ -261,7 +261,7 @@ impl RuntimeHandler for FakeHandler {
         }))
     }
 
-    fn release_unknown_sandbox(&self, _pid_pin: &Path) {}
+    fn release_unknown_sandbox(&self, _id: &str, _pid_pin: &Path) {}
 
     fn pid_namespace(&self, _c: &ContainerRef<'_>) -> Option<PathBuf> {
         None

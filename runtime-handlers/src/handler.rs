@@ -61,6 +61,14 @@ pub struct SandboxSpec {
     /// that namespace and the pod's network, IPC, UTS and PID namespaces inside it, all
     /// held by the init it returns, from which `server` pins them.
     pub userns: Option<UserNamespace>,
+    /// The pod's network namespace, pinned by `server` (`None`: the host's network). Set
+    /// up, with CNI attached, before [`RuntimeHandler::finish_sandbox`].
+    pub netns: Option<PathBuf>,
+    /// The pod's hostname.
+    pub hostname: String,
+    /// The cgroup for what the handler runs for the pod as a whole (a gVisor sandbox, a
+    /// VMM): a cgroupfs path or a systemd `slice:prefix:name`, as containers' are given.
+    pub cgroups_path: String,
 }
 
 /// One contiguous range of IDs: `size` IDs from `container` in the pod are the host's
@@ -189,6 +197,18 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     /// Brings up the handler's part of a pod (an init for a shared PID namespace, a VM).
     async fn start_sandbox(&self, sandbox: &SandboxSpec) -> Result<StartedSandbox, HandlerError>;
 
+    /// Called once `server` has made the pod's namespaces, files and network (the
+    /// namespaces pinned, CNI attached): brings up what runs in them (a gVisor sandbox, a
+    /// VM) and returns the state to persist. If it fails, `server` calls `stop_sandbox`
+    /// with the state `start_sandbox` returned, which must end whatever this made.
+    async fn finish_sandbox(
+        &self,
+        _sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<SandboxState, HandlerError> {
+        Ok(state.clone())
+    }
+
     /// Ends what `start_sandbox` brought up, whatever state it is in. Idempotent: `server`
     /// calls it for every sandbox it stops, and again after a restart.
     async fn stop_sandbox(
@@ -235,8 +255,9 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<RuntimeState>, HandlerError>;
 
     /// Ends what this handler left of a sandbox `server` has no record of (a crash between
-    /// starting it and saving its record), given where its PID namespace is pinned.
-    fn release_unknown_sandbox(&self, pid_pin: &Path);
+    /// starting it and saving its record), given its ID and where its PID namespace is
+    /// pinned. Called at startup, before crispd serves.
+    fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path);
 
     /// The path a new container joins to share this running container's PID namespace
     /// (mode TARGET), `None` if it has no process to name it by.

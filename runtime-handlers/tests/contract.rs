@@ -437,6 +437,9 @@ async fn a_sandbox_is_started_recovered_and_stopped(kind: Kind) {
             share_pid,
             pid_pin: dir.path().join(format!("pod-{share_pid}/ns/pid")),
             userns: None,
+            netns: None,
+            hostname: String::new(),
+            cgroups_path: String::new(),
         };
         let started = rt.start_sandbox(&sandbox).await.expect("start sandbox");
         // Its state survives a round trip through the pod's record.

@@ -158,9 +158,9 @@ impl Handlers {
 
     /// Ends what the handlers left of a sandbox crisp has no record of, given where its
     /// PID namespace is pinned.
-    pub fn release_unknown_sandbox(&self, pid_pin: &Path) {
+    pub fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path) {
         for (_, handler) in self.usable() {
-            handler.release_unknown_sandbox(pid_pin);
+            handler.release_unknown_sandbox(id, pid_pin);
         }
     }
 }

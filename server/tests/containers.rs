@@ -373,6 +373,130 @@ async fn runsc_runs_containers_in_the_pods_network() {
     teardown(&mut rt).await;
 }
 
+/// Host processes whose command line names `id` and contains `what`.
+fn processes_with(id: &str, what: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                c.windows(id.len()).any(|w| w == id.as_bytes())
+                    && c.windows(what.len()).any(|w| w == what.as_bytes())
+            })
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
+    let s = setup();
+    with_handlers(&s, "");
+    let daemon = s.net.sandbox.start();
+    let (mut rt, _) = ready(&s, &daemon).await;
+    let config = with_namespaces(
+        second_pod(&s),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod.into(),
+            ..Default::default()
+        },
+    );
+    let pod = pod_with(&mut rt, &s, config, "runsc").await;
+    let a = create(
+        &mut rt,
+        &s,
+        &pod,
+        container(&s, "a", "echo from-a; exec sleep 1001"),
+    )
+    .await;
+    let b = create(&mut rt, &s, &pod, container(&s, "b", "exec sleep 1002")).await;
+    assert_eq!(
+        status(&mut rt, &a).await.state,
+        i32::from(cri::ContainerState::ContainerCreated)
+    );
+    start(&mut rt, &a).await;
+    start(&mut rt, &b).await;
+
+    // One gVisor sandbox for the pod, none of the containers' own.
+    assert_eq!(
+        processes_with(&pod, "runsc-sandbox"),
+        1,
+        "the pod's sandbox"
+    );
+    for id in [&a, &b] {
+        assert_eq!(processes_with(id, "runsc-sandbox"), 0, "a sandbox for {id}");
+    }
+    // PID mode POD: b sees a's process, and the sandbox's init is PID 1.
+    let (code, ps) = exec_out(&mut rt, &b, &["ps", "-o", "pid,args"]).await;
+    assert_eq!(code, 0, "{ps}");
+    assert!(ps.contains("sleep 1001"), "a's process seen from b: {ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("--sandbox-init")),
+        "the sandbox init is PID 1: {ps}"
+    );
+    // a's output reached its log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = s.net.sandbox.path("logs/a.log");
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("from-a")) {
+        assert!(Instant::now() < deadline, "no output in {}", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One container stops and goes; the other and the sandbox stay.
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: a.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("stop a");
+    let st = wait_exited(&mut rt, &a).await;
+    assert!([137, 143].contains(&st.exit_code), "{}", st.exit_code);
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: a.clone(),
+    })
+    .await
+    .expect("remove a");
+    let (code, out) = exec_out(&mut rt, &b, &["sh", "-c", "echo still; ps -o args"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("still") && !out.contains("sleep 1001"),
+        "{out}"
+    );
+    assert_eq!(
+        status(&mut rt, &b).await.state,
+        i32::from(cri::ContainerState::ContainerRunning)
+    );
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("remove pod");
+    // Nothing of the pod is left: no sandbox, gofer or monitor, nothing at the runtime.
+    for id in [&pod, &a, &b] {
+        assert_eq!(monitors_of(id), 0, "processes of {id}");
+    }
+    let runtime_root = s.net.sandbox.path("state/runtimes/runsc");
+    let left: Vec<String> = std::fs::read_dir(&runtime_root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| [&pod, &a, &b].iter().any(|id| n.contains(id.as_str())))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runsc state left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&pod)).collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    teardown(&mut rt).await;
+}
+
 /// Debian's crun 1.8 refuses a hybrid cgroup host whose cgroup2 still has controllers.
 fn crun_refuses_this_host() -> bool {
     std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")

@@ -62,7 +62,13 @@ impl OciRuntime {
 
     /// Writes the bundle's config.json and creates the container under a new monitor.
     /// Returns the init's pid. On failure the runtime holds no container of this ID.
-    pub(super) async fn create(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
+    /// With `start_socket` the monitor also starts the container when asked on the
+    /// bundle's `start.sock` and reports its own pid (a gVisor subcontainer).
+    pub(super) async fn create(
+        &self,
+        c: &ContainerSpec<'_>,
+        start_socket: bool,
+    ) -> Result<u32, HandlerError> {
         let (id, bundle, spec, log_path) = (c.id, c.bundle, c.spec, c.log_path);
         let tty = spec
             .process()
@@ -104,6 +110,9 @@ impl OciRuntime {
         }
         if c.stdin_once {
             cmd.arg("--stdin-once");
+        }
+        if start_socket {
+            cmd.arg("--start-socket");
         }
         let line = spawn_reporting(cmd, &self.monitor).await?;
         let line = line.trim();
@@ -218,7 +227,11 @@ impl OciRuntime {
     /// Asks the container's monitor to reopen the log file (after kubelet rotated it).
     /// The monitor is the parent of the container's init (it is the subreaper that
     /// adopted it); it is checked to be this container's monitor before it is signalled.
-    pub(super) async fn reopen_monitor_log(&self, id: &str) -> Result<(), HandlerError> {
+    pub(super) async fn reopen_monitor_log(
+        &self,
+        c: &ContainerRef<'_>,
+    ) -> Result<(), HandlerError> {
+        let id = c.id;
         let state = self
             .state(id)
             .await?
@@ -229,7 +242,7 @@ impl OciRuntime {
                 message: "the container is not running".to_owned(),
             });
         }
-        let Some(ppid) = monitor_of(state.pid, id) else {
+        let Some(ppid) = monitor_of(state.pid, id).or_else(|| find_monitor(c.pid, id)) else {
             return Err(HandlerError::Monitor {
                 id: id.to_owned(),
                 message: "cannot find the container's monitor".to_owned(),

@@ -96,6 +96,7 @@ pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 
 mod cli;
 mod exec;
+mod gvisor;
 mod process;
 
 use process::*;
@@ -142,7 +143,8 @@ impl RuntimeHandler for OciRuntime {
                 what: "user namespaces".to_owned(),
             });
         }
-        let init = if sandbox.share_pid || sandbox.userns.is_some() {
+        // gVisor keeps the pod's PID namespace inside its sandbox.
+        let init = if !self.is_gvisor() && (sandbox.share_pid || sandbox.userns.is_some()) {
             spawn_pause(&self.monitor, sandbox.userns.as_ref()).await?
         } else {
             0
@@ -157,11 +159,30 @@ impl RuntimeHandler for OciRuntime {
         })
     }
 
+    async fn finish_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<SandboxState, HandlerError> {
+        if !self.is_gvisor() {
+            return Ok(state.clone());
+        }
+        let pid = self.finish_gvisor_sandbox(sandbox).await?;
+        let mut state = state.clone();
+        state.data["gvisor_pid"] = pid.into();
+        Ok(state)
+    }
+
     async fn stop_sandbox(
         &self,
         sandbox: &SandboxSpec,
         state: &SandboxState,
     ) -> Result<(), HandlerError> {
+        if self.is_gvisor() {
+            // Whether or not the state got as far as naming it: the sandbox container
+            // has the pod's ID.
+            self.stop_gvisor_sandbox(&sandbox.id).await?;
+        }
         let pid = sandbox_init(state);
         if pid > 0 && is_sandbox_init(pid, state, &sandbox.pid_pin) {
             // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
@@ -175,6 +196,9 @@ impl RuntimeHandler for OciRuntime {
         sandbox: &SandboxSpec,
         state: &SandboxState,
     ) -> Result<bool, HandlerError> {
+        if gvisor_sandbox(state) {
+            return self.gvisor_sandbox_runs(&sandbox.id).await;
+        }
         // A pod without an init has nothing of the handler's to lose; one with an init
         // needs it alive in the pinned PID namespace.
         let pid = sandbox_init(state);
@@ -182,10 +206,20 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
-        self.create(c).await
+        if !self.is_gvisor() {
+            return self.create(c, false).await;
+        }
+        let spec = Self::subcontainer_spec(c.spec, c.sandbox_id, c.id);
+        self.create(&ContainerSpec { spec: &spec, ..*c }, true)
+            .await
     }
 
     async fn start_container(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
+        if self.is_gvisor()
+            && let Some(started) = self.ask_monitor(c.id, c.bundle, "start").await
+        {
+            return started;
+        }
         self.start(c.id).await
     }
 
@@ -195,6 +229,15 @@ impl RuntimeHandler for OciRuntime {
         signal: i32,
         all: bool,
     ) -> Result<(), HandlerError> {
+        // A gVisor subcontainer that never started: its monitor, still waiting to start
+        // it, records the kill as its exit; then the runtime forgets it.
+        if signal == libc::SIGKILL
+            && self.is_gvisor()
+            && let Some(cancelled) = self.ask_monitor(c.id, c.bundle, "cancel").await
+        {
+            cancelled?;
+            return self.delete(c.id, true).await;
+        }
         match self.kill(c.id, signal, all).await {
             // runsc refuses to signal a container that was created but never started; a
             // SIGKILL for one ends it by deleting it (its monitor then records the exit).
@@ -234,8 +277,20 @@ impl RuntimeHandler for OciRuntime {
         self.state(c.id).await
     }
 
-    fn release_unknown_sandbox(&self, pid_pin: &Path) {
+    fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path) {
         kill_pinned_namespace_init(pid_pin);
+        if self.is_gvisor() {
+            // At startup, before crispd serves: a plain blocking call.
+            let _ = std::process::Command::new(&self.binary)
+                .args(&self.runtime_args)
+                .arg("--root")
+                .arg(&self.root)
+                .args(["delete", "--force", id])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 
     async fn attach(
@@ -266,6 +321,9 @@ impl RuntimeHandler for OciRuntime {
     }
 
     fn pid_namespace(&self, c: &ContainerRef<'_>) -> Option<PathBuf> {
+        if self.is_gvisor() {
+            return Some(gvisor::pid_label(c.id));
+        }
         (c.pid > 0).then(|| PathBuf::from(format!("/proc/{}/ns/pid", c.pid)))
     }
 
@@ -467,7 +525,7 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn reopen_log(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
-        self.reopen_monitor_log(c.id).await
+        self.reopen_monitor_log(c).await
     }
 
     async fn container_stats(
@@ -475,6 +533,9 @@ impl RuntimeHandler for OciRuntime {
         c: &ContainerRef<'_>,
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
+        if self.is_gvisor() {
+            return self.gvisor_stats(c.id).await;
+        }
         let pid = c.pid;
         let bundle = c.bundle.to_owned();
         tokio::task::spawn_blocking(move || cgroup_stats(pid, detail))

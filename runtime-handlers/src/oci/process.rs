@@ -13,10 +13,18 @@ pub(super) fn monitor_of(pid: u32, id: &str) -> Option<i32> {
         .next()
         .and_then(|rest| rest.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())?;
-    let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).ok()?;
-    let ours = cmdline.windows(id.len()).any(|w| w == id.as_bytes())
-        && String::from_utf8_lossy(&cmdline).contains("crisp-monitor");
-    (ppid > 1 && ours).then_some(ppid)
+    (ppid > 1 && is_monitor_of(ppid, id)).then_some(ppid)
+}
+
+/// Whether process `pid` is the monitor of container `id`, by its command line.
+pub(super) fn is_monitor_of(pid: i32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let wanted = format!("\0--id\0{id}\0");
+        cmdline
+            .windows(wanted.len())
+            .any(|w| w == wanted.as_bytes())
+            && String::from_utf8_lossy(&cmdline).contains("crisp-monitor")
+    })
 }
 
 /// How long a container may have neither a monitor nor an exit record before its end is
@@ -31,6 +39,10 @@ pub(super) fn find_monitor(pid: u32, id: &str) -> Option<i32> {
         && let Some(monitor) = monitor_of(pid, id)
     {
         return Some(monitor);
+    }
+    // A gVisor subcontainer has no host process: its monitor reported its own pid.
+    if pid > 1 && is_monitor_of(pid as i32, id) {
+        return Some(pid as i32);
     }
     let wanted = format!("\0--id\0{id}\0");
     std::fs::read_dir("/proc")
@@ -255,6 +267,11 @@ pub(super) fn sandbox_init(state: &SandboxState) -> u32 {
         _ => state.data["init_pid"].as_u64(),
     };
     pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0)
+}
+
+/// Whether the state names a gVisor sandbox (started by `finish_sandbox`).
+pub(super) fn gvisor_sandbox(state: &SandboxState) -> bool {
+    state.version >= 1 && state.data["gvisor_pid"].as_u64().is_some()
 }
 
 /// The inode of the init's PID namespace, as the state recorded it at start (none in

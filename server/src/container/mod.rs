@@ -13,7 +13,7 @@ mod exec;
 mod lifecycle;
 mod list;
 mod seccomp;
-mod spec;
+pub(crate) mod spec;
 mod user;
 
 use std::collections::BTreeMap;

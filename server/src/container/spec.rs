@@ -194,6 +194,25 @@ fn device(d: &cri::Device) -> Result<(Value, Value), LifecycleError> {
     ))
 }
 
+/// The cgroup of container (or sandbox) `id` under the pod's `parent`, as the runtime
+/// is given it for `driver`.
+pub fn cgroups_path(driver: conf::CgroupDriver, parent: &str, id: &str) -> String {
+    match driver {
+        conf::CgroupDriver::Cgroupfs => {
+            let parent = if parent.is_empty() { "/crisp" } else { parent };
+            format!("{}/crisp-{id}", parent.trim_end_matches('/'))
+        }
+        conf::CgroupDriver::Systemd => {
+            let parent = if parent.is_empty() {
+                "system.slice"
+            } else {
+                parent
+            };
+            format!("{parent}:crisp:{id}")
+        }
+    }
+}
+
 /// Builds the OCI spec as JSON (validated by deserializing it into oci-spec's type).
 pub fn build(
     request: &cri::ContainerConfig,
@@ -336,24 +355,7 @@ pub fn build(
         namespaces.push(json!({"type": "user", "path": network::pin_path(&pod.state_dir, network::NamespaceKind::User)}));
     }
 
-    let cgroups_path = match input.cgroup_driver {
-        conf::CgroupDriver::Cgroupfs => {
-            let parent = if pod.cgroup_parent.is_empty() {
-                "/crisp"
-            } else {
-                pod.cgroup_parent.as_str()
-            };
-            format!("{}/crisp-{}", parent.trim_end_matches('/'), input.id)
-        }
-        conf::CgroupDriver::Systemd => {
-            let parent = if pod.cgroup_parent.is_empty() {
-                "system.slice"
-            } else {
-                pod.cgroup_parent.as_str()
-            };
-            format!("{parent}:crisp:{}", input.id)
-        }
-    };
+    let cgroups_path = cgroups_path(input.cgroup_driver, &pod.cgroup_parent, input.id);
     let mut linux_resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     let mut devices = Vec::new();
     for d in &request.devices {

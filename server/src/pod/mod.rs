@@ -151,6 +151,9 @@ pub struct SandboxRecord {
     /// The pod's user namespace; `None` runs it in the host's.
     #[serde(default)]
     pub userns: Option<UsernsRecord>,
+    /// The cgroup the handler runs the pod's own processes in (a gVisor sandbox, a VMM).
+    #[serde(default)]
+    pub cgroups_path: String,
 }
 
 impl SandboxRecord {
@@ -170,6 +173,9 @@ impl SandboxRecord {
                 uids: UsernsRecord::handler_ranges(u.uid),
                 gids: UsernsRecord::handler_ranges(u.gid),
             }),
+            netns: self.netns(),
+            hostname: self.hostname.clone(),
+            cgroups_path: self.cgroups_path.clone(),
         }
     }
 
@@ -407,8 +413,10 @@ fn release_unknown(
         }
         let state_dir = dir.path();
         let mut failures = Vec::new();
-        handlers
-            .release_unknown_sandbox(&network::pin_path(&state_dir, network::NamespaceKind::Pid));
+        handlers.release_unknown_sandbox(
+            &id,
+            &network::pin_path(&state_dir, network::NamespaceKind::Pid),
+        );
         remove_pins(&state_dir, &mut failures);
         if failures.is_empty()
             && let Err(e) = std::fs::remove_dir_all(&state_dir)
@@ -627,6 +635,7 @@ mod tests {
             pause_pid: 0,
             handler_state: Some(handler_state),
             userns: None,
+            cgroups_path: String::new(),
         }
     }
 
@@ -645,6 +654,9 @@ mod tests {
             share_pid: false,
             pid_pin: config.state.join("pods").join(id).join("ns/pid"),
             userns: None,
+            netns: None,
+            hostname: String::new(),
+            cgroups_path: String::new(),
         };
         // "whole" runs at the handler; "gone" lost its part while crispd was away.
         let whole = fake.start_sandbox(&spec("whole")).await.expect("start");

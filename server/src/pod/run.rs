@@ -129,6 +129,11 @@ pub async fn run(
         pause_pid: 0,
         handler_state: None,
         userns,
+        cgroups_path: crate::container::spec::cgroups_path(
+            config.cgroup_driver,
+            &linux.cgroup_parent,
+            &id,
+        ),
     };
     let mut record = record;
     let ports: Vec<network::PortMapping> = pod_config
@@ -190,7 +195,7 @@ pub async fn run(
         }
     })
     .await;
-    let record = match set_up {
+    let mut record = match set_up {
         Ok(record) => record,
         Err(status) => {
             if let Err(e) = runtime.stop_sandbox(&sandbox, &started.state).await {
@@ -199,6 +204,27 @@ pub async fn run(
             return Err(status);
         }
     };
+    // The namespaces and the network are in place: the handler brings up what runs in
+    // them.
+    match runtime.finish_sandbox(&sandbox, &started.state).await {
+        Ok(state) => record.handler_state = Some(state),
+        Err(e) => {
+            let _ = blocking({
+                let config = config.clone();
+                let record = record.clone();
+                move || {
+                    let released = release(&config, record.clone());
+                    let _ = std::fs::remove_dir_all(&record.state_dir);
+                    Ok(released)
+                }
+            })
+            .await;
+            if let Err(e) = runtime.stop_sandbox(&sandbox, &started.state).await {
+                tracing::error!(id = %id, error = %e, "ending the sandbox of a failed RunPodSandbox");
+            }
+            return Err(LifecycleError::from(e));
+        }
+    }
     if let Err(e) = daemon.pods.persist(&record).await {
         let (_, _) = blocking({
             let config = config.clone();

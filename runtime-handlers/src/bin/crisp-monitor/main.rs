@@ -39,6 +39,10 @@ struct Args {
     tty: bool,
     stdin: bool,
     stdin_once: bool,
+    /// Start the container when crispd asks on `start.sock`, giving the runtime's `start`
+    /// the container's stdio, and learn its exit from the runtime's `wait`: a gVisor
+    /// subcontainer has no host process, and takes its stdio from `start`.
+    start_socket: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,9 +53,10 @@ fn parse_args() -> Result<Args, String> {
             Some("--tty") => args.tty = true,
             Some("--stdin") => args.stdin = true,
             Some("--stdin-once") => args.stdin_once = true,
+            Some("--start-socket") => args.start_socket = true,
             _ => {}
         }
-        if ["--tty", "--stdin", "--stdin-once"]
+        if ["--tty", "--stdin", "--stdin-once", "--start-socket"]
             .iter()
             .any(|f| flag == *f)
         {
@@ -189,6 +194,31 @@ fn exec_main() -> ExitCode {
     }
 }
 
+extern "C" fn exit_now(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+/// `crisp-monitor --sandbox-init`: PID 1 of a pod's gVisor sandbox (the sandbox
+/// container's only process). It reaps the orphans of the pod's shared PID namespace and
+/// exits on SIGTERM or SIGINT, which ends the sandbox.
+fn sandbox_init_main() -> ExitCode {
+    // SAFETY: installs a handler that only calls _exit.
+    unsafe {
+        libc::signal(libc::SIGTERM, exit_now as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, exit_now as *const () as libc::sighandler_t);
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into `status`; pause takes nothing.
+        unsafe {
+            if libc::waitpid(-1, &mut status, 0) < 0 {
+                libc::pause();
+            }
+        }
+    }
+}
+
 fn pause_main(userns: bool) -> ExitCode {
     // SAFETY: setsid takes no pointers. This process is single-threaded here.
     unsafe { libc::setsid() };
@@ -273,6 +303,12 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
         return exec_main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "--sandbox-init")
+    {
+        return sandbox_init_main();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -345,14 +381,13 @@ fn run(args: &Args) -> Result<(), String> {
                 .flatten(),
         )
         .arg(&args.id)
-        .stdin(
-            stdin_pipe
-                .as_ref()
-                .and_then(|(r, _)| r.try_clone().ok())
-                .map_or_else(Stdio::null, Stdio::from),
-        )
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
+        .stdin(if args.start_socket {
+            Stdio::null()
+        } else {
+            container_stdin(&stdin_pipe)
+        })
+        .stdout(stdio_or_null(!args.start_socket, &out_w))
+        .stderr(stdio_or_null(!args.start_socket, &err_w))
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))
         .and_then(|mut child| {
@@ -384,7 +419,25 @@ fn run(args: &Args) -> Result<(), String> {
         .trim()
         .parse()
         .map_err(|e| format!("bad pid file: {e}"))?;
-    report(&format!("ok {pid}\n"));
+    let mut waiter = None;
+    if args.start_socket {
+        // Bound before the report: crispd may ask to start as soon as create returns.
+        let listener = std::os::unix::net::UnixListener::bind(START_SOCKET)
+            .map_err(|e| format!("start socket: {e}"))?;
+        report(&format!("ok {}\n", std::process::id()));
+        match await_start(args, &listener, &runtime_log, &stdin_pipe, out_w, err_w) {
+            Some(child) => waiter = Some(child),
+            None => {
+                let _ = std::fs::remove_file(START_SOCKET);
+                write_exit(&args.exit_file, 128 + libc::SIGKILL);
+                return Ok(());
+            }
+        }
+        let _ = std::fs::remove_file(START_SOCKET);
+    } else {
+        drop((out_w, err_w));
+        report(&format!("ok {pid}\n"));
+    }
     // Nothing of crispd's stays open here.
     if let Ok(null) = File::open("/dev/null") {
         // SAFETY: dup2 onto the standard descriptors of this process.
@@ -413,9 +466,170 @@ fn run(args: &Args) -> Result<(), String> {
         }
         None => (out_r, err_r),
     };
-    let code = pump(pid, out_r, err_r, &mut log, &args.log_path, &mut attach);
+    let code = match waiter {
+        // The runtime's `wait` reports the container's exit as JSON on its stdout.
+        Some(wait) => {
+            let status = pump(wait, out_r, err_r, &mut log, &args.log_path, &mut attach);
+            let report = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
+            let _ = std::fs::remove_file(WAIT_REPORT);
+            waited_exit(status, &report)
+        }
+        None => pump(pid, out_r, err_r, &mut log, &args.log_path, &mut attach),
+    };
     write_exit(&args.exit_file, code);
     Ok(())
+}
+
+/// Where a start-socket monitor listens for crispd's `start` or `cancel`.
+const START_SOCKET: &str = "start.sock";
+/// Where the runtime's `wait` writes its report.
+const WAIT_REPORT: &str = "wait.json";
+
+fn container_stdin(stdin_pipe: &Option<(OwnedFd, OwnedFd)>) -> Stdio {
+    stdin_pipe
+        .as_ref()
+        .and_then(|(r, _)| r.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
+fn stdio_or_null(wanted: bool, fd: &OwnedFd) -> Stdio {
+    if wanted {
+        fd.try_clone().map_or_else(|_| Stdio::null(), Stdio::from)
+    } else {
+        Stdio::null()
+    }
+}
+
+/// The container's exit code from the runtime's `wait` (its status and what it printed):
+/// `{"id":..,"exitStatus":N}`. A `wait` that failed means the sandbox is gone, which
+/// killed everything in it.
+fn waited_exit(status: i32, report: &str) -> i32 {
+    let code = report.split("\"exitStatus\":").nth(1).and_then(|rest| {
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        digits.parse::<i32>().ok()
+    });
+    match code {
+        Some(code) if status == 0 => code,
+        _ => 128 + libc::SIGKILL,
+    }
+}
+
+/// Waits on `listener` for crispd to say `start` (runs the runtime's `start` with the
+/// container's stdio and answers `ok` or `error <message>`; on success returns the
+/// runtime's `wait` for the container, started) or `cancel` (returns `None`: the container
+/// is being removed unstarted). Gives up, with `None`, when the bundle is removed.
+fn await_start(
+    args: &Args,
+    listener: &std::os::unix::net::UnixListener,
+    runtime_log: &Path,
+    stdin_pipe: &Option<(OwnedFd, OwnedFd)>,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+) -> Option<libc::pid_t> {
+    use std::io::BufRead;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        if n <= 0 {
+            // A removed bundle (our working directory) has no links left.
+            let gone = std::fs::metadata(".").map_or(true, |m| {
+                use std::os::unix::fs::MetadataExt;
+                m.nlink() == 0
+            });
+            if gone {
+                return None;
+            }
+            continue;
+        }
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        let mut line = String::new();
+        let mut reader = std::io::BufReader::new(&conn);
+        if reader.read_line(&mut line).is_err() {
+            continue;
+        }
+        let mut conn = &conn;
+        match line.trim() {
+            "cancel" => {
+                let _ = conn.write_all(b"ok\n");
+                return None;
+            }
+            "start" => {}
+            other => {
+                let _ = conn.write_all(format!("error unknown request `{other}`\n").as_bytes());
+                continue;
+            }
+        }
+        let mut start = Command::new(&args.runtime);
+        start
+            .args(&args.runtime_args)
+            .arg("--root")
+            .arg(&args.root)
+            .arg("--log")
+            .arg(runtime_log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("start")
+            .arg(&args.id);
+        // With a TTY the container's stdio is the terminal made at create.
+        if args.tty {
+            start
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        } else {
+            start
+                .stdin(container_stdin(stdin_pipe))
+                .stdout(stdio_or_null(true, &out_w))
+                .stderr(stdio_or_null(true, &err_w));
+        }
+        let started = start.status();
+        drop(start);
+        match started {
+            Ok(status) if status.success() => {}
+            Ok(_) => {
+                let message = runtime_error(runtime_log);
+                let _ = conn.write_all(format!("error {message}\n").as_bytes());
+                continue;
+            }
+            Err(e) => {
+                let _ = conn.write_all(
+                    format!("error cannot run {}: {e}\n", args.runtime.display()).as_bytes(),
+                );
+                continue;
+            }
+        }
+        // Our copies of the write ends go, so the streams end when the container's do.
+        drop((out_w, err_w));
+        let report = File::create(WAIT_REPORT).ok();
+        let wait = Command::new(&args.runtime)
+            .args(&args.runtime_args)
+            .arg("--root")
+            .arg(&args.root)
+            .arg("wait")
+            .arg(&args.id)
+            .stdin(Stdio::null())
+            .stdout(report.map_or_else(Stdio::null, Stdio::from))
+            .stderr(Stdio::null())
+            .spawn();
+        let _ = conn.write_all(b"ok\n");
+        return match wait {
+            Ok(child) => Some(child.id() as libc::pid_t),
+            // Without a waiter the container's end cannot be told; the streams still
+            // close when it ends.
+            Err(_) => Some(-1),
+        };
+    }
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;
