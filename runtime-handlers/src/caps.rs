@@ -1,5 +1,23 @@
 //! Linux capabilities by name, in the kernel's bit order.
 
+/// Docker's default capability set, which containerd and CRI-O also grant.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// Every capability name (without `CAP_`), indexed by bit number.
 pub const CAPABILITIES: &[&str] = &[
     "CHOWN",

@@ -27,7 +27,7 @@ mod stats;
 mod syscalls_x86_64;
 
 pub use binary::{ENTER, MONITOR, helper_binary, resolve_binary};
-pub use caps::{CAPABILITIES, HostFacts, capability_number, last_capability};
+pub use caps::{CAPABILITIES, DEFAULT_CAPABILITIES, HostFacts, capability_number, last_capability};
 pub use console::receive_console;
 pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal, cloexec_pipe};

@@ -18,6 +18,13 @@ impl OciRuntime {
             .is_some_and(|n| n == "runc" || n == "crun")
     }
 
+    /// The runtime with its global arguments, as a plain command line.
+    pub(super) fn command_line(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(&self.runtime_args).arg("--root").arg(&self.root);
+        cmd
+    }
+
     pub(super) fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.args(&self.runtime_args).arg("--root").arg(&self.root);

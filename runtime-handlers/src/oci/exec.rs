@@ -52,11 +52,19 @@ impl OciRuntime {
         let pid_path = spec_path.with_extension("pid");
         // Whether the call times out here or the caller gives up (a gRPC deadline drops
         // this future), the process started must not outlive the call.
+        // gVisor's `exec` process is a host process standing for one inside the sandbox:
+        // that one is killed through the runtime, by its pid in the sandbox.
+        let sandboxed = (native.is_none() && self.is_gvisor()).then(|| SandboxedProcess {
+            runtime: self.command_line(),
+            id: id.to_owned(),
+            pid_path: spec_path.with_extension("ipid"),
+        });
         let mut guard = ExecGuard {
             pid_path: pid_path.clone(),
             spec_path: spec_path.clone(),
             finished: false,
             helper: None,
+            sandboxed,
         };
         // runc exec (or the monitor) stays the process's parent: it reaps the process
         // once the guard kills it. Killing the parent instead would orphan the process.
@@ -85,8 +93,11 @@ impl OciRuntime {
                     .arg("--process")
                     .arg(&spec_path)
                     .arg("--pid-file")
-                    .arg(&pid_path)
-                    .arg(id);
+                    .arg(&pid_path);
+                if let Some(sandboxed) = &guard.sandboxed {
+                    cmd.arg("--internal-pid-file").arg(&sandboxed.pid_path);
+                }
+                cmd.arg(id);
                 (cmd, &self.binary)
             }
         };
@@ -157,6 +168,12 @@ impl OciRuntime {
         // container until the guard kills it.
         guard.finished = result.is_some();
         let killed = if result.is_none() { guard.kill() } else { None };
+        if result.is_none()
+            && let Some(killer) = guard.sandboxed.as_ref().and_then(SandboxedProcess::killer)
+            && let Ok(mut killer) = Command::from(killer).spawn()
+        {
+            let _ = killer.wait().await;
+        }
         drop(guard);
         let Some((status, stdout, stderr)) = result else {
             // Answer once it is gone (reaped by the container's init), as kubelet and
@@ -212,6 +229,37 @@ pub(super) struct ExecGuard {
     finished: bool,
     /// crisp-enter, for a native exec.
     helper: Option<u32>,
+    /// The process inside a gVisor sandbox.
+    sandboxed: Option<SandboxedProcess>,
+}
+
+/// An exec'd process inside a gVisor sandbox, killed with `runsc kill --pid`.
+pub(super) struct SandboxedProcess {
+    /// The runtime with its global arguments.
+    runtime: std::process::Command,
+    /// The container.
+    id: String,
+    /// Where the runtime wrote the process's pid in the sandbox.
+    pid_path: PathBuf,
+}
+
+impl SandboxedProcess {
+    /// The command killing the process, once its pid is known.
+    fn killer(&self) -> Option<std::process::Command> {
+        let pid = std::fs::read_to_string(&self.pid_path)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 0)?;
+        let mut cmd = std::process::Command::new(self.runtime.get_program());
+        cmd.args(self.runtime.get_args())
+            .args(["kill", "--pid", &pid.to_string(), &self.id, "KILL"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Some(cmd)
+    }
 }
 
 impl ExecGuard {
@@ -234,6 +282,17 @@ impl Drop for ExecGuard {
     fn drop(&mut self) {
         if !self.finished {
             self.kill();
+            // The caller gave up: the kill goes on without it (tokio reaps the child).
+            if let Some(killer) = self.sandboxed.as_ref().and_then(SandboxedProcess::killer) {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    let _ = Command::from(killer).kill_on_drop(false).spawn();
+                } else {
+                    let _ = { killer }.status();
+                }
+            }
+        }
+        if let Some(sandboxed) = &self.sandboxed {
+            let _ = std::fs::remove_file(&sandboxed.pid_path);
         }
         let _ = std::fs::remove_file(&self.pid_path);
         let _ = std::fs::remove_file(&self.spec_path);

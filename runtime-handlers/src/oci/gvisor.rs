@@ -123,6 +123,7 @@ impl OciRuntime {
         if !sandbox.cgroups_path.is_empty() {
             linux["cgroupsPath"] = sandbox.cgroups_path.clone().into();
         }
+        let caps = crate::DEFAULT_CAPABILITIES;
         let spec = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -131,7 +132,9 @@ impl OciRuntime {
                 "args": ["/pause", "--sandbox-init"],
                 "env": ["PATH=/"],
                 "cwd": "/",
-                "capabilities": {"bounding": [], "effective": [], "permitted": []},
+                // runsc gives the sandbox process these on the host (host network: a
+                // container binding port 80 or opening a raw socket needs them there).
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
                 "noNewPrivileges": true,
             },
             "root": {"path": rootfs, "readonly": true},

@@ -2,23 +2,7 @@
 
 use cri_proto::v1 as cri;
 
-/// Docker's default capability set, which containerd and CRI-O also grant.
-const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+use runtime_handlers::DEFAULT_CAPABILITIES as DEFAULT_CAPS;
 
 /// Every capability the kernel knows (for privileged containers and `ALL`).
 fn all_caps() -> Vec<String> {
