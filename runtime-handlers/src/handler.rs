@@ -43,6 +43,9 @@ pub struct Features {
     pub recursive_read_only_mounts: bool,
     /// Pods can run in user namespaces.
     pub user_namespaces: bool,
+    /// A container's mounts are made when it starts, not when it is created (a gVisor
+    /// subcontainer): the bind sources `server` prepares must last until then.
+    pub mounts_at_start: bool,
 }
 
 /// A pod as a handler sees it.

@@ -232,10 +232,20 @@ impl OciRuntime {
         spec
     }
 
-    /// A container's usage as runsc counts it (`runsc events --stats`): CPU time is the
-    /// container's own; memory and tasks are the whole sandbox's (gVisor 2022 does not
-    /// account them per container).
-    pub(super) async fn gvisor_stats(&self, id: &str) -> Result<ContainerStats, HandlerError> {
+    /// A container's usage: CPU time is the container's own, as runsc counts it (`runsc
+    /// events --stats`); everything else is the whole sandbox's, from its cgroup (gVisor
+    /// 2022 accounts neither memory nor tasks per container).
+    pub(super) async fn gvisor_stats(
+        &self,
+        id: &str,
+        detail: bool,
+    ) -> Result<ContainerStats, HandlerError> {
+        let sandbox_pid = self
+            .state(id)
+            .await?
+            .map(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| HandlerError::NotFound { id: id.to_owned() })?;
         let out = self.run("events", id, &["events", "--stats", id]).await?;
         let event: serde_json::Value =
             serde_json::from_slice(&out).map_err(|e| HandlerError::Runtime {
@@ -244,20 +254,20 @@ impl OciRuntime {
                 id: id.to_owned(),
                 message: format!("unreadable stats: {e}"),
             })?;
-        let data = &event["data"];
-        let memory = data["memory"]["usage"]["usage"].as_u64().unwrap_or(0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        Ok(ContainerStats {
-            timestamp: now,
-            cpu_usage_ns: data["cpu"]["usage"]["total"].as_u64().unwrap_or(0),
-            memory_usage: memory,
-            working_set: memory,
-            rss: memory,
-            pids: data["pids"]["current"].as_u64().unwrap_or(0),
-            ..ContainerStats::default()
-        })
+        let mut stats = tokio::task::spawn_blocking(move || cgroup_stats(sandbox_pid, detail))
+            .await
+            .map_err(|e| HandlerError::Io {
+                path: PathBuf::from(format!("/proc/{sandbox_pid}/cgroup")),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| HandlerError::Io {
+                path: PathBuf::from(format!("/proc/{sandbox_pid}/cgroup")),
+                source,
+            })?;
+        if let Some(cpu) = event["data"]["cpu"]["usage"]["total"].as_u64() {
+            stats.cpu_usage_ns = cpu;
+        }
+        Ok(stats)
     }
 
     /// Asks a subcontainer's monitor to `start` it (or to `cancel`, when it is removed

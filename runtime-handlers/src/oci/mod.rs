@@ -133,6 +133,7 @@ impl RuntimeHandler for OciRuntime {
             // overlayfs accepts as layers from kernel 5.19. gVisor runs its own kernel
             // and does not take a pod's user namespace.
             user_namespaces: kernel_at_least(5, 19) && !self.is_gvisor(),
+            mounts_at_start: self.is_gvisor(),
         }
     }
 
@@ -534,7 +535,7 @@ impl RuntimeHandler for OciRuntime {
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
         if self.is_gvisor() {
-            return self.gvisor_stats(c.id).await;
+            return self.gvisor_stats(c.id, detail).await;
         }
         let pid = c.pid;
         let bundle = c.bundle.to_owned();

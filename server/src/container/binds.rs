@@ -113,6 +113,19 @@ pub fn stage(
     Ok(())
 }
 
+/// [`release`] off the async threads, a failure logged (the copies then go when the
+/// container is removed).
+pub async fn release_in_background(bundle: &Path) -> Result<(), LifecycleError> {
+    let staged = bundle.to_owned();
+    crate::pod::blocking(move || {
+        if let Err(e) = release(&staged) {
+            tracing::warn!(error = %e, "detaching prepared bind mounts");
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Detaches every prepared copy of a container. An error leaves the copies' directory in
 /// place (deleting the bundle then would delete through a copy into the host's files).
 pub fn release(bundle: &Path) -> std::io::Result<()> {

@@ -357,17 +357,13 @@ pub async fn create(
             return Err(LifecycleError::from(e));
         }
     }
-    // The container's mount namespace has its own copies of the prepared binds now. The
-    // host's copies would keep the sources' submounts busy (a volume's owner could not
-    // remove a directory a submount sits on), so they go.
-    let staged = bundle.clone();
-    blocking(move || {
-        if let Err(e) = binds::release(&staged) {
-            tracing::warn!(error = %e, "detaching prepared bind mounts");
-        }
-        Ok(())
-    })
-    .await?;
+    // The container's mount namespace has its own copies of the prepared binds now
+    // (unless the handler mounts at start, which releases them). The host's copies would
+    // keep the sources' submounts busy (a volume's owner could not remove a directory a
+    // submount sits on), so they go.
+    if !runtime.features().mounts_at_start {
+        binds::release_in_background(&bundle).await?;
+    }
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;
         cleanup(daemon, &record).await?;

@@ -25,6 +25,9 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         .start_container(&record.handle())
         .await
         .map_err(LifecycleError::from)?;
+    if runtime.features().mounts_at_start {
+        super::binds::release_in_background(&record.bundle).await?;
+    }
     record.started_at = now_ns();
     daemon.containers.persist(&record).await.map_err(|e| {
         LifecycleError::internal(format!("cannot persist container {}: {e}", record.id))
