@@ -442,6 +442,12 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An init that exits while its child keeps the output open has exited.
+    let c = create(&mut rt, &s, &pod, container(&s, "c", "sleep 1003 & exit 3")).await;
+    start(&mut rt, &c).await;
+    let st = wait_exited(&mut rt, &c).await;
+    assert_eq!(st.exit_code, 3);
+
     // One container stops and goes; the other and the sandbox stay.
     rt.stop_container(cri::StopContainerRequest {
         container_id: a.clone(),
@@ -478,7 +484,7 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
     .await
     .expect("remove pod");
     // Nothing of the pod is left: no sandbox, gofer or monitor, nothing at the runtime.
-    for id in [&pod, &a, &b] {
+    for id in [&pod, &a, &b, &c] {
         assert_eq!(monitors_of(id), 0, "processes of {id}");
     }
     let runtime_root = s.net.sandbox.path("state/runtimes/runsc");
@@ -486,7 +492,7 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| [&pod, &a, &b].iter().any(|id| n.contains(id.as_str())))
+                .filter(|n| [&pod, &a, &b, &c].iter().any(|id| n.contains(id.as_str())))
                 .collect()
         })
         .unwrap_or_default();

@@ -119,7 +119,9 @@ impl OciRuntime {
             cmd.arg("--stdin-once");
         }
         if start_socket {
-            cmd.arg("--start-socket");
+            cmd.arg("--start-socket")
+                .arg("--sandbox-id")
+                .arg(c.sandbox_id);
         }
         let line = spawn_reporting(cmd, &self.monitor).await?;
         let line = line.trim();

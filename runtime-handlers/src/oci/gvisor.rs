@@ -267,6 +267,7 @@ impl OciRuntime {
         if let Some(cpu) = event["data"]["cpu"]["usage"]["total"].as_u64() {
             stats.cpu_usage_ns = cpu;
         }
+        stats.sandbox_wide = true;
         Ok(stats)
     }
 

@@ -35,6 +35,9 @@ pub struct ContainerStats {
     pub pids: u64,
     /// The full figures, when they were asked for.
     pub detail: Option<Box<StatsDetail>>,
+    /// Memory and task figures are the whole sandbox's, the same for each of its
+    /// containers (a gVisor sandbox): a pod's are not their sum.
+    pub sandbox_wide: bool,
 }
 
 /// Where each hierarchy is mounted: v1 controllers by name, and the v2 mount.

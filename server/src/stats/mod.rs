@@ -386,9 +386,14 @@ fn pod_stats(
     pod: &crate::pod::SandboxRecord,
     containers: Vec<cri::ContainerStats>,
     processes: u64,
+    sandbox_wide: bool,
 ) -> cri::PodSandboxStats {
     let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> u64 {
         containers.iter().filter_map(f).sum()
+    };
+    // Figures each container reports for the whole sandbox count once.
+    let most = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> u64 {
+        containers.iter().filter_map(f).max().unwrap_or(0)
     };
     let at = containers
         .iter()
@@ -410,7 +415,8 @@ fn pod_stats(
         psi: None,
     };
     let mem = |f: &dyn Fn(&cri::MemoryUsage) -> Option<u64>| {
-        u64_value(sum(&|c| c.memory.as_ref().and_then(f)))
+        let of = |c: &cri::ContainerStats| c.memory.as_ref().and_then(f);
+        u64_value(if sandbox_wide { most(&of) } else { sum(&of) })
     };
     let memory = cri::MemoryUsage {
         timestamp: at,
@@ -472,17 +478,23 @@ fn pod_stats(
 async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandboxStats {
     let mut containers = Vec::new();
     let mut processes = 0;
+    let mut sandbox_wide = false;
     for c in daemon.containers.all() {
         let record = c.snapshot();
         if record.pod_id != pod.id {
             continue;
         }
         if let Some(sample) = sample_of(daemon, &record).await {
-            processes += sample.latest.pids;
+            sandbox_wide |= sample.latest.sandbox_wide;
+            processes = if sample.latest.sandbox_wide {
+                processes.max(sample.latest.pids)
+            } else {
+                processes + sample.latest.pids
+            };
             containers.push(container_stats(daemon, &record, Some(&sample)));
         }
     }
-    pod_stats(daemon, pod, containers, processes)
+    pod_stats(daemon, pod, containers, processes, sandbox_wide)
 }
 
 /// PodSandboxStats of one pod; NotFound for an unknown ID.

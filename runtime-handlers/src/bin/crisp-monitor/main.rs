@@ -12,6 +12,7 @@
 //! beyond the line buffers.
 
 mod attach;
+mod gvisor;
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -40,9 +41,13 @@ struct Args {
     stdin: bool,
     stdin_once: bool,
     /// Start the container when crispd asks on `start.sock`, giving the runtime's `start`
-    /// the container's stdio, and learn its exit from the runtime's `wait`: a gVisor
+    /// the container's stdio, and learn its exit from the runtime's `wait` once its
+    /// streams end: a gVisor
     /// subcontainer has no host process, and takes its stdio from `start`.
     start_socket: bool,
+    /// The gVisor sandbox a subcontainer runs in: its exit is asked of the sandbox's
+    /// control socket.
+    sandbox_id: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -73,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             Some("--log-path") => args.log_path = value.into(),
             Some("--exit-file") => args.exit_file = value.into(),
             Some("--runtime-arg") => args.runtime_args.push(value),
+            Some("--sandbox-id") => args.sandbox_id = value.to_string_lossy().into_owned(),
             _ => return Err(format!("unknown flag {}", flag.to_string_lossy())),
         }
     }
@@ -419,14 +425,14 @@ fn run(args: &Args) -> Result<(), String> {
         .trim()
         .parse()
         .map_err(|e| format!("bad pid file: {e}"))?;
-    let mut waiter = None;
+    let mut started_subcontainer = false;
     if args.start_socket {
         // Bound before the report: crispd may ask to start as soon as create returns.
         let listener = std::os::unix::net::UnixListener::bind(START_SOCKET)
             .map_err(|e| format!("start socket: {e}"))?;
         report(&format!("ok {}\n", std::process::id()));
         match await_start(args, &listener, &runtime_log, &stdin_pipe, out_w, err_w) {
-            Some(child) => waiter = Some(child),
+            Some(()) => started_subcontainer = true,
             None => {
                 let _ = std::fs::remove_file(START_SOCKET);
                 write_exit(&args.exit_file, 128 + libc::SIGKILL);
@@ -466,15 +472,34 @@ fn run(args: &Args) -> Result<(), String> {
         }
         None => (out_r, err_r),
     };
-    let code = match waiter {
-        // The runtime's `wait` reports the container's exit as JSON on its stdout.
-        Some(wait) => {
-            let status = pump(wait, out_r, err_r, &mut log, &args.log_path, &mut attach);
-            let report = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
-            let _ = std::fs::remove_file(WAIT_REPORT);
-            waited_exit(status, &report)
+    let code = if started_subcontainer {
+        // No host process to wait for: the sandbox tells the exit, else (no control
+        // socket) the runtime's `wait` once the streams end.
+        let mut waiter = gvisor::Waiter::connect(&args.sandbox_id, &args.id);
+        let code = pump(
+            -1,
+            out_r,
+            err_r,
+            &mut log,
+            &args.log_path,
+            &mut attach,
+            &mut waiter,
+        );
+        match waiter {
+            Some(w) if code < 0 => w.finish(),
+            _ if code < 0 => runtime_wait(args),
+            _ => code,
         }
-        None => pump(pid, out_r, err_r, &mut log, &args.log_path, &mut attach),
+    } else {
+        pump(
+            pid,
+            out_r,
+            err_r,
+            &mut log,
+            &args.log_path,
+            &mut attach,
+            &mut None,
+        )
     };
     write_exit(&args.exit_file, code);
     Ok(())
@@ -519,9 +544,9 @@ fn waited_exit(status: i32, report: &str) -> i32 {
 }
 
 /// Waits on `listener` for crispd to say `start` (runs the runtime's `start` with the
-/// container's stdio and answers `ok` or `error <message>`; on success returns the
-/// runtime's `wait` for the container, started) or `cancel` (returns `None`: the container
-/// is being removed unstarted). Gives up, with `None`, when the bundle is removed.
+/// container's stdio and answers `ok` or `error <message>`; returns once it started) or
+/// `cancel` (returns `None`: the container is being removed unstarted). Gives up, with
+/// `None`, when the bundle is removed.
 fn await_start(
     args: &Args,
     listener: &std::os::unix::net::UnixListener,
@@ -529,7 +554,7 @@ fn await_start(
     stdin_pipe: &Option<(OwnedFd, OwnedFd)>,
     out_w: OwnedFd,
     err_w: OwnedFd,
-) -> Option<libc::pid_t> {
+) -> Option<()> {
     use std::io::BufRead;
     loop {
         let mut pfd = libc::pollfd {
@@ -611,25 +636,34 @@ fn await_start(
         }
         // Our copies of the write ends go, so the streams end when the container's do.
         drop((out_w, err_w));
-        let report = File::create(WAIT_REPORT).ok();
-        let wait = Command::new(&args.runtime)
-            .args(&args.runtime_args)
-            .arg("--root")
-            .arg(&args.root)
-            .arg("wait")
-            .arg(&args.id)
-            .stdin(Stdio::null())
-            .stdout(report.map_or_else(Stdio::null, Stdio::from))
-            .stderr(Stdio::null())
-            .spawn();
         let _ = conn.write_all(b"ok\n");
-        return match wait {
-            Ok(child) => Some(child.id() as libc::pid_t),
-            // Without a waiter the container's end cannot be told; the streams still
-            // close when it ends.
-            Err(_) => Some(-1),
-        };
+        return Some(());
     }
+}
+
+/// The exit of a started subcontainer, once its streams have ended: the runtime's
+/// `wait` (which returns at once for a container that has exited, and otherwise waits
+/// for one whose processes closed their output but live on). A long-lived `wait` per
+/// container would cost a Go process (~6 MiB) each.
+fn runtime_wait(args: &Args) -> i32 {
+    let report = File::create(WAIT_REPORT).ok();
+    let status = Command::new(&args.runtime)
+        .args(&args.runtime_args)
+        .arg("--root")
+        .arg(&args.root)
+        .arg("wait")
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(report.map_or_else(Stdio::null, Stdio::from))
+        .stderr(Stdio::null())
+        .status();
+    let text = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
+    let _ = std::fs::remove_file(WAIT_REPORT);
+    let code = match status {
+        Ok(s) if s.success() => 0,
+        _ => 1,
+    };
+    waited_exit(code, &text)
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;
@@ -641,6 +675,7 @@ fn pump(
     log: &mut LogWriter,
     log_path: &Path,
     attach: &mut Option<attach::Attach>,
+    waiter: &mut Option<gvisor::Waiter>,
 ) -> i32 {
     let mut streams = [
         Some((File::from(out), "stdout", Vec::new())),
@@ -667,6 +702,14 @@ fn pump(
             })
             .collect();
         let streams_polled = fds.len();
+        if let Some(w) = waiter.as_ref() {
+            fds.push(libc::pollfd {
+                fd: w.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let attach_from = fds.len();
         if let Some(a) = attach.as_ref() {
             fds.extend(a.pollfds());
         }
@@ -680,8 +723,16 @@ fn pump(
             }
             continue;
         }
+        if attach_from > streams_polled
+            && fds[streams_polled].revents != 0
+            && let Some(w) = waiter.as_mut()
+            && let Some(code) = w.read()
+        {
+            exit = Some(code);
+            *waiter = None;
+        }
         if let Some(a) = attach.as_mut() {
-            a.handle(&fds[streams_polled..]);
+            a.handle(&fds[attach_from..]);
         }
         for (slot, pfd) in open.iter().zip(&fds[..streams_polled]) {
             if pfd.revents == 0 {
@@ -716,6 +767,11 @@ fn pump(
         if !partial.is_empty() {
             log.line(stream, 'F', partial);
         }
+    }
+    // A subcontainer (pid -1) has no process of ours to wait for: -1 until its waiter
+    // tells.
+    if pid <= 0 {
+        return exit.unwrap_or(-1);
     }
     while exit.is_none() {
         let mut status = 0;

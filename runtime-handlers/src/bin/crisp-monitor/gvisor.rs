@@ -1,0 +1,183 @@
+//! A gVisor subcontainer's exit, asked of its sandbox: runsc's control server speaks
+//! urpc (one JSON call, one JSON result, on the abstract unix socket
+//! `runsc-sandbox.<sandbox id>` that `runsc create` bound in this network namespace);
+//! `containerManager.Wait` answers when the container's init has exited, with its wait
+//! status. This is what `runsc wait` does, without a Go process per container.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+/// Most a result may be: `{"success":true,"err":"...","result":N}`.
+const MAX_RESULT: usize = 64 * 1024;
+
+/// A `containerManager.Wait` call in flight.
+pub struct Waiter {
+    socket: UnixStream,
+    reply: Vec<u8>,
+}
+
+/// Connects to the abstract unix socket `name` (without the leading NUL). Go programs
+/// of runsc's age bind abstract names with a trailing NUL counted in the address (it
+/// shows as `@name@` in /proc/net/unix); newer ones without: both are tried.
+fn connect_abstract(name: &str) -> std::io::Result<UnixStream> {
+    connect_abstract_len(name, true).or_else(|_| connect_abstract_len(name, false))
+}
+
+fn connect_abstract_len(name: &str, trailing_nul: bool) -> std::io::Result<UnixStream> {
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_un is plain data; zeroed is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = name.as_bytes();
+    if bytes.len() + 2 > addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "socket name too long",
+        ));
+    }
+    for (slot, b) in addr.sun_path[1..].iter_mut().zip(bytes) {
+        *slot = *b as libc::c_char;
+    }
+    let len =
+        std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len() + usize::from(trailing_nul);
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
+
+impl Waiter {
+    /// Asks sandbox `sandbox_id` to wait for container `id`; `None` if it cannot be
+    /// asked (no sandbox id given, or no control socket).
+    pub fn connect(sandbox_id: &str, id: &str) -> Option<Self> {
+        if sandbox_id.is_empty() {
+            return None;
+        }
+        let mut socket = connect_abstract(&format!("runsc-sandbox.{sandbox_id}")).ok()?;
+        let call = format!(
+            "{{\"method\":\"containerManager.Wait\",\"arg\":{}}}",
+            json_string(id)
+        );
+        socket.write_all(call.as_bytes()).ok()?;
+        Some(Self {
+            socket,
+            reply: Vec::new(),
+        })
+    }
+
+    /// The socket to poll for the reply.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Reads what arrived; the exit code once the reply is complete (or the sandbox
+    /// went away: 137, everything in it was killed).
+    pub fn read(&mut self) -> Option<i32> {
+        let mut buf = [0u8; 4096];
+        match self.socket.read(&mut buf) {
+            Ok(0) | Err(_) => Some(exit_code(&self.reply).unwrap_or(128 + libc::SIGKILL)),
+            Ok(n) => {
+                self.reply.extend_from_slice(&buf[..n]);
+                if self.reply.len() > MAX_RESULT {
+                    return Some(128 + libc::SIGKILL);
+                }
+                exit_code(&self.reply)
+            }
+        }
+    }
+
+    /// Blocks until the reply is complete.
+    pub fn finish(mut self) -> i32 {
+        loop {
+            if let Some(code) = self.read() {
+                return code;
+            }
+        }
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The exit code in a complete urpc result for `containerManager.Wait`: the wait status
+/// decoded as the kernel encodes it (128 + signal for a signal death); a failed call
+/// means the container cannot be waited for any more (137). `None` while incomplete.
+fn exit_code(reply: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(reply).ok()?;
+    let text = text.trim();
+    if !text.ends_with('}') {
+        return None;
+    }
+    if text.contains("\"success\":false") {
+        return Some(128 + libc::SIGKILL);
+    }
+    let status: i32 = text
+        .split("\"result\":")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_decode_like_wait_statuses() {
+        assert_eq!(
+            exit_code(b"{\"success\":true,\"err\":\"\",\"result\":0}"),
+            Some(0)
+        );
+        assert_eq!(
+            exit_code(b"{\"success\":true,\"err\":\"\",\"result\":768}"),
+            Some(3)
+        );
+        assert_eq!(
+            exit_code(b"{\"success\":true,\"err\":\"\",\"result\":9}"),
+            Some(137)
+        );
+        assert_eq!(
+            exit_code(b"{\"success\":false,\"err\":\"gone\",\"result\":null}"),
+            Some(137)
+        );
+        assert_eq!(exit_code(b"{\"success\":true,\"err\":\"\",\"res"), None);
+        assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    }
+}
