@@ -58,7 +58,8 @@ impl Default for Config {
         // runc, crun and gVisor's runsc, as CRI-O offers its runtimes: each is usable when
         // its binary is installed, and Status lists only those (`crispd check` says why
         // the others are not). Debian's 2022 runsc can only use the pod's netns with
-        // `--network=host`; newer ones accept it too.
+        // `--network=host`; newer ones accept it too. `--oci-seccomp` makes it apply the
+        // containers' seccomp profiles inside the sandbox (it ignores them otherwise).
         let handler = |path: &str, args: &[&str]| RuntimeHandlerConfig {
             path: PathBuf::from(path),
             runtime_args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -67,7 +68,10 @@ impl Default for Config {
         let runtimes = BTreeMap::from([
             (DEFAULT_RUNTIME.to_owned(), handler("runc", &[])),
             ("crun".to_owned(), handler("crun", &[])),
-            ("runsc".to_owned(), handler("runsc", &["--network=host"])),
+            (
+                "runsc".to_owned(),
+                handler("runsc", &["--network=host", "--oci-seccomp"]),
+            ),
         ]);
         Self {
             root: PathBuf::from("/var/lib/crisp"),

@@ -442,6 +442,25 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A container gVisor cannot run is refused, naming why; the sandbox stays.
+    let mut shared = container(&s, "shared", "sleep 1");
+    let source = s.net.sandbox.path("shared-mount");
+    std::fs::create_dir_all(&source).expect("mount source");
+    shared.mounts.push(cri::Mount {
+        container_path: "/shared".into(),
+        host_path: source.display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional.into(),
+        ..Default::default()
+    });
+    let refused = create_refused(&mut rt, &pod, shared).await;
+    assert!(
+        refused.message().contains("propagation"),
+        "{}",
+        refused.message()
+    );
+    let (code, out) = exec_out(&mut rt, &b, &["echo", "alive"]).await;
+    assert_eq!((code, out.trim()), (0, "alive"));
+
     // An init that exits while its child keeps the output open has exited.
     let c = create(&mut rt, &s, &pod, container(&s, "c", "sleep 1003 & exit 3")).await;
     start(&mut rt, &c).await;

@@ -27,6 +27,9 @@ fn bundle_of(sandbox: &SandboxSpec) -> PathBuf {
     sandbox.state_dir.join("gvisor")
 }
 
+/// The capabilities gVisor knows (2022 and later: up to CAP_AUDIT_READ, bit 37).
+pub(super) const GVISOR_CAPABILITIES: u64 = (1 << 38) - 1;
+
 /// The prefix of the labels naming a container's own PID namespace inside the sandbox.
 const PID_LABEL: &str = "crisp-gvisor-pid:";
 

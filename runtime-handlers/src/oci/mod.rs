@@ -99,6 +99,7 @@ mod exec;
 mod gvisor;
 mod process;
 
+use gvisor::GVISOR_CAPABILITIES;
 use process::*;
 
 #[async_trait::async_trait]
@@ -121,7 +122,13 @@ impl RuntimeHandler for OciRuntime {
 
     fn host_facts(&self) -> crate::HostFacts {
         static FACTS: std::sync::OnceLock<crate::HostFacts> = std::sync::OnceLock::new();
-        *FACTS.get_or_init(crate::HostFacts::of_this_process)
+        let mut facts = *FACTS.get_or_init(crate::HostFacts::of_this_process);
+        if self.is_gvisor() {
+            // gVisor's kernel grants capabilities up to CAP_AUDIT_READ (37); runsc
+            // refuses a container naming a later one (CAP_PERFMON, CAP_BPF, ...).
+            facts.bounding_set &= GVISOR_CAPABILITIES;
+        }
+        facts
     }
 
     fn features(&self) -> Features {
