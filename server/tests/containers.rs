@@ -138,16 +138,7 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
         "writable layer left"
     );
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("remove pod");
+    stop_and_remove_pod(&mut rt, &pod).await;
     assert_eq!(s.net.mounts(), 0, "mounts left");
 }
 
@@ -359,16 +350,7 @@ async fn runsc_runs_containers_in_the_pods_network() {
         "the pod's address inside gVisor: {text}"
     );
     assert!(text.contains("gVisor"), "the kernel is gVisor's: {text}");
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .expect("remove pod");
+    stop_and_remove_pod(&mut rt, &pod).await;
     assert_eq!(monitors_of(&id), 0);
     teardown(&mut rt).await;
 }
@@ -492,16 +474,7 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
         i32::from(cri::ContainerState::ContainerRunning)
     );
 
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("remove pod");
+    stop_and_remove_pod(&mut rt, &pod).await;
     // Nothing of the pod is left: no sandbox, gofer or monitor, nothing at the runtime.
     for id in [&pod, &a, &b, &c] {
         assert_eq!(monitors_of(id), 0, "processes of {id}");

@@ -142,16 +142,7 @@ async fn after_a_node_restart_everything_stops_removes_and_is_recreated() {
         .await
         .expect("remove");
     }
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("remove pod");
+    stop_and_remove_pod(&mut rt, &pod).await;
     eprintln!("cleanup after the restart took {:?}", began.elapsed());
     assert_eq!(s.net.allocations(), 0, "the lost pod's IP was released");
 

@@ -209,34 +209,12 @@ pub async fn run(
     match runtime.finish_sandbox(&sandbox, &started.state).await {
         Ok(state) => record.handler_state = Some(state),
         Err(e) => {
-            let _ = blocking({
-                let config = config.clone();
-                let record = record.clone();
-                move || {
-                    let released = release(&config, record.clone());
-                    let _ = std::fs::remove_dir_all(&record.state_dir);
-                    Ok(released)
-                }
-            })
-            .await;
-            if let Err(e) = runtime.stop_sandbox(&sandbox, &started.state).await {
-                tracing::error!(id = %id, error = %e, "ending the sandbox of a failed RunPodSandbox");
-            }
+            undo(&config, &record, runtime.as_ref(), &started.state).await;
             return Err(LifecycleError::from(e));
         }
     }
     if let Err(e) = daemon.pods.persist(&record).await {
-        let (_, _) = blocking({
-            let config = config.clone();
-            let record = record.clone();
-            move || {
-                let released = release(&config, record.clone());
-                let _ = std::fs::remove_dir_all(&record.state_dir);
-                Ok(released)
-            }
-        })
-        .await?;
-        let _ = runtime.stop_sandbox(&sandbox, &started.state).await;
+        undo(&config, &record, runtime.as_ref(), &started.state).await;
         return Err(LifecycleError::internal(format!(
             "cannot persist sandbox {id}: {e}"
         )));
@@ -244,6 +222,34 @@ pub async fn run(
     tracing::info!(pod = %key, id = %id, ips = ?record.ips, "sandbox ready");
     daemon.pods.insert(record);
     Ok(id)
+}
+
+/// Undoes a RunPodSandbox whose pod was set up: its network, namespaces and files, then
+/// the handler's part (`state` as `start_sandbox` returned it).
+async fn undo(
+    config: &std::sync::Arc<conf::Config>,
+    record: &SandboxRecord,
+    runtime: &dyn runtime_handlers::RuntimeHandler,
+    state: &runtime_handlers::SandboxState,
+) {
+    let released = blocking({
+        let config = config.clone();
+        let record = record.clone();
+        move || {
+            let released = release(&config, record.clone());
+            let _ = std::fs::remove_dir_all(&record.state_dir);
+            Ok(released)
+        }
+    })
+    .await;
+    if let Ok((_, failures)) = released
+        && !failures.is_empty()
+    {
+        tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");
+    }
+    if let Err(e) = runtime.stop_sandbox(&record.sandbox_spec(), state).await {
+        tracing::error!(id = %record.id, error = %e, "ending the sandbox of a failed RunPodSandbox");
+    }
 }
 
 /// The pod's user namespace, from `namespace_options.userns_options`: NODE (or none)

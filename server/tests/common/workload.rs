@@ -184,6 +184,20 @@ pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cr
     }
 }
 
+/// Stops and removes a pod, which must succeed.
+pub async fn stop_and_remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_owned(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_owned(),
+    })
+    .await
+    .expect("remove pod");
+}
+
 /// Starts a created container.
 pub async fn start(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     rt.start_container(cri::StartContainerRequest {
