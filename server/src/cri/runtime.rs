@@ -21,6 +21,21 @@ impl RuntimeService {
     pub fn new(daemon: Arc<Daemon>) -> Self {
         Self { daemon }
     }
+
+    /// Runs a call that changes pods or containers to its end in a task of its own. A
+    /// client that gives up (its deadline, a cancel) drops the call's future; what the
+    /// call made so far must still be finished and recorded, or undone, not left half-way
+    /// (a pod's init, a VM, a container at the runtime).
+    async fn to_completion<T, F>(&self, call: impl FnOnce(Arc<Daemon>) -> F) -> Result<T, Status>
+    where
+        F: std::future::Future<Output = Result<T, crate::errors::LifecycleError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(call(Arc::clone(&self.daemon)))
+            .await
+            .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+            .map_err(Status::from)
+    }
 }
 
 #[tonic::async_trait]
@@ -86,7 +101,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let id = crate::pod::run(&self.daemon, request.into_inner()).await?;
+        let request = request.into_inner();
+        let id = self
+            .to_completion(|daemon| async move { crate::pod::run(&daemon, request).await })
+            .await?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -96,7 +114,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        crate::pod::stop(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        self.to_completion(|daemon| async move { crate::pod::stop(&daemon, &id).await })
+            .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -104,7 +124,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        crate::pod::remove(&self.daemon, &request.into_inner().pod_sandbox_id).await?;
+        let id = request.into_inner().pod_sandbox_id;
+        self.to_completion(|daemon| async move { crate::pod::remove(&daemon, &id).await })
+            .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -140,7 +162,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        let container_id = crate::container::create(&self.daemon, request.into_inner()).await?;
+        let request = request.into_inner();
+        let container_id = self
+            .to_completion(|daemon| async move { crate::container::create(&daemon, request).await })
+            .await?;
         Ok(Response::new(cri::CreateContainerResponse { container_id }))
     }
 
@@ -148,7 +173,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        crate::container::start(&self.daemon, &request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        self.to_completion(|daemon| async move { crate::container::start(&daemon, &id).await })
+            .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -157,7 +184,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let request = request.into_inner();
-        crate::container::stop(&self.daemon, &request.container_id, request.timeout).await?;
+        self.to_completion(|daemon| async move {
+            crate::container::stop(&daemon, &request.container_id, request.timeout).await
+        })
+        .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -165,7 +195,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        crate::container::remove(&self.daemon, &request.into_inner().container_id).await?;
+        let id = request.into_inner().container_id;
+        self.to_completion(|daemon| async move { crate::container::remove(&daemon, &id).await })
+            .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 

@@ -1,0 +1,112 @@
+//! A call its client gives up on still finishes or undoes what it made. Alone in its test
+//! binary: it counts the host's pod init processes before and after.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::{Net, real_plugin_dir};
+use cri_proto::v1 as cri;
+
+/// `crisp-monitor --pause` processes on this host (pod PID-namespace inits).
+fn pod_inits() -> usize {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                let needle = b"crisp-monitor\0--pause";
+                c.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pod_sandbox_abandoned_during_a_slow_cni_add_leaves_nothing() {
+    // A plugin that takes 3 s to fail an ADD, after the bridge chain made the veth and
+    // took an address.
+    let net = Net::new(r#",{"type":"slow-fail"}"#);
+    let plugins = net.sandbox.path("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    let plugin = plugins.join("slow-fail");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 3; \
+         echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"slow and failing\"}'; exit 1; fi\n\
+         if [ \"$CNI_COMMAND\" = VERSION ]; then \
+         echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}'; fi\nexit 0\n",
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = std::fs::read_to_string(net.sandbox.config_path()).expect("config");
+    std::fs::write(
+        net.sandbox.config_path(),
+        format!(
+            "{config}plugin_dirs = [\"{}\", \"{}\"]\n",
+            plugins.display(),
+            real_plugin_dir().display()
+        ),
+    )
+    .expect("config");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let inits_before = pod_inits();
+
+    // PID mode POD (the default): the pod gets an init before its network.
+    let mut request = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "abandoned".into(),
+                uid: "uid-abandoned".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }),
+        runtime_handler: String::new(),
+    });
+    request.set_timeout(Duration::from_millis(800));
+    let err = runtime
+        .run_pod_sandbox(request)
+        .await
+        .expect_err("the client gives up first");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+
+    // The call goes on without its client, fails in CNI, and undoes everything.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let pods_left = std::fs::read_dir(net.sandbox.path("state/pods"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let clean = pods_left == 0
+            && pod_inits() <= inits_before
+            && net.allocations() == 0
+            && net.mounts() == 0;
+        if clean {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left: {pods_left} pod dirs, {} pod inits (before: {inits_before}), {} addresses, {} mounts",
+            pod_inits(),
+            net.allocations(),
+            net.mounts()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let listed = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+}
