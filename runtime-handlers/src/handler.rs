@@ -6,9 +6,10 @@
 //! handler boots the VM in [`RuntimeHandler::start_sandbox`], creates containers through
 //! its agent, and answers state, exec and stats from inside the guest.
 //!
-//! Handlers are sandbox-scoped: `start_sandbox` returns the handler's own versioned
-//! [`SandboxState`], which `server` persists with the pod without reading it and hands
-//! back to `stop_sandbox` and, after a crispd restart, to `recover_sandbox`; every
+//! Handlers are sandbox-scoped: `start_sandbox` (before `server` makes the pod's
+//! namespaces) and `finish_sandbox` (after, with CNI attached) return the handler's own
+//! versioned [`SandboxState`], which `server` persists with the pod without reading it
+//! and hands back to `stop_sandbox` and, after a crispd restart, to `recover_sandbox`; every
 //! container call names its container and its sandbox ([`ContainerRef`]). `server` keeps
 //! what every handler needs (the pod's network namespace and CNI, the rootfs, the pod's
 //! files) and asks the handler for everything about processes: exits and OOM kills,

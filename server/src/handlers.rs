@@ -156,8 +156,8 @@ impl Handlers {
             .sum()
     }
 
-    /// Ends what the handlers left of a sandbox crisp has no record of, given where its
-    /// PID namespace is pinned.
+    /// Ends what the handlers left of sandbox `id`, which crisp has no record of, given
+    /// where its PID namespace is pinned.
     pub fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path) {
         for (_, handler) in self.usable() {
             handler.release_unknown_sandbox(id, pid_pin);

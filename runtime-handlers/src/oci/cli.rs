@@ -235,7 +235,8 @@ impl OciRuntime {
 
     /// Asks the container's monitor to reopen the log file (after kubelet rotated it).
     /// The monitor is the parent of the container's init (it is the subreaper that
-    /// adopted it); it is checked to be this container's monitor before it is signalled.
+    /// adopted it), or for a gVisor subcontainer the pid it reported; it is checked to be
+    /// this container's monitor before it is signalled.
     pub(super) async fn reopen_monitor_log(
         &self,
         c: &ContainerRef<'_>,

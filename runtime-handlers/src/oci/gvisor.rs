@@ -8,7 +8,10 @@
 //! (`container-type: container`, `sandbox-id: <pod>`): runsc starts no host process for
 //! such a subcontainer, and takes its stdio from `runsc start`, so its monitor runs both
 //! `create` and, when crispd asks on the bundle's `start.sock`, `start`, and learns the
-//! exit from `runsc wait`.
+//! exit from the sandbox's control socket (as `runsc wait` does).
+//!
+//! A pod started before crisp did this has no sandbox container: its containers still get
+//! a sandbox each.
 //!
 //! Inside the sandbox, IPC and UTS are the sandbox's for every container; PID namespaces
 //! are matched by the spec's `path` as a label: a container with no PID namespace entry
@@ -38,6 +41,15 @@ pub(super) fn pid_label(id: &str) -> PathBuf {
     PathBuf::from(format!("{PID_LABEL}{id}"))
 }
 
+/// Whether the container whose bundle is `bundle` joins its pod's sandbox (its
+/// config.json says `container-type: container`).
+pub(super) fn joins_sandbox(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["annotations"]["io.kubernetes.cri.container-type"] == "container")
+}
+
 /// Whether the ELF executable at `path` needs a dynamic loader (has a `PT_INTERP`).
 fn is_dynamic(path: &Path) -> std::io::Result<bool> {
     let mut head = vec![0u8; 4096];
@@ -52,8 +64,10 @@ fn is_dynamic(path: &Path) -> std::io::Result<bool> {
     let phoff = u64::from_le_bytes(head[0x20..0x28].try_into().map_err(|_| bad())?) as usize;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
-        let at = phoff + i * phentsize;
-        let Some(entry) = head.get(at..at + 4) else {
+        let Some(at) = i.checked_mul(phentsize).and_then(|o| o.checked_add(phoff)) else {
+            return Err(bad());
+        };
+        let Some(entry) = head.get(at..at.saturating_add(4)) else {
             return Err(bad());
         };
         // PT_INTERP
@@ -182,10 +196,19 @@ impl OciRuntime {
         Ok(pid)
     }
 
-    /// Ends the pod's gVisor sandbox, and with it every container still in it.
-    pub(super) async fn stop_gvisor_sandbox(&self, id: &str) -> Result<(), HandlerError> {
-        self.kill(id, libc::SIGKILL, false).await?;
-        self.delete(id, true).await
+    /// Ends the pod's gVisor sandbox, and with it every container still in it, and
+    /// removes its cgroup (runsc leaves it).
+    pub(super) async fn stop_gvisor_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+    ) -> Result<(), HandlerError> {
+        let killed = self.kill(&sandbox.id, libc::SIGKILL, false).await;
+        self.delete(&sandbox.id, true).await?;
+        let path = &sandbox.cgroups_path;
+        if !path.is_empty() && !path.contains(':') {
+            crate::stats::remove_empty_cgroup(path);
+        }
+        killed
     }
 
     /// Whether the pod's gVisor sandbox still runs.
@@ -294,6 +317,7 @@ impl OciRuntime {
         };
         let reply = match exchange.await {
             Ok(reply) => reply,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
             Err(source) => {
                 return Some(Err(HandlerError::Io {
                     path: bundle.join("start.sock"),
@@ -302,6 +326,11 @@ impl OciRuntime {
             }
         };
         let reply = reply.trim();
+        // No answer: the monitor stopped listening (it is starting the container, or
+        // done with it); the caller goes on without it.
+        if reply.is_empty() {
+            return None;
+        }
         Some(if reply == "ok" {
             Ok(())
         } else {
@@ -362,8 +391,10 @@ mod tests {
     }
 
     #[test]
-    fn a_static_executable_needs_no_loader() {
-        assert!(is_dynamic(Path::new("/bin/sh")).expect("elf"));
+    fn a_dynamic_executable_needs_a_loader() {
+        // This test binary is dynamically linked (cargo's default).
+        let me = std::env::current_exe().expect("exe");
+        assert!(is_dynamic(&me).expect("elf"));
         assert!(is_dynamic(Path::new("/etc/hostname")).is_err());
     }
 }

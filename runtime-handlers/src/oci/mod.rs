@@ -186,17 +186,19 @@ impl RuntimeHandler for OciRuntime {
         sandbox: &SandboxSpec,
         state: &SandboxState,
     ) -> Result<(), HandlerError> {
-        if self.is_gvisor() {
-            // Whether or not the state got as far as naming it: the sandbox container
-            // has the pod's ID.
-            self.stop_gvisor_sandbox(&sandbox.id).await?;
-        }
+        // Whether or not the state got as far as naming it: the sandbox container has
+        // the pod's ID. A failure there still lets the init below go.
+        let gvisor = if self.is_gvisor() {
+            self.stop_gvisor_sandbox(sandbox).await
+        } else {
+            Ok(())
+        };
         let pid = sandbox_init(state);
         if pid > 0 && is_sandbox_init(pid, state, &sandbox.pid_pin) {
             // SAFETY: kill takes no pointers; the pid was checked to be the pod's init.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        Ok(())
+        gvisor
     }
 
     async fn recover_sandbox(
@@ -218,15 +220,33 @@ impl RuntimeHandler for OciRuntime {
             return self.create(c, false).await;
         }
         let spec = Self::subcontainer_spec(c.spec, c.sandbox_id, c.id);
-        self.create(&ContainerSpec { spec: &spec, ..*c }, true)
+        match self
+            .create(&ContainerSpec { spec: &spec, ..*c }, true)
             .await
+        {
+            // A pod started before crisp ran one gVisor sandbox per pod has no sandbox
+            // container to join: its containers still get a sandbox each.
+            Err(e) if matches!(self.state(c.sandbox_id).await, Ok(None)) => {
+                tracing::debug!(id = c.id, error = %e, "no pod sandbox to join; a sandbox of its own");
+                self.create(c, false).await
+            }
+            other => other,
+        }
     }
 
     async fn start_container(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
-        if self.is_gvisor()
-            && let Some(started) = self.ask_monitor(c.id, c.bundle, "start").await
-        {
-            return started;
+        if self.is_gvisor() {
+            if let Some(started) = self.ask_monitor(c.id, c.bundle, "start").await {
+                return started;
+            }
+            // `runsc start` of a container joining a sandbox would hand it our own stdio
+            // (and wait for its end): only its monitor may start it.
+            if gvisor::joins_sandbox(c.bundle) {
+                return Err(HandlerError::Monitor {
+                    id: c.id.to_owned(),
+                    message: "its monitor is gone or no longer waits to start it".to_owned(),
+                });
+            }
         }
         self.start(c.id).await
     }
@@ -289,10 +309,8 @@ impl RuntimeHandler for OciRuntime {
         kill_pinned_namespace_init(pid_pin);
         if self.is_gvisor() {
             // At startup, before crispd serves: a plain blocking call.
-            let _ = std::process::Command::new(&self.binary)
-                .args(&self.runtime_args)
-                .arg("--root")
-                .arg(&self.root)
+            let _ = self
+                .command_line()
                 .args(["delete", "--force", id])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())

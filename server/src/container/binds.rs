@@ -115,7 +115,7 @@ pub fn stage(
 
 /// [`release`] off the async threads, a failure logged (the copies then go when the
 /// container is removed).
-pub async fn release_in_background(bundle: &Path) -> Result<(), LifecycleError> {
+pub async fn release_off_thread(bundle: &Path) -> Result<(), LifecycleError> {
     let staged = bundle.to_owned();
     crate::pod::blocking(move || {
         if let Err(e) = release(&staged) {

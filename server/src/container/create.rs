@@ -362,7 +362,7 @@ pub async fn create(
     // keep the sources' submounts busy (a volume's owner could not remove a directory a
     // submount sits on), so they go.
     if !runtime.features().mounts_at_start {
-        binds::release_in_background(&bundle).await?;
+        binds::release_off_thread(&bundle).await?;
     }
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;

@@ -224,14 +224,18 @@ pub async fn run(
     Ok(id)
 }
 
-/// Undoes a RunPodSandbox whose pod was set up: its network, namespaces and files, then
-/// the handler's part (`state` as `start_sandbox` returned it).
+/// Undoes a RunPodSandbox whose pod was set up: the handler's part first (`state` as
+/// `start_sandbox` returned it; a gVisor sandbox or a VM runs in the pod's namespaces),
+/// then its network, namespaces and files, as StopPodSandbox does.
 async fn undo(
     config: &std::sync::Arc<conf::Config>,
     record: &SandboxRecord,
     runtime: &dyn runtime_handlers::RuntimeHandler,
     state: &runtime_handlers::SandboxState,
 ) {
+    if let Err(e) = runtime.stop_sandbox(&record.sandbox_spec(), state).await {
+        tracing::error!(id = %record.id, error = %e, "ending the sandbox of a failed RunPodSandbox");
+    }
     let released = blocking({
         let config = config.clone();
         let record = record.clone();
@@ -246,9 +250,6 @@ async fn undo(
         && !failures.is_empty()
     {
         tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");
-    }
-    if let Err(e) = runtime.stop_sandbox(&record.sandbox_spec(), state).await {
-        tracing::error!(id = %record.id, error = %e, "ending the sandbox of a failed RunPodSandbox");
     }
 }
 

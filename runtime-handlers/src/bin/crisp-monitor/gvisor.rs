@@ -86,10 +86,12 @@ impl Waiter {
     }
 
     /// Reads what arrived; the exit code once the reply is complete (or the sandbox
-    /// went away: 137, everything in it was killed).
+    /// went away: 137, everything in it was killed), -1 for a complete reply that says
+    /// no code (the caller asks the runtime instead).
     pub fn read(&mut self) -> Option<i32> {
         let mut buf = [0u8; 4096];
         match self.socket.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
             Ok(0) | Err(_) => Some(exit_code(&self.reply).unwrap_or(128 + libc::SIGKILL)),
             Ok(n) => {
                 self.reply.extend_from_slice(&buf[..n]);
@@ -128,9 +130,11 @@ fn json_string(s: &str) -> String {
 
 /// The exit code in a complete urpc result for `containerManager.Wait`: the wait status
 /// decoded as the kernel encodes it (128 + signal for a signal death); a failed call
-/// means the container cannot be waited for any more (137). `None` while incomplete.
+/// means the container cannot be waited for any more (137); a complete reply without a
+/// status is -1. `None` while incomplete (a reply is one JSON object, which Go encodes
+/// with no space between a key and its value).
 fn exit_code(reply: &[u8]) -> Option<i32> {
-    let text = std::str::from_utf8(reply).ok()?;
+    let text = String::from_utf8_lossy(reply);
     let text = text.trim();
     if !text.ends_with('}') {
         return None;
@@ -138,14 +142,19 @@ fn exit_code(reply: &[u8]) -> Option<i32> {
     if text.contains("\"success\":false") {
         return Some(128 + libc::SIGKILL);
     }
-    let status: i32 = text
+    let status = text
         .split("\"result\":")
-        .nth(1)?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()?;
+        .nth(1)
+        .map(|rest| {
+            rest.trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|digits| digits.parse::<i32>().ok());
+    let Some(status) = status else {
+        return Some(-1);
+    };
     Some(if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
@@ -178,6 +187,11 @@ mod tests {
             Some(137)
         );
         assert_eq!(exit_code(b"{\"success\":true,\"err\":\"\",\"res"), None);
+        assert_eq!(
+            exit_code(b"{\"success\":true,\"err\":\"\",\"result\":null}"),
+            Some(-1)
+        );
+        assert_eq!(exit_code(b"\xff{}"), Some(-1));
         assert_eq!(json_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 }

@@ -41,9 +41,8 @@ struct Args {
     stdin: bool,
     stdin_once: bool,
     /// Start the container when crispd asks on `start.sock`, giving the runtime's `start`
-    /// the container's stdio, and learn its exit from the runtime's `wait` once its
-    /// streams end: a gVisor
-    /// subcontainer has no host process, and takes its stdio from `start`.
+    /// the container's stdio, and learn its exit from the sandbox (see [`gvisor`]): a
+    /// gVisor subcontainer has no host process, and takes its stdio from `start`.
     start_socket: bool,
     /// The gVisor sandbox a subcontainer runs in: its exit is asked of the sandbox's
     /// control socket.
@@ -476,7 +475,7 @@ fn run(args: &Args) -> Result<(), String> {
         // No host process to wait for: the sandbox tells the exit, else (no control
         // socket) the runtime's `wait` once the streams end.
         let mut waiter = gvisor::Waiter::connect(&args.sandbox_id, &args.id);
-        let code = pump(
+        let mut code = pump(
             -1,
             out_r,
             err_r,
@@ -485,11 +484,15 @@ fn run(args: &Args) -> Result<(), String> {
             &mut attach,
             &mut waiter,
         );
-        match waiter {
-            Some(w) if code < 0 => w.finish(),
-            _ if code < 0 => runtime_wait(args),
-            _ => code,
+        if code < 0
+            && let Some(w) = waiter
+        {
+            code = w.finish();
         }
+        if code < 0 {
+            code = runtime_wait(args);
+        }
+        code
     } else {
         pump(
             pid,
