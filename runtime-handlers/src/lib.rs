@@ -23,6 +23,7 @@ mod oci;
 mod quirks;
 pub mod sealed;
 pub mod seccomp;
+pub mod start_socket;
 mod stats;
 mod syscalls_x86_64;
 

@@ -303,16 +303,20 @@ impl OciRuntime {
         &self,
         id: &str,
         bundle: &Path,
-        request: &str,
+        request: crate::start_socket::Request,
     ) -> Option<Result<(), HandlerError>> {
+        use crate::start_socket::{MAX_LINE, Reply, SOCKET};
         let dir = std::fs::File::open(bundle).ok()?;
-        let path = format!("/proc/self/fd/{}/start.sock", dir.as_raw_fd());
+        let path = format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd());
         let mut stream = tokio::net::UnixStream::connect(&path).await.ok()?;
         drop(dir);
         let exchange = async {
-            stream.write_all(format!("{request}\n").as_bytes()).await?;
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await?;
+            stream.write_all(request.encode()).await?;
+            let mut reply = Vec::new();
+            (&mut stream)
+                .take(MAX_LINE as u64)
+                .read_to_end(&mut reply)
+                .await?;
             Ok::<_, std::io::Error>(reply)
         };
         let reply = match exchange.await {
@@ -320,27 +324,22 @@ impl OciRuntime {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
             Err(source) => {
                 return Some(Err(HandlerError::Io {
-                    path: bundle.join("start.sock"),
+                    path: bundle.join(SOCKET),
                     source,
                 }));
             }
         };
-        let reply = reply.trim();
-        // No answer: the monitor stopped listening (it is starting the container, or
+        // No reply: the monitor stopped listening (it is starting the container, or is
         // done with it); the caller goes on without it.
-        if reply.is_empty() {
-            return None;
-        }
-        Some(if reply == "ok" {
-            Ok(())
-        } else {
-            Err(HandlerError::Runtime {
+        match Reply::decode(&reply)? {
+            Reply::Ok => Some(Ok(())),
+            Reply::Error(message) => Some(Err(HandlerError::Runtime {
                 handler: self.name.clone(),
-                operation: request.to_owned(),
+                operation: request.name().to_owned(),
                 id: id.to_owned(),
-                message: reply.strip_prefix("error ").unwrap_or(reply).to_owned(),
-            })
-        })
+                message,
+            })),
+        }
     }
 }
 

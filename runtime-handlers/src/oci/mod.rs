@@ -236,7 +236,10 @@ impl RuntimeHandler for OciRuntime {
 
     async fn start_container(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
         if self.is_gvisor() {
-            if let Some(started) = self.ask_monitor(c.id, c.bundle, "start").await {
+            if let Some(started) = self
+                .ask_monitor(c.id, c.bundle, crate::start_socket::Request::Start)
+                .await
+            {
                 return started;
             }
             // `runsc start` of a container joining a sandbox would hand it our own stdio
@@ -261,7 +264,9 @@ impl RuntimeHandler for OciRuntime {
         // it, records the kill as its exit; then the runtime forgets it.
         if signal == libc::SIGKILL
             && self.is_gvisor()
-            && let Some(cancelled) = self.ask_monitor(c.id, c.bundle, "cancel").await
+            && let Some(cancelled) = self
+                .ask_monitor(c.id, c.bundle, crate::start_socket::Request::Cancel)
+                .await
         {
             cancelled?;
             return self.delete(c.id, true).await;

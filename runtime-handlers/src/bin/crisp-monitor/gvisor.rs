@@ -1,12 +1,24 @@
-//! A gVisor subcontainer's exit, asked of its sandbox: runsc's control server speaks
-//! urpc (one JSON call, one JSON result, on the abstract unix socket
-//! `runsc-sandbox.<sandbox id>` that `runsc create` bound in this network namespace);
-//! `containerManager.Wait` answers when the container's init has exited, with its wait
-//! status. This is what `runsc wait` does, without a Go process per container.
+//! A gVisor subcontainer's monitor (`--start-socket`): runsc starts no host process for
+//! a container joining a sandbox and takes its stdio from `runsc start`, so the monitor
+//! runs `start` itself when crispd asks on the bundle's start socket
+//! ([`runtime_handlers::start_socket`]), and then asks the sandbox for the exit.
+//!
+//! runsc's control server speaks urpc (one JSON call, one JSON result, on the abstract
+//! unix socket `runsc-sandbox.<sandbox id>` that `runsc create` bound in this network
+//! namespace); `containerManager.Wait` answers when the container's init has exited, with
+//! its wait status. This is what `runsc wait` does, without a Go process per container;
+//! `runsc wait` itself is the fallback once the container's streams end.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use runtime_handlers::start_socket::{MAX_LINE, Reply, Request};
+
+use super::{Args, container_stdin, runtime_error, stdio_or_null};
 
 /// Most a result may be: `{"success":true,"err":"...","result":N}`.
 const MAX_RESULT: usize = 64 * 1024;
@@ -162,6 +174,151 @@ fn exit_code(reply: &[u8]) -> Option<i32> {
     } else {
         255
     })
+}
+
+/// Where the runtime's `wait` writes its report.
+const WAIT_REPORT: &str = "wait.json";
+
+/// The container's exit code from the runtime's `wait` (its status and what it printed):
+/// `{"id":..,"exitStatus":N}`. A `wait` that failed means the sandbox is gone, which
+/// killed everything in it.
+fn waited_exit(status: i32, report: &str) -> i32 {
+    let code = report.split("\"exitStatus\":").nth(1).and_then(|rest| {
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        digits.parse::<i32>().ok()
+    });
+    match code {
+        Some(code) if status == 0 => code,
+        _ => 128 + libc::SIGKILL,
+    }
+}
+
+/// Waits on `listener` for crispd to say `start` (runs the runtime's `start` with the
+/// container's stdio and answers `ok` or `error <message>`; returns once it started) or
+/// `cancel` (returns `None`: the container is being removed unstarted). Gives up, with
+/// `None`, when the bundle is removed.
+pub fn await_start(
+    args: &Args,
+    listener: &std::os::unix::net::UnixListener,
+    runtime_log: &Path,
+    stdin_pipe: &Option<(OwnedFd, OwnedFd)>,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+) -> Option<()> {
+    use std::io::BufRead;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        if n <= 0 {
+            // A removed bundle (our working directory) has no links left.
+            let gone = std::fs::metadata(".").map_or(true, |m| {
+                use std::os::unix::fs::MetadataExt;
+                m.nlink() == 0
+            });
+            if gone {
+                return None;
+            }
+            continue;
+        }
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        // A caller that connects and says nothing must not hold the monitor up.
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut line = Vec::new();
+        let mut reader = std::io::BufReader::new((&conn).take(MAX_LINE as u64));
+        if reader.read_until(b'\n', &mut line).is_err() {
+            continue;
+        }
+        let mut conn = &conn;
+        match Request::decode(&line) {
+            Some(Request::Cancel) => {
+                let _ = conn.write_all(&Reply::Ok.encode());
+                return None;
+            }
+            Some(Request::Start) => {}
+            None => {
+                let reply = Reply::Error("unknown request".to_owned());
+                let _ = conn.write_all(&reply.encode());
+                continue;
+            }
+        }
+        let mut start = Command::new(&args.runtime);
+        start
+            .args(&args.runtime_args)
+            .arg("--root")
+            .arg(&args.root)
+            .arg("--log")
+            .arg(runtime_log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("start")
+            .arg(&args.id);
+        // With a TTY the container's stdio is the terminal made at create.
+        if args.tty {
+            start
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        } else {
+            start
+                .stdin(container_stdin(stdin_pipe))
+                .stdout(stdio_or_null(true, &out_w))
+                .stderr(stdio_or_null(true, &err_w));
+        }
+        let started = start.status();
+        drop(start);
+        match started {
+            Ok(status) if status.success() => {}
+            Ok(_) => {
+                let _ = conn.write_all(&Reply::Error(runtime_error(runtime_log)).encode());
+                continue;
+            }
+            Err(e) => {
+                let message = format!("cannot run {}: {e}", args.runtime.display());
+                let _ = conn.write_all(&Reply::Error(message).encode());
+                continue;
+            }
+        }
+        // Our copies of the write ends go, so the streams end when the container's do.
+        drop((out_w, err_w));
+        let _ = conn.write_all(&Reply::Ok.encode());
+        return Some(());
+    }
+}
+
+/// The exit of a started subcontainer, once its streams have ended: the runtime's
+/// `wait` (which returns at once for a container that has exited, and otherwise waits
+/// for one whose processes closed their output but live on). A long-lived `wait` per
+/// container would cost a Go process (~6 MiB) each.
+pub fn runtime_wait(args: &Args) -> i32 {
+    let report = File::create(WAIT_REPORT).ok();
+    let status = Command::new(&args.runtime)
+        .args(&args.runtime_args)
+        .arg("--root")
+        .arg(&args.root)
+        .arg("wait")
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(report.map_or_else(Stdio::null, Stdio::from))
+        .stderr(Stdio::null())
+        .status();
+    let text = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
+    let _ = std::fs::remove_file(WAIT_REPORT);
+    let code = match status {
+        Ok(s) if s.success() => 0,
+        _ => 1,
+    };
+    waited_exit(code, &text)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
 }
 
 #[derive(Default)]
-struct Args {
+pub(crate) struct Args {
     runtime: PathBuf,
     root: PathBuf,
     id: String,
@@ -100,7 +100,7 @@ fn report(line: &str) {
 }
 
 /// The last error runc wrote to its JSON log.
-fn runtime_error(log: &Path) -> String {
+pub(crate) fn runtime_error(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .rev()
@@ -427,18 +427,19 @@ fn run(args: &Args) -> Result<(), String> {
     let mut started_subcontainer = false;
     if args.start_socket {
         // Bound before the report: crispd may ask to start as soon as create returns.
-        let listener = std::os::unix::net::UnixListener::bind(START_SOCKET)
-            .map_err(|e| format!("start socket: {e}"))?;
+        let listener =
+            std::os::unix::net::UnixListener::bind(runtime_handlers::start_socket::SOCKET)
+                .map_err(|e| format!("start socket: {e}"))?;
         report(&format!("ok {}\n", std::process::id()));
-        match await_start(args, &listener, &runtime_log, &stdin_pipe, out_w, err_w) {
+        match gvisor::await_start(args, &listener, &runtime_log, &stdin_pipe, out_w, err_w) {
             Some(()) => started_subcontainer = true,
             None => {
-                let _ = std::fs::remove_file(START_SOCKET);
+                let _ = std::fs::remove_file(runtime_handlers::start_socket::SOCKET);
                 write_exit(&args.exit_file, 128 + libc::SIGKILL);
                 return Ok(());
             }
         }
-        let _ = std::fs::remove_file(START_SOCKET);
+        let _ = std::fs::remove_file(runtime_handlers::start_socket::SOCKET);
     } else {
         drop((out_w, err_w));
         report(&format!("ok {pid}\n"));
@@ -490,7 +491,7 @@ fn run(args: &Args) -> Result<(), String> {
             code = w.finish();
         }
         if code < 0 {
-            code = runtime_wait(args);
+            code = gvisor::runtime_wait(args);
         }
         code
     } else {
@@ -508,165 +509,19 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Where a start-socket monitor listens for crispd's `start` or `cancel`.
-const START_SOCKET: &str = "start.sock";
-/// Where the runtime's `wait` writes its report.
-const WAIT_REPORT: &str = "wait.json";
-
-fn container_stdin(stdin_pipe: &Option<(OwnedFd, OwnedFd)>) -> Stdio {
+pub(crate) fn container_stdin(stdin_pipe: &Option<(OwnedFd, OwnedFd)>) -> Stdio {
     stdin_pipe
         .as_ref()
         .and_then(|(r, _)| r.try_clone().ok())
         .map_or_else(Stdio::null, Stdio::from)
 }
 
-fn stdio_or_null(wanted: bool, fd: &OwnedFd) -> Stdio {
+pub(crate) fn stdio_or_null(wanted: bool, fd: &OwnedFd) -> Stdio {
     if wanted {
         fd.try_clone().map_or_else(|_| Stdio::null(), Stdio::from)
     } else {
         Stdio::null()
     }
-}
-
-/// The container's exit code from the runtime's `wait` (its status and what it printed):
-/// `{"id":..,"exitStatus":N}`. A `wait` that failed means the sandbox is gone, which
-/// killed everything in it.
-fn waited_exit(status: i32, report: &str) -> i32 {
-    let code = report.split("\"exitStatus\":").nth(1).and_then(|rest| {
-        let digits: String = rest
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '-')
-            .collect();
-        digits.parse::<i32>().ok()
-    });
-    match code {
-        Some(code) if status == 0 => code,
-        _ => 128 + libc::SIGKILL,
-    }
-}
-
-/// Waits on `listener` for crispd to say `start` (runs the runtime's `start` with the
-/// container's stdio and answers `ok` or `error <message>`; returns once it started) or
-/// `cancel` (returns `None`: the container is being removed unstarted). Gives up, with
-/// `None`, when the bundle is removed.
-fn await_start(
-    args: &Args,
-    listener: &std::os::unix::net::UnixListener,
-    runtime_log: &Path,
-    stdin_pipe: &Option<(OwnedFd, OwnedFd)>,
-    out_w: OwnedFd,
-    err_w: OwnedFd,
-) -> Option<()> {
-    use std::io::BufRead;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
-        if n <= 0 {
-            // A removed bundle (our working directory) has no links left.
-            let gone = std::fs::metadata(".").map_or(true, |m| {
-                use std::os::unix::fs::MetadataExt;
-                m.nlink() == 0
-            });
-            if gone {
-                return None;
-            }
-            continue;
-        }
-        let Ok((conn, _)) = listener.accept() else {
-            continue;
-        };
-        let mut line = String::new();
-        let mut reader = std::io::BufReader::new(&conn);
-        if reader.read_line(&mut line).is_err() {
-            continue;
-        }
-        let mut conn = &conn;
-        match line.trim() {
-            "cancel" => {
-                let _ = conn.write_all(b"ok\n");
-                return None;
-            }
-            "start" => {}
-            other => {
-                let _ = conn.write_all(format!("error unknown request `{other}`\n").as_bytes());
-                continue;
-            }
-        }
-        let mut start = Command::new(&args.runtime);
-        start
-            .args(&args.runtime_args)
-            .arg("--root")
-            .arg(&args.root)
-            .arg("--log")
-            .arg(runtime_log)
-            .arg("--log-format")
-            .arg("json")
-            .arg("start")
-            .arg(&args.id);
-        // With a TTY the container's stdio is the terminal made at create.
-        if args.tty {
-            start
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-        } else {
-            start
-                .stdin(container_stdin(stdin_pipe))
-                .stdout(stdio_or_null(true, &out_w))
-                .stderr(stdio_or_null(true, &err_w));
-        }
-        let started = start.status();
-        drop(start);
-        match started {
-            Ok(status) if status.success() => {}
-            Ok(_) => {
-                let message = runtime_error(runtime_log);
-                let _ = conn.write_all(format!("error {message}\n").as_bytes());
-                continue;
-            }
-            Err(e) => {
-                let _ = conn.write_all(
-                    format!("error cannot run {}: {e}\n", args.runtime.display()).as_bytes(),
-                );
-                continue;
-            }
-        }
-        // Our copies of the write ends go, so the streams end when the container's do.
-        drop((out_w, err_w));
-        let _ = conn.write_all(b"ok\n");
-        return Some(());
-    }
-}
-
-/// The exit of a started subcontainer, once its streams have ended: the runtime's
-/// `wait` (which returns at once for a container that has exited, and otherwise waits
-/// for one whose processes closed their output but live on). A long-lived `wait` per
-/// container would cost a Go process (~6 MiB) each.
-fn runtime_wait(args: &Args) -> i32 {
-    let report = File::create(WAIT_REPORT).ok();
-    let status = Command::new(&args.runtime)
-        .args(&args.runtime_args)
-        .arg("--root")
-        .arg(&args.root)
-        .arg("wait")
-        .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(report.map_or_else(Stdio::null, Stdio::from))
-        .stderr(Stdio::null())
-        .status();
-    let text = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
-    let _ = std::fs::remove_file(WAIT_REPORT);
-    let code = match status {
-        Ok(s) if s.success() => 0,
-        _ => 1,
-    };
-    waited_exit(code, &text)
 }
 
 /// Copies both streams to the log until they close and the container's init is gone;
