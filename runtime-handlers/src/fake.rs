@@ -50,6 +50,7 @@ pub struct FakeHandler {
     sandboxes: Mutex<HashMap<String, bool>>,
     calls: Mutex<CallLog>,
     next: Mutex<FakeBehaviour>,
+    fail_finish: Mutex<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,6 +78,11 @@ impl FakeHandler {
     /// The next created container behaves like this.
     pub fn next_behaves(&self, behaviour: FakeBehaviour) {
         *lock(&self.next) = behaviour;
+    }
+
+    /// The next `finish_sandbox` fails (a sandbox that cannot boot), for rollback tests.
+    pub fn fail_next_finish(&self) {
+        *lock(&self.fail_finish) = true;
     }
 
     /// The calls so far (`create <id>`, `kill <id> <signal>`, ...).
@@ -160,6 +166,23 @@ impl RuntimeHandler for FakeHandler {
             },
             namespace_holder: 0,
         })
+    }
+
+    async fn finish_sandbox(
+        &self,
+        sandbox: &SandboxSpec,
+        state: &SandboxState,
+    ) -> Result<SandboxState, HandlerError> {
+        self.log(format!("finish_sandbox {}", sandbox.id));
+        if std::mem::take(&mut *lock(&self.fail_finish)) {
+            return Err(HandlerError::Runtime {
+                handler: self.name.clone(),
+                operation: "finish_sandbox".to_owned(),
+                id: sandbox.id.clone(),
+                message: "the fake was told to fail".to_owned(),
+            });
+        }
+        Ok(state.clone())
     }
 
     async fn stop_sandbox(

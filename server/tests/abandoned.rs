@@ -11,16 +11,7 @@ use cri_proto::v1 as cri;
 
 /// `crisp-monitor --pause` processes on this host (pod PID-namespace inits).
 fn pod_inits() -> usize {
-    std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                let needle = b"crisp-monitor\0--pause";
-                c.windows(needle.len()).any(|w| w == needle)
-            })
-        })
-        .count()
+    common::processes_naming(&[b"crisp-monitor\0--pause"]).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +22,22 @@ async fn a_run_pod_sandbox_abandoned_during_a_slow_cni_add_leaves_nothing() {
     let plugins = net.sandbox.path("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let plugin = plugins.join("slow-fail");
+    // It marks when an ADD began and when it answered, so the test knows the abandoned
+    // call reached CNI and saw it fail.
+    let (began, answered) = (
+        net.sandbox.path("add-began"),
+        net.sandbox.path("add-answered"),
+    );
     std::fs::write(
         &plugin,
-        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 3; \
-         echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"slow and failing\"}'; exit 1; fi\n\
-         if [ \"$CNI_COMMAND\" = VERSION ]; then \
-         echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}'; fi\nexit 0\n",
+        format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then touch {began}; sleep 3; touch {answered}; \
+             echo '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"slow and failing\"}}'; exit 1; fi\n\
+             if [ \"$CNI_COMMAND\" = VERSION ]; then \
+             echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\"]}}'; fi\nexit 0\n",
+            began = began.display(),
+            answered = answered.display(),
+        ),
     )
     .expect("plugin");
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -80,12 +81,20 @@ async fn a_run_pod_sandbox_abandoned_during_a_slow_cni_add_leaves_nothing() {
         "{err:?}"
     );
 
+    assert!(
+        began.exists(),
+        "the call reached CNI before its client gave up"
+    );
     // The call goes on without its client, fails in CNI, and undoes everything.
     let deadline = Instant::now() + Duration::from_secs(15);
+    while !answered.exists() {
+        assert!(Instant::now() < deadline, "the plugin never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     loop {
         let pods_left = std::fs::read_dir(net.sandbox.path("state/pods"))
-            .map(|d| d.count())
-            .unwrap_or(0);
+            .expect("the pods directory")
+            .count();
         let clean = pods_left == 0
             && pod_inits() <= inits_before
             && net.allocations() == 0

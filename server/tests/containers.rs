@@ -11,14 +11,7 @@ use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 fn monitors_of(id: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| c.windows(id.len()).any(|w| w == id.as_bytes()))
-        })
-        .count()
+    common::processes_naming(&[id.as_bytes()]).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,16 +350,7 @@ async fn runsc_runs_containers_in_the_pods_network() {
 
 /// Host processes whose command line names `id` and contains `what`.
 fn processes_with(id: &str, what: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                c.windows(id.len()).any(|w| w == id.as_bytes())
-                    && c.windows(what.len()).any(|w| w == what.as_bytes())
-            })
-        })
-        .count()
+    common::processes_naming(&[id.as_bytes(), what.as_bytes()]).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,6 +400,23 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
             .any(|l| l.trim_start().starts_with("1 ") && l.contains("--sandbox-init")),
         "the sandbox init is PID 1: {ps}"
     );
+    // Stats: the container's own CPU time, the sandbox's memory.
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: b.clone(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .stats
+        .expect("stats of b");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(memory.is_some_and(|m| m > 0), "{memory:?}");
+    assert!(stats.cpu.and_then(|c| c.usage_core_nano_seconds).is_some());
+
     // a's output reached its log.
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = s.net.sandbox.path("logs/a.log");
@@ -474,20 +475,25 @@ async fn a_runsc_pod_is_one_gvisor_sandbox_its_containers_share() {
         i32::from(cri::ContainerState::ContainerRunning)
     );
 
+    let runtime_root = s.net.sandbox.path("state/runtimes/runsc");
+    let at_runtime = |ids: &[&String]| -> Vec<String> {
+        std::fs::read_dir(&runtime_root)
+            .expect("runsc's state directory")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| ids.iter().any(|id| n.contains(id.as_str())))
+            .collect()
+    };
+    assert!(
+        !at_runtime(&[&pod]).is_empty(),
+        "runsc knows the pod's sandbox"
+    );
     stop_and_remove_pod(&mut rt, &pod).await;
     // Nothing of the pod is left: no sandbox, gofer or monitor, nothing at the runtime.
     for id in [&pod, &a, &b, &c] {
         assert_eq!(monitors_of(id), 0, "processes of {id}");
     }
-    let runtime_root = s.net.sandbox.path("state/runtimes/runsc");
-    let left: Vec<String> = std::fs::read_dir(&runtime_root)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| [&pod, &a, &b, &c].iter().any(|id| n.contains(id.as_str())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = at_runtime(&[&pod, &a, &b, &c]);
     assert!(left.is_empty(), "runsc state left: {left:?}");
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
     let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&pod)).collect();

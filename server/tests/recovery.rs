@@ -11,17 +11,7 @@ use cri_proto::v1 as cri;
 
 /// Every process whose command line names `needle`.
 fn processes_naming(needle: &str) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        })
-        .collect()
+    common::processes_naming(&[needle.as_bytes()])
 }
 
 fn sigkill(pid: i32) {

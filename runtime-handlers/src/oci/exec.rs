@@ -263,6 +263,24 @@ impl SandboxedProcess {
 }
 
 impl ExecGuard {
+    /// Guards an exec whose runtime (or crisp-enter) process is `helper`.
+    pub(super) fn new(pid_path: PathBuf, spec_path: PathBuf, helper: Option<u32>) -> Self {
+        Self {
+            pid_path,
+            spec_path,
+            finished: false,
+            helper,
+            sandboxed: None,
+        }
+    }
+
+    /// The process and its files are someone else's now (a streaming session's).
+    pub(super) fn hand_over(mut self) {
+        self.finished = true;
+        self.pid_path = PathBuf::new();
+        self.spec_path = PathBuf::new();
+    }
+
     /// Kills the process now; returns its pid. Before the process exists, kills the
     /// crisp-enter setting it up instead.
     pub(super) fn kill(&mut self) -> Option<i32> {

@@ -41,6 +41,21 @@ pub(super) fn pid_label(id: &str) -> PathBuf {
     PathBuf::from(format!("{PID_LABEL}{id}"))
 }
 
+/// The pid of the sandbox process `c` runs in: runsc writes it as a joining container's
+/// pid file at create (a container with a sandbox of its own, its own); checked to still
+/// be that sandbox (not a reused pid).
+fn sandbox_pid_of(c: &ContainerRef<'_>) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(c.bundle.join("container.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let has = |needle: &[u8]| cmdline.windows(needle.len()).any(|w| w == needle);
+    let ours = has(c.sandbox_id.as_bytes()) || has(c.id.as_bytes());
+    (has(b"runsc-sandbox") && ours).then_some(pid)
+}
+
 /// Whether the container whose bundle is `bundle` joins its pod's sandbox (its
 /// config.json says `container-type: container`).
 pub(super) fn joins_sandbox(bundle: &Path) -> bool {
@@ -203,12 +218,12 @@ impl OciRuntime {
         sandbox: &SandboxSpec,
     ) -> Result<(), HandlerError> {
         let killed = self.kill(&sandbox.id, libc::SIGKILL, false).await;
-        self.delete(&sandbox.id, true).await?;
+        let deleted = self.delete(&sandbox.id, true).await;
         let path = &sandbox.cgroups_path;
         if !path.is_empty() && !path.contains(':') {
             crate::stats::remove_empty_cgroup(path);
         }
-        killed
+        deleted.and(killed)
     }
 
     /// Whether the pod's gVisor sandbox still runs.
@@ -263,15 +278,12 @@ impl OciRuntime {
     /// 2022 accounts neither memory nor tasks per container).
     pub(super) async fn gvisor_stats(
         &self,
-        id: &str,
+        c: &ContainerRef<'_>,
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
-        let sandbox_pid = self
-            .state(id)
-            .await?
-            .map(|s| s.pid)
-            .filter(|p| *p > 0)
-            .ok_or_else(|| HandlerError::NotFound { id: id.to_owned() })?;
+        let id = c.id;
+        let sandbox_pid =
+            sandbox_pid_of(c).ok_or_else(|| HandlerError::NotFound { id: id.to_owned() })?;
         let out = self.run("events", id, &["events", "--stats", id]).await?;
         let event: serde_json::Value =
             serde_json::from_slice(&out).map_err(|e| HandlerError::Runtime {

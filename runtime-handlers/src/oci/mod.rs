@@ -516,6 +516,9 @@ impl RuntimeHandler for OciRuntime {
                 });
             }
         };
+        // Until the session owns them, a failure (or a caller that gives up) kills the
+        // process and removes its files.
+        let guard = exec::ExecGuard::new(pid_path.clone(), spec_path.clone(), child.id());
         let master = match console {
             None => None,
             Some(listener) => {
@@ -534,7 +537,6 @@ impl RuntimeHandler for OciRuntime {
                         if let Some(Err(e)) = other {
                             message = e.to_string();
                         }
-                        let _ = std::fs::remove_file(&spec_path);
                         return Err(HandlerError::Runtime {
                             handler: self.name.clone(),
                             operation: "exec".to_owned(),
@@ -552,6 +554,7 @@ impl RuntimeHandler for OciRuntime {
                 Some(fd)
             }
         };
+        guard.hand_over();
         ExecSession::new(child, pid_path, spec_path, master)
     }
 
@@ -565,7 +568,7 @@ impl RuntimeHandler for OciRuntime {
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
         if self.is_gvisor() {
-            return self.gvisor_stats(c.id, detail).await;
+            return self.gvisor_stats(c, detail).await;
         }
         let pid = c.pid;
         let bundle = c.bundle.to_owned();

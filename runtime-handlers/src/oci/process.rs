@@ -44,17 +44,11 @@ pub(super) fn find_monitor(pid: u32, id: &str) -> Option<i32> {
     if pid > 1 && is_monitor_of(pid as i32, id) {
         return Some(pid as i32);
     }
-    let wanted = format!("\0--id\0{id}\0");
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("crisp-monitor") && c.contains(&wanted)
-            })
-        })
+        .find(|p| is_monitor_of(*p, id))
 }
 
 /// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
@@ -324,23 +318,27 @@ pub(super) fn kill_pid_namespace_init(pid: u32, pin: &Path) {
 
 /// Whether the running kernel's version is at least `major.minor`.
 pub(super) fn kernel_at_least(major: u32, minor: u32) -> bool {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is a valid utsname for uname to write.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return false;
-    }
-    let release: String = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8 as char)
-        .collect();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (a, b) >= (major, minor)
+    // The running kernel's version, read once: `features()` asks on every create and
+    // start.
+    static RELEASE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *RELEASE.get_or_init(|| {
+        // SAFETY: utsname is plain data; uname fills it.
+        let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `uts` is a valid utsname for uname to write.
+        if unsafe { libc::uname(&mut uts) } != 0 {
+            return (0, 0);
+        }
+        let release: String = uts
+            .release
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8 as char)
+            .collect();
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }) >= (major, minor)
 }
 
 /// Waits until process `pid` has exited, through a pidfd; `false` if it cannot be watched.

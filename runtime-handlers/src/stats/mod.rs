@@ -34,7 +34,7 @@ pub struct ContainerStats {
     /// Tasks (threads) in the cgroup.
     pub pids: u64,
     /// The full figures, when they were asked for.
-    pub detail: Option<Box<StatsDetail>>,
+    pub detail: Option<std::sync::Arc<StatsDetail>>,
     /// Memory and task figures are the whole sandbox's, the same for each of its
     /// containers (a gVisor sandbox): a pod's are not their sum.
     pub sandbox_wide: bool,
@@ -202,7 +202,7 @@ pub fn cgroup_stats(pid: u32, detail: bool) -> std::io::Result<ContainerStats> {
         stats.pids = read_u64(&dir.join("pids.current")).unwrap_or(0);
     }
     if detail {
-        stats.detail = Some(Box::new(detail::read(&v1, v2.as_deref())));
+        stats.detail = Some(std::sync::Arc::new(detail::read(&v1, v2.as_deref())));
     }
     Ok(stats)
 }

@@ -115,15 +115,15 @@ pub fn stage(
 
 /// [`release`] off the async threads, a failure logged (the copies then go when the
 /// container is removed).
-pub async fn release_off_thread(bundle: &Path) -> Result<(), LifecycleError> {
+pub async fn release_off_thread(bundle: &Path) {
     let staged = bundle.to_owned();
-    crate::pod::blocking(move || {
-        if let Err(e) = release(&staged) {
-            tracing::warn!(error = %e, "detaching prepared bind mounts");
-        }
-        Ok(())
+    let released = crate::pod::blocking(move || {
+        release(&staged).map_err(|e| LifecycleError::internal(e.to_string()))
     })
-    .await
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(bundle = %bundle.display(), error = %e, "detaching prepared bind mounts");
+    }
 }
 
 /// Detaches every prepared copy of a container. An error leaves the copies' directory in

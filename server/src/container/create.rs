@@ -304,10 +304,10 @@ pub async fn create(
                     bundle: &record.bundle,
                     host,
                 };
-                let spec = spec::build(&container, &input)?;
+                let (spec, oci) = spec::build(&container, &input)?;
                 let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
                 binds::stage(&record.bundle, &container.mounts, pinned)?;
-                Ok::<_, LifecycleError>((spec, identity))
+                Ok::<_, LifecycleError>((spec, oci, identity))
             })();
             if built.is_err() {
                 release(&record);
@@ -316,7 +316,7 @@ pub async fn create(
         })
         .await?
     };
-    let (spec_json, identity) = prepared;
+    let (spec_json, oci, identity) = prepared;
     record.process = spec_json["process"].clone();
     record.cgroup_path = spec_json["linux"]["cgroupsPath"]
         .as_str()
@@ -325,8 +325,6 @@ pub async fn create(
     record.uid = identity.uid;
     record.gid = identity.gid;
     record.groups = identity.groups.clone();
-    let oci: oci_spec::runtime::Spec = serde_json::from_value(spec_json)
-        .map_err(|e| LifecycleError::internal(format!("OCI spec: {e}")))?;
 
     // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
@@ -362,7 +360,7 @@ pub async fn create(
     // keep the sources' submounts busy (a volume's owner could not remove a directory a
     // submount sits on), so they go.
     if !runtime.features().mounts_at_start {
-        binds::release_off_thread(&bundle).await?;
+        binds::release_off_thread(&bundle).await;
     }
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;

@@ -26,7 +26,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         .await
         .map_err(LifecycleError::from)?;
     if runtime.features().mounts_at_start {
-        super::binds::release_off_thread(&record.bundle).await?;
+        super::binds::release_off_thread(&record.bundle).await;
     }
     record.started_at = now_ns();
     daemon.containers.persist(&record).await.map_err(|e| {

@@ -21,6 +21,7 @@ async fn world() -> World {
         root: dir.path().join("root"),
         state: dir.path().join("state"),
         default_runtime: "fake".to_owned(),
+        runtimes: [("fake".to_owned(), conf::RuntimeHandlerConfig::default())].into(),
         ..conf::Config::default()
     };
     let fake = Arc::new(FakeHandler::new("fake"));
@@ -243,4 +244,58 @@ async fn restart_recovery_tells_running_exited_and_lost_apart() {
     // Lost containers stop and remove at once.
     stop(&w.daemon, &lost, 30).await.expect("stop");
     remove(&w.daemon, &lost).await.expect("remove");
+}
+
+#[tokio::test]
+async fn a_sandbox_its_handler_cannot_finish_is_undone() {
+    let w = world().await;
+    w.fake.fail_next_finish();
+    let host = |m: cri_proto::v1::NamespaceMode| i32::from(m);
+    let request = cri_proto::v1::RunPodSandboxRequest {
+        config: Some(cri_proto::v1::PodSandboxConfig {
+            metadata: Some(cri_proto::v1::PodSandboxMetadata {
+                name: "p".into(),
+                uid: "uid-p".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            // The host's namespaces: no CNI, nothing to mount.
+            linux: Some(cri_proto::v1::LinuxPodSandboxConfig {
+                security_context: Some(cri_proto::v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri_proto::v1::NamespaceOption {
+                        network: host(cri_proto::v1::NamespaceMode::Node),
+                        pid: host(cri_proto::v1::NamespaceMode::Container),
+                        ipc: host(cri_proto::v1::NamespaceMode::Node),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        runtime_handler: String::new(),
+    };
+    let err = crate::pod::run(&w.daemon, request)
+        .await
+        .expect_err("the handler could not finish");
+    assert!(format!("{err:?}").contains("told to fail"), "{err:?}");
+    // The handler was told to end what it started; nothing is recorded or left on disk.
+    let calls = w.fake.calls();
+    let finished = calls
+        .iter()
+        .position(|c| c.starts_with("finish_sandbox "))
+        .expect("finish asked");
+    let id = calls[finished]
+        .trim_start_matches("finish_sandbox ")
+        .to_owned();
+    assert!(
+        calls[finished..].contains(&format!("stop_sandbox {id}")),
+        "{calls:?}"
+    );
+    assert!(!w.fake.sandbox_running(&id));
+    assert!(w.daemon.pods.all().is_empty());
+    let pods_dir = w.daemon.config().state.join("pods");
+    let left = std::fs::read_dir(&pods_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "pod directories left in {}", pods_dir.display());
 }

@@ -360,46 +360,56 @@ pub fn watch(
 /// At startup: asks each handler what became of the containers not known to have exited
 /// (a node restart leaves them lost: exited with code 255), records that, and watches
 /// those still running. Done before the socket answers, so kubelet never sees a stale
-/// Running.
+/// Running. The containers are asked all at once: after a node restart each one waits
+/// out its handler's grace, which must not add up.
 pub async fn recover(daemon: &std::sync::Arc<crate::state::Daemon>) {
+    let mut asked = tokio::task::JoinSet::new();
     for container in daemon.containers.all() {
-        let mut record = container.record.lock().await;
-        if record.exit.is_some() {
-            daemon.events.already_stopped(&record.id);
-            continue;
-        }
-        // A handler that cannot run here cannot be asked: the container may well still
-        // run, so nothing is recorded; its calls fail saying why until the handler works.
-        let runtime = match daemon.handlers.get(&record.handler) {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::warn!(id = %record.id, error = %e, "cannot recover the container: its handler cannot run");
-                continue;
-            }
-        };
-        let exit = match runtime
-            .recover_container(&record.handle())
-            .await
-            .map(ExitRecord::from_recovered)
-        {
-            Ok(Some(exit)) => exit,
-            // Still running, or not known (which is not "lost"): watch it, which asks
-            // again if it loses track.
-            Ok(None) | Err(_) => {
-                drop(record);
-                watch(runtime, container, std::sync::Arc::clone(daemon));
-                continue;
-            }
-        };
-        if let Some(message) = &exit.lost {
-            tracing::warn!(id = %record.id, %message, "container lost");
-        }
-        // It ended while crispd was away: that STOPPED belonged to the daemon that was
-        // down, and is not sent again.
+        asked.spawn(recover_one(std::sync::Arc::clone(daemon), container));
+    }
+    while asked.join_next().await.is_some() {}
+}
+
+async fn recover_one(
+    daemon: std::sync::Arc<crate::state::Daemon>,
+    container: std::sync::Arc<Container>,
+) {
+    let mut record = container.record.lock().await;
+    if record.exit.is_some() {
         daemon.events.already_stopped(&record.id);
-        record.exit = Some(exit);
-        if let Err(e) = daemon.containers.persist(&record).await {
-            tracing::error!(id = %record.id, error = %e, "cannot persist container record");
+        return;
+    }
+    // A handler that cannot run here cannot be asked: the container may well still
+    // run, so nothing is recorded; its calls fail saying why until the handler works.
+    let runtime = match daemon.handlers.get(&record.handler) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(id = %record.id, error = %e, "cannot recover the container: its handler cannot run");
+            return;
         }
+    };
+    let exit = match runtime
+        .recover_container(&record.handle())
+        .await
+        .map(ExitRecord::from_recovered)
+    {
+        Ok(Some(exit)) => exit,
+        // Still running, or not known (which is not "lost"): watch it, which asks
+        // again if it loses track.
+        Ok(None) | Err(_) => {
+            drop(record);
+            watch(runtime, container, daemon);
+            return;
+        }
+    };
+    if let Some(message) = &exit.lost {
+        tracing::warn!(id = %record.id, %message, "container lost");
+    }
+    // It ended while crispd was away: that STOPPED belonged to the daemon that was
+    // down, and is not sent again.
+    daemon.events.already_stopped(&record.id);
+    record.exit = Some(exit);
+    if let Err(e) = daemon.containers.persist(&record).await {
+        tracing::error!(id = %record.id, error = %e, "cannot persist container record");
     }
 }

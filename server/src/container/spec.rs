@@ -213,11 +213,11 @@ pub fn cgroups_path(driver: conf::CgroupDriver, parent: &str, id: &str) -> Strin
     }
 }
 
-/// Builds the OCI spec as JSON (validated by deserializing it into oci-spec's type).
+/// Builds the OCI spec, as JSON and as oci-spec's type (which validates it).
 pub fn build(
     request: &cri::ContainerConfig,
     input: &SpecInput<'_>,
-) -> Result<Value, LifecycleError> {
+) -> Result<(Value, oci_spec::runtime::Spec), LifecycleError> {
     let linux = request.linux.clone().unwrap_or_default();
     let security = linux.security_context.clone().unwrap_or_default();
     let resources = linux.resources.clone().unwrap_or_default();
@@ -477,9 +477,9 @@ pub fn build(
         // sandboxes) need it spelled out.
         spec["hostname"] = pod.hostname.clone().into();
     }
-    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+    let typed = serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| LifecycleError::internal(format!("built an invalid OCI spec: {e}")))?;
-    Ok(spec)
+    Ok((spec, typed))
 }
 
 #[cfg(test)]

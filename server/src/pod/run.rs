@@ -182,22 +182,19 @@ pub async fn run(
             ports: &ports,
             bandwidth,
         };
-        match setup(&setup_config, &mut record, &network, &sysctls, dns.as_ref()) {
-            Ok(()) => Ok(record),
-            Err(status) => {
-                let (_, failures) = release(&setup_config, record.clone());
-                if !failures.is_empty() {
-                    tracing::error!(id = %record.id, failures = ?failures, "cleaning up a failed RunPodSandbox");
-                }
-                let _ = std::fs::remove_dir_all(&record.state_dir);
-                Err(status)
-            }
-        }
+        // On failure the record holds what was made, for the undo.
+        let done = setup(&setup_config, &mut record, &network, &sysctls, dns.as_ref());
+        Ok((record, done))
     })
     .await;
     let mut record = match set_up {
-        Ok(record) => record,
+        Ok((record, Ok(()))) => record,
+        Ok((record, Err(status))) => {
+            undo(&config, &record, runtime.as_ref(), &started.state).await;
+            return Err(status);
+        }
         Err(status) => {
+            // The setup task itself failed: its record is gone with it.
             if let Err(e) = runtime.stop_sandbox(&sandbox, &started.state).await {
                 tracing::error!(id = %id, error = %e, "ending the sandbox of a failed RunPodSandbox");
             }

@@ -223,6 +223,22 @@ pub async fn connect(socket: &Path) -> Channel {
     critest::connect(socket).await.expect("connect to crispd")
 }
 
+/// Every process on this host whose command line holds all of `needles` (arguments are
+/// NUL-separated there).
+pub fn processes_naming(needles: &[&[u8]]) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| needles.iter().all(|n| c.windows(n.len()).any(|w| w == *n)))
+        })
+        .collect()
+}
+
 /// A CNI conflist naming the real plugins installed on this machine, if any directory
 /// has them; tests that need network readiness use it.
 pub fn real_plugin_dir() -> PathBuf {

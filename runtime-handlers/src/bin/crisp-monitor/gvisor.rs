@@ -9,7 +9,6 @@
 //! its wait status. This is what `runsc wait` does, without a Go process per container;
 //! `runsc wait` itself is the fallback once the container's streams end.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -176,9 +175,6 @@ fn exit_code(reply: &[u8]) -> Option<i32> {
     })
 }
 
-/// Where the runtime's `wait` writes its report.
-const WAIT_REPORT: &str = "wait.json";
-
 /// The container's exit code from the runtime's `wait` (its status and what it printed):
 /// `{"id":..,"exitStatus":N}`. A `wait` that failed means the sandbox is gone, which
 /// killed everything in it.
@@ -301,22 +297,21 @@ pub fn await_start(
 /// for one whose processes closed their output but live on). A long-lived `wait` per
 /// container would cost a Go process (~6 MiB) each.
 pub fn runtime_wait(args: &Args) -> i32 {
-    let report = File::create(WAIT_REPORT).ok();
-    let status = Command::new(&args.runtime)
+    let waited = Command::new(&args.runtime)
         .args(&args.runtime_args)
         .arg("--root")
         .arg(&args.root)
         .arg("wait")
         .arg(&args.id)
         .stdin(Stdio::null())
-        .stdout(report.map_or_else(Stdio::null, Stdio::from))
         .stderr(Stdio::null())
-        .status();
-    let text = std::fs::read_to_string(WAIT_REPORT).unwrap_or_default();
-    let _ = std::fs::remove_file(WAIT_REPORT);
-    let code = match status {
-        Ok(s) if s.success() => 0,
-        _ => 1,
+        .output();
+    let (code, text) = match waited {
+        Ok(out) => (
+            i32::from(!out.status.success()),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(_) => (1, String::new()),
     };
     waited_exit(code, &text)
 }
