@@ -14,6 +14,7 @@ test: deps lint
 deps:
 	sh scripts/install-deps.sh
 	sh scripts/cgroup-hybrid.sh
+	sh scripts/build-guest.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -3,7 +3,9 @@
 # Safe to run again: it installs nothing that is already there.
 set -eu
 
-packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static openssl procps util-linux"
+# qemu-system-x86 (with qemu-system-common's virtiofsd), kmod (depmod) and cpio serve the
+# microVM handler and its guest image.
+packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static openssl procps util-linux qemu-system-x86 kmod cpio"
 
 missing=""
 for p in $packages; do
@@ -22,4 +24,11 @@ if [ -n "$missing" ]; then
         apt-get update >/dev/null
         apt-get install -y --no-install-recommends $missing
     }
+fi
+
+# The microVM handler's vsock backend (QEMU's vhost-user-vsock device needs one where the
+# host has no /dev/vhost-vsock): from crates.io, pinned, into /usr/local/bin.
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+    echo "installing: vhost-device-vsock 0.3.0 (cargo install)"
+    cargo install --quiet --locked --root /usr/local vhost-device-vsock --version 0.3.0
 fi

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "start: run as root (crispd manages mounts, namespaces and cgroups)" >&2; exit 1; }
 sh scripts/install-deps.sh
 sh scripts/build-release.sh
+# The microVM handler's guest kernel and initramfs (with crisp's agent).
+sh scripts/build-guest.sh
 install -m 0755 target/release/crispd /usr/local/bin/crispd
 # The per-container monitor and the ExecSync helper live beside crispd.
 install -m 0755 target/release/crisp-monitor /usr/local/bin/crisp-monitor

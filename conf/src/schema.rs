@@ -72,6 +72,10 @@ impl Default for Config {
                 "runsc".to_owned(),
                 handler("runsc", &["--network=host", "--oci-seccomp"]),
             ),
+            (
+                "microvm".to_owned(),
+                RuntimeHandlerConfig::default_microvm(),
+            ),
         ]);
         Self {
             root: PathBuf::from("/var/lib/crisp"),
@@ -215,10 +219,23 @@ pub enum HandlerType {
 #[serde(rename_all = "lowercase")]
 pub enum Accelerator {
     /// Hardware virtualisation through /dev/kvm.
-    #[default]
     Kvm,
     /// QEMU's software emulation: slow, but works where KVM does not.
     Tcg,
+    /// KVM where it really works (/dev/kvm opens, the CPU has vmx or svm, and it is not
+    /// the paravirtual PVM flavour that crashes stock guests), else TCG.
+    #[default]
+    Auto,
+}
+
+impl Accelerator {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One `[runtimes.<name>]` table.
@@ -244,12 +261,57 @@ pub struct RuntimeHandlerConfig {
     /// microVM: the guest initrd holding the agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd: Option<PathBuf>,
-    /// microVM: `kvm` or `tcg`.
+    /// microVM: `kvm`, `tcg` or `auto`.
+    #[serde(skip_serializing_if = "Accelerator::is_default")]
     pub accelerator: Accelerator,
-    /// microVM: guest memory in MiB.
+    /// microVM: guest memory in MiB (0: 256).
+    #[serde(skip_serializing_if = "is_zero")]
     pub memory_mib: u32,
-    /// microVM: guest vCPUs.
+    /// microVM: guest vCPUs (0: 1).
+    #[serde(skip_serializing_if = "is_zero")]
     pub vcpus: u32,
+    /// microVM: QEMU's machine type (default `microvm`; `q35` also works).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// microVM: how long a guest has to boot and answer (default 30s).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde_option"
+    )]
+    pub boot_timeout: Option<Duration>,
+    /// microVM: the vhost-user-vsock backend (default `vhost-device-vsock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock_backend: Option<PathBuf>,
+    /// microVM: the virtio-fs daemon (default QEMU 7.2's `/usr/lib/qemu/virtiofsd`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// Where `make start` and the tests put the guest image (`scripts/build-guest.sh`).
+pub const GUEST_IMAGE_DIR: &str = "/var/lib/crisp/guest";
+
+/// The command that builds the guest image.
+pub const GUEST_IMAGE_COMMAND: &str = "sh scripts/build-guest.sh";
+
+impl RuntimeHandlerConfig {
+    /// The default microVM handler: QEMU with the guest image `make start` builds.
+    pub fn default_microvm() -> Self {
+        let image = PathBuf::from(GUEST_IMAGE_DIR);
+        Self {
+            kind: HandlerType::Microvm,
+            path: PathBuf::from("qemu-system-x86_64"),
+            kernel: Some(image.join("vmlinuz")),
+            initrd: Some(image.join("initrd.img")),
+            accelerator: Accelerator::Auto,
+            memory_mib: 256,
+            vcpus: 1,
+            machine: Some("microvm".to_owned()),
+            boot_timeout: Some(Duration::from_secs(30)),
+            vsock_backend: Some(PathBuf::from("vhost-device-vsock")),
+            virtiofsd: Some(PathBuf::from("/usr/lib/qemu/virtiofsd")),
+            ..Self::default()
+        }
+    }
 }
 
 /// The `[cni]` table.
@@ -373,6 +435,23 @@ pub struct MetricsConfig {
 }
 
 /// Durations as humantime strings (`"90s"`, `"30m"`), both ways.
+mod humantime_serde_option {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::humantime_serde_compat::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde_compat::deserialize(d).map(Some)
+    }
+}
+
 mod humantime_serde_compat {
     use std::time::Duration;
 

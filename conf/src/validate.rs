@@ -112,8 +112,33 @@ pub fn validate(config: &Config) -> Result<(), Problem> {
             if handler.kernel.is_none() {
                 return problem(key("kernel"), "a microvm handler needs a guest kernel");
             }
+            if handler.initrd.is_none() {
+                return problem(
+                    key("initrd"),
+                    "a microvm handler needs the guest initramfs holding crisp's agent",
+                );
+            }
             if handler.memory_mib != 0 && handler.memory_mib < 64 {
                 return problem(key("memory_mib"), "a guest needs at least 64 MiB");
+            }
+            if handler.vcpus > 64 {
+                return problem(key("vcpus"), "at most 64 vCPUs per guest");
+            }
+            if handler.boot_timeout.is_some_and(|t| t.is_zero()) {
+                return problem(
+                    key("boot_timeout"),
+                    "a guest needs time to boot: give e.g. \"30s\"",
+                );
+            }
+            if handler
+                .machine
+                .as_deref()
+                .is_some_and(|m| m.is_empty() || m.contains(char::is_whitespace))
+            {
+                return problem(
+                    key("machine"),
+                    "name a QEMU machine type, e.g. \"microvm\" or \"q35\"",
+                );
             }
         }
     }

@@ -66,4 +66,24 @@ pub enum HandlerError {
         #[source]
         source: std::io::Error,
     },
+    /// What the pod needs is missing here (a guest image not built).
+    #[error("runtime handler {handler}: {message}")]
+    Precondition {
+        /// The handler name.
+        handler: String,
+        /// What is missing and how to make it.
+        message: String,
+    },
+    /// A pod's VM failed to boot, stopped, or its agent did not answer.
+    #[error("{handler} VM of pod {id}: {message}")]
+    Vm {
+        /// The handler name.
+        handler: String,
+        /// The sandbox.
+        id: String,
+        /// What happened.
+        message: String,
+        /// It ran out of time (boot timeout, a call's deadline).
+        timed_out: bool,
+    },
 }

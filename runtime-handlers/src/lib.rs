@@ -18,6 +18,7 @@ mod exec;
 pub mod fake;
 mod handler;
 mod host_check;
+mod microvm;
 mod netns;
 mod oci;
 mod quirks;
@@ -37,8 +38,9 @@ pub use handler::{
     SandboxState, StartedSandbox, UserNamespace,
 };
 pub use host_check::{CheckLevel, HostCheck};
+pub use microvm::{Accelerator, MicroVm, MicroVmConfig};
 pub use oci::{ExecOutput, ExitStatus, MAX_EXEC_OUTPUT, OciRuntime, ResourceUpdate, RuntimeState};
 pub use stats::{
     BlockDevice, ContainerStats, HugePages, Limits, Pressure, StatsDetail, cgroup_directories,
-    cgroup_stats, device_name, remove_empty_cgroup,
+    cgroup_hierarchies, cgroup_stats, device_name, remove_empty_cgroup,
 };

@@ -129,5 +129,10 @@ pub fn handler_status(error: HandlerError) -> Status {
         E::Unsupported { .. } => Status::invalid_argument(message),
         E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
         E::Spawn { .. } | E::Io { .. } => Status::internal(message),
+        E::Precondition { .. } => Status::failed_precondition(message),
+        E::Vm {
+            timed_out: true, ..
+        } => Status::deadline_exceeded(message),
+        E::Vm { .. } => Status::unavailable(message),
     }
 }

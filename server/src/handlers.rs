@@ -14,8 +14,6 @@ use runtime_handlers::RuntimeHandler;
 /// Why a configured handler cannot run here.
 #[derive(Debug, Clone)]
 enum Unusable {
-    /// A kind this crisp cannot drive yet.
-    Unsupported(String),
     /// Its binary is missing.
     Missing(String),
 }
@@ -45,10 +43,8 @@ fn build_one(config: &Config, name: &str) -> Slot {
             "runtime handler `{name}` is not configured"
         )));
     };
-    if h.kind != HandlerType::Oci {
-        return Err(Unusable::Unsupported(format!(
-            "runtime handler `{name}` is of type microvm, which this crisp cannot run yet"
-        )));
+    if h.kind == HandlerType::Microvm {
+        return build_microvm(config, name, h);
     }
     match crate::host::runtime_binary(config, name) {
         Ok(binary) => Ok(Arc::new(runtime_handlers::OciRuntime {
@@ -62,6 +58,56 @@ fn build_one(config: &Config, name: &str) -> Slot {
         }) as Arc<dyn RuntimeHandler>),
         Err(message) => Err(Unusable::Missing(message)),
     }
+}
+
+/// Builds microVM handler `name`: QEMU and both helpers must be installed (the guest
+/// image is checked per pod, so a pod says how to build it).
+fn build_microvm(config: &Config, name: &str, h: &conf::RuntimeHandlerConfig) -> Slot {
+    let find = |path: &Path, what: &str, fix: &str| {
+        runtime_handlers::resolve_binary(path).ok_or_else(|| {
+            Unusable::Missing(format!(
+                "runtime handler `{name}`: {what} `{}` not found or not executable ({fix})",
+                path.display()
+            ))
+        })
+    };
+    let vmm = find(&h.path, "the VMM", "install qemu-system-x86")?;
+    let vsock_backend = find(
+        h.vsock_backend
+            .as_deref()
+            .unwrap_or(Path::new("vhost-device-vsock")),
+        "the vsock backend",
+        "sh scripts/install-deps.sh installs vhost-device-vsock",
+    )?;
+    let virtiofsd = find(
+        h.virtiofsd
+            .as_deref()
+            .unwrap_or(Path::new("/usr/lib/qemu/virtiofsd")),
+        "the virtio-fs daemon",
+        "install qemu-system-common",
+    )?;
+    let image = Path::new(conf::GUEST_IMAGE_DIR);
+    Ok(Arc::new(runtime_handlers::MicroVm::new(
+        runtime_handlers::MicroVmConfig {
+            name: name.to_owned(),
+            vmm,
+            vsock_backend,
+            virtiofsd,
+            kernel: h.kernel.clone().unwrap_or_else(|| image.join("vmlinuz")),
+            initrd: h.initrd.clone().unwrap_or_else(|| image.join("initrd.img")),
+            accelerator: match h.accelerator {
+                conf::Accelerator::Kvm => runtime_handlers::Accelerator::Kvm,
+                conf::Accelerator::Tcg => runtime_handlers::Accelerator::Tcg,
+                conf::Accelerator::Auto => runtime_handlers::Accelerator::Auto,
+            },
+            machine: h.machine.clone().unwrap_or_else(|| "microvm".to_owned()),
+            vcpus: if h.vcpus == 0 { 1 } else { h.vcpus },
+            memory_mib: if h.memory_mib == 0 { 256 } else { h.memory_mib },
+            boot_timeout: h.boot_timeout.unwrap_or(std::time::Duration::from_secs(30)),
+            root: config.runtime_root(name),
+            image_command: conf::GUEST_IMAGE_COMMAND.to_owned(),
+        },
+    )) as Arc<dyn RuntimeHandler>)
 }
 
 impl Handlers {
@@ -102,7 +148,6 @@ impl Handlers {
         let slot = self.map().get(name).cloned();
         match slot {
             Some(Ok(handler)) => Ok(handler),
-            Some(Err(Unusable::Unsupported(message))) => Err(LifecycleError::unsupported(message)),
             Some(Err(Unusable::Missing(message))) => {
                 // Installed since? Look again.
                 if let Some(config) = &self.config

@@ -128,6 +128,21 @@ pub fn cgroup_directories(pid: u32) -> std::io::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// The hierarchies a handler places its own host processes in (a VM's QEMU and
+/// helpers): the v1 ones of the memory, cpu, cpuacct and pids controllers, and the v2
+/// one, each once.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mounts = mounts();
+    let mut roots: Vec<PathBuf> = ["memory", "cpu", "cpuacct", "pids"]
+        .iter()
+        .filter_map(|c| mounts.v1.get(*c).cloned())
+        .chain(mounts.v2.clone())
+        .collect();
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
 /// Removes the cgroup at `relative` (a cgroupfs path such as `/crisp/crisp-<id>`) from
 /// every hierarchy where it is left empty: a runtime that fails half-way (or gVisor's)
 /// may leave it behind. Busy or absent directories are left alone.

@@ -15,12 +15,14 @@ mod attach;
 mod gvisor;
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crilog::{LogWriter, emit};
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
@@ -601,10 +603,7 @@ fn pump(
             };
             match file.read(&mut buf) {
                 Ok(0) | Err(_) => {
-                    if !partial.is_empty() {
-                        log.line(stream, 'F', partial);
-                        partial.clear();
-                    }
+                    crilog::flush(log, stream, partial);
                     streams[*slot] = None;
                 }
                 Ok(k) => {
@@ -622,9 +621,7 @@ fn pump(
         }
     }
     for (_, stream, partial) in streams.iter_mut().flatten() {
-        if !partial.is_empty() {
-            log.line(stream, 'F', partial);
-        }
+        crilog::flush(log, stream, partial);
     }
     // A subcontainer (pid -1) has no process of ours to wait for: -1 until its waiter
     // tells.
@@ -669,89 +666,11 @@ fn decode(status: i32) -> i32 {
     }
 }
 
-/// Splits `data` into lines: full ones tagged F; a line longer than 16 KiB is written in
-/// P pieces, as kubelet's reader expects.
-fn emit(log: &mut LogWriter, stream: &str, partial: &mut Vec<u8>, data: &[u8]) {
-    const MAX_LINE: usize = 16 * 1024;
-    for chunk in data.split_inclusive(|b| *b == b'\n') {
-        if let Some(line) = chunk.strip_suffix(b"\n") {
-            partial.extend_from_slice(line);
-            log.line(stream, 'F', partial);
-            partial.clear();
-        } else {
-            partial.extend_from_slice(chunk);
-            while partial.len() >= MAX_LINE {
-                let rest = partial.split_off(MAX_LINE);
-                log.line(stream, 'P', partial);
-                *partial = rest;
-            }
-        }
-    }
-}
-
-struct LogWriter {
-    file: Option<File>,
-}
-
-impl LogWriter {
-    fn open(path: &Path) -> Self {
-        if path.as_os_str().is_empty() {
-            return Self { file: None };
-        }
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        Self {
-            file: OpenOptions::new().create(true).append(true).open(path).ok(),
-        }
-    }
-
-    fn line(&mut self, stream: &str, tag: char, text: &[u8]) {
-        let Some(file) = self.file.as_mut() else {
-            return;
-        };
-        let mut out = Vec::with_capacity(text.len() + 48);
-        out.extend_from_slice(rfc3339_nano(now()).as_bytes());
-        out.extend_from_slice(format!(" {stream} {tag} ").as_bytes());
-        out.extend_from_slice(text);
-        out.push(b'\n');
-        let _ = file.write_all(&out);
-    }
-}
-
-fn now() -> (i64, u32) {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs() as i64, d.subsec_nanos())
-}
-
-/// UTC `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (days-to-civil after Howard Hinnant).
-fn rfc3339_nano((secs, nanos): (i64, u32)) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 fn write_exit(path: &Path, code: i32) {
     if path.as_os_str().is_empty() {
         return;
     }
-    let (secs, nanos) = now();
+    let (secs, nanos) = crilog::now();
     let finished = secs * 1_000_000_000 + i64::from(nanos);
     let tmp = path.with_extension("tmp");
     if let Ok(mut f) = File::create(&tmp) {

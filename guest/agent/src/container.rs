@@ -1,0 +1,221 @@
+//! Starting processes in containers: a container's init in new mount, UTS and IPC
+//! namespaces rooted at its rootfs; an exec joining a running container's namespaces.
+//! Everything the child needs is prepared before `fork`; the child only makes system
+//! calls.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use agent_proto::Process;
+
+use crate::mounts::{self, Step};
+
+/// Where the child's root comes from.
+pub enum Root {
+    /// A new container: its rootfs (as the agent sees it), the steps that mount its
+    /// mounts, its hostname, and whether the rootfs is read-only.
+    New {
+        rootfs: PathBuf,
+        steps: Vec<Step>,
+        hostname: String,
+        readonly: bool,
+    },
+    /// A running container whose init has this pid: the child joins its namespaces.
+    Join { pid: u32 },
+}
+
+/// A started process: its pid and the read ends of its stdout and stderr.
+pub struct Started {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds `name` as the container would, looking at its root as the agent sees it.
+fn resolve(root: &Path, name: &str, env: &[String], cwd: &str) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("the process has no command".to_owned());
+    }
+    if name.contains('/') {
+        return Ok(if name.starts_with('/') {
+            name.to_owned()
+        } else {
+            format!("{}/{name}", cwd.trim_end_matches('/'))
+        });
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = format!("{}/{name}", dir.trim_end_matches('/'));
+        if let Ok(full) = mounts::under(root, &candidate)
+            && std::fs::symlink_metadata(&full).is_ok()
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(format!(
+        "exec: {name:?}: executable file not found in $PATH"
+    ))
+}
+
+fn c(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"))
+}
+
+/// Starts `process` under `root`, its stdin from /dev/null and its stdout and stderr on
+/// pipes.
+pub fn spawn(process: &Process, root: Root) -> Result<Started, String> {
+    let cwd = if process.cwd.is_empty() {
+        "/".to_owned()
+    } else {
+        process.cwd.clone()
+    };
+    let name = process.args.first().cloned().unwrap_or_default();
+    let (view, joined) = match &root {
+        Root::New { rootfs, .. } => (rootfs.clone(), Vec::new()),
+        Root::Join { pid } => {
+            let mut fds = Vec::new();
+            // The mount namespace last: the others are named through /proc, which
+            // entering it would hide.
+            for ns in ["ipc", "uts", "mnt"] {
+                let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
+                    .map_err(|e| format!("the container's process is gone ({ns}: {e})"))?;
+                fds.push(OwnedFd::from(f));
+            }
+            (PathBuf::from(format!("/proc/{pid}/root")), fds)
+        }
+    };
+    let program = resolve(&view, &name, &process.env, &cwd)?;
+    let cwd_c = c(&cwd)?;
+    let groups: Vec<libc::gid_t> = process.additional_gids.clone();
+    let (uid, gid) = (process.uid, process.gid);
+
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&name)
+        .args(process.args.iter().skip(1))
+        .env_clear()
+        .envs(process.env.iter().filter_map(|e| e.split_once('=')))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let new = match root {
+        Root::New {
+            rootfs,
+            steps,
+            hostname,
+            readonly,
+        } => Some((
+            c(&rootfs.to_string_lossy())?,
+            steps,
+            hostname.into_bytes(),
+            readonly,
+        )),
+        Root::Join { .. } => None,
+    };
+    let dot = c(".")?;
+    let slash = c("/")?;
+    // SAFETY: the closure runs in the child between fork and exec and only makes system
+    // calls on data prepared above, which it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |r: libc::c_int| {
+                if r != 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            check(if libc::setsid() < 0 { -1 } else { 0 })?;
+            for fd in &joined {
+                check(libc::setns(fd.as_raw_fd(), 0))?;
+            }
+            if let Some((rootfs, steps, hostname, readonly)) = &new {
+                check(libc::unshare(
+                    libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+                ))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    rootfs.as_ptr(),
+                    rootfs.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                mounts::run(steps)?;
+                if !hostname.is_empty() {
+                    check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
+                }
+                check(libc::chdir(rootfs.as_ptr()))?;
+                check(libc::mount(
+                    dot.as_ptr(),
+                    slash.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_MOVE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::chroot(dot.as_ptr()))?;
+                if *readonly {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        slash.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))?;
+                }
+            }
+            check(libc::chdir(cwd_c.as_ptr()))?;
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("start {program:?}: {e}"))?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("the process has no output pipes".to_owned());
+    };
+    // The reaper collects its status; dropping a std Child does not wait.
+    Ok(Started {
+        pid: child.id() as i32,
+        stdout: out.into(),
+        stderr: err.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_found_in_the_containers_path() {
+        let root = std::env::temp_dir().join(format!("agent-resolve-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(root.join("bin"));
+        let _ = std::fs::write(root.join("bin/tool"), b"");
+        let env = vec!["PATH=/usr/bin:/bin".to_owned()];
+        assert_eq!(
+            resolve(&root, "tool", &env, "/").as_deref(),
+            Ok("/bin/tool")
+        );
+        assert!(resolve(&root, "missing", &env, "/").is_err());
+        assert_eq!(
+            resolve(&root, "./x", &env, "/work").as_deref(),
+            Ok("/work/./x")
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

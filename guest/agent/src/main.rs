@@ -1,0 +1,101 @@
+//! `crisp-agent`: PID 1 of every microVM pod's guest. It brings the guest up (file
+//! systems, the kernel modules the initramfs carries, the shared virtio-fs directory),
+//! then serves `crisp.agent.v1` over vsock to crisp's microVM handler on the host: it
+//! sets up the pod's network and runs the pod's containers, each in its own mount, UTS
+//! and IPC namespaces, with its output written in kubelet's log format straight to the
+//! container's log file on the host (through virtio-fs, so logs flow while crispd is
+//! down).
+//!
+//! Outside a VM (`--unix <socket> --shared <dir>`) it serves on a unix socket instead,
+//! which the tests use to drive it on the host.
+
+mod container;
+mod init;
+mod mounts;
+mod reaper;
+mod service;
+
+use std::path::PathBuf;
+
+use agent_proto::agent_server::AgentServer;
+
+/// Where the host's shared directory (virtio-fs tag `crisp`) is mounted in the guest.
+pub const SHARED: &str = "/run/crisp/shared";
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    let mut unix: Option<PathBuf> = None;
+    let mut shared = PathBuf::from(SHARED);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--unix" => unix = args.next().map(PathBuf::from),
+            "--shared" => shared = args.next().map(PathBuf::from).unwrap_or(shared),
+            _ => {}
+        }
+    }
+    if pid1 {
+        init::bring_up();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let code = match runtime {
+        Ok(rt) => rt.block_on(serve(unix, shared)),
+        Err(e) => {
+            eprintln!("crisp-agent: runtime: {e}");
+            1
+        }
+    };
+    if pid1 {
+        // PID 1 must never exit: power off instead, which ends the VM.
+        init::power_off();
+    }
+    std::process::exit(code);
+}
+
+async fn serve(unix: Option<PathBuf>, shared: PathBuf) -> i32 {
+    let reaper = match reaper::Reaper::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crisp-agent: SIGCHLD: {e}");
+            return 1;
+        }
+    };
+    let service = service::AgentService::new(shared, reaper);
+    let router = tonic::transport::Server::builder().add_service(AgentServer::new(service));
+    let served = match unix {
+        Some(path) => {
+            let _ = std::fs::remove_file(&path);
+            match tokio::net::UnixListener::bind(&path) {
+                Ok(l) => {
+                    router
+                        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
+                        .await
+                }
+                Err(e) => {
+                    eprintln!("crisp-agent: listen on {}: {e}", path.display());
+                    return 1;
+                }
+            }
+        }
+        None => {
+            let addr =
+                tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, agent_proto::AGENT_PORT);
+            match tokio_vsock::VsockListener::bind(addr) {
+                Ok(l) => router.serve_with_incoming(l.incoming()).await,
+                Err(e) => {
+                    eprintln!("crisp-agent: listen on vsock port {}: {e}", addr.port());
+                    return 1;
+                }
+            }
+        }
+    };
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("crisp-agent: serve: {e}");
+            1
+        }
+    }
+}

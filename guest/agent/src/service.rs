@@ -1,0 +1,486 @@
+//! The `crisp.agent.v1.Agent` service: the pod's containers, as the host asks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_proto::agent_server::Agent;
+use agent_proto::{
+    ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecSyncRequest,
+    ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse, KillRequest, ReopenLogRequest,
+    SetupSandboxRequest, StartContainerResponse, container_status_response::State,
+};
+use crilog::LogWriter;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::container::{self, Root};
+use crate::mounts;
+use crate::reaper::Reaper;
+
+/// How long output may still drain after a container's process has exited, before the
+/// exit is reported anyway (a child it left may hold its stdout open).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Most output ExecSync keeps of each stream.
+const EXEC_OUTPUT_CAP: usize = 16 << 20;
+
+struct Container {
+    request: CreateContainerRequest,
+    pid: Option<i32>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    exit_tx: Option<watch::Sender<Option<ExitInfo>>>,
+    log: Arc<Mutex<LogWriter>>,
+}
+
+/// The agent's state.
+pub struct AgentService {
+    shared: PathBuf,
+    reaper: Reaper,
+    containers: Arc<Mutex<HashMap<String, Container>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn now_nanos() -> i64 {
+    let (s, n) = crilog::now();
+    s * 1_000_000_000 + i64::from(n)
+}
+
+/// Reads `fd` to its end into the log as `stream`.
+async fn pump(fd: std::os::fd::OwnedFd, stream: &'static str, log: Arc<Mutex<LogWriter>>) {
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut partial = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => crilog::emit(&mut lock(&log), stream, &mut partial, &buf[..n]),
+        }
+    }
+    crilog::flush(&mut lock(&log), stream, &mut partial);
+}
+
+/// Reads `fd` to its end, keeping at most [`EXEC_OUTPUT_CAP`] bytes.
+async fn collect(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return out;
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// Runs a guest tool (busybox) to its end; its error output on failure.
+async fn run_tool(reaper: &Reaper, args: &[&str]) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("/bin/busybox");
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("busybox: {e}"))?;
+    let status = reaper.watch(child.id() as i32);
+    let err = match child.stderr.take() {
+        Some(e) => collect(e.into()).await,
+        None => Vec::new(),
+    };
+    match Reaper::wait(status).await {
+        0 => Ok(()),
+        code => Err(format!(
+            "{} exited {code}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&err).trim()
+        )),
+    }
+}
+
+impl AgentService {
+    /// A service whose containers' files are under `shared`.
+    pub fn new(shared: PathBuf, reaper: Reaper) -> Self {
+        Self {
+            shared,
+            reaper,
+            containers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn log_file(&self, relative: &str) -> Result<PathBuf, Status> {
+        if relative.is_empty() {
+            return Ok(PathBuf::new());
+        }
+        mounts::under(&self.shared, relative).map_err(Status::invalid_argument)
+    }
+
+    fn running_pid(&self, id: &str) -> Result<i32, Status> {
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(id)
+            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        match (c.pid, c.exit.borrow().is_some()) {
+            (Some(pid), false) => Ok(pid),
+            (None, _) => Err(Status::failed_precondition(format!(
+                "container {id} has not started"
+            ))),
+            (Some(_), true) => Err(Status::failed_precondition(format!(
+                "container {id} is not running"
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let uptime_ms = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|s| (s * 1000.0) as u64)
+            .unwrap_or(0);
+        Ok(Response::new(HelloResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release,
+            uptime_ms,
+        }))
+    }
+
+    async fn setup_sandbox(
+        &self,
+        request: Request<SetupSandboxRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        if r.time_unix_nanos > 0 {
+            let ts = libc::timespec {
+                tv_sec: r.time_unix_nanos / 1_000_000_000,
+                tv_nsec: r.time_unix_nanos % 1_000_000_000,
+            };
+            // SAFETY: clock_settime reads the timespec, which lives across the call.
+            unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+        }
+        if !r.hostname.is_empty() {
+            // SAFETY: the pointer and length describe the hostname's bytes.
+            let rc = unsafe { libc::sethostname(r.hostname.as_ptr().cast(), r.hostname.len()) };
+            if rc != 0 {
+                return Err(Status::internal(format!(
+                    "set hostname {:?}: {}",
+                    r.hostname,
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+        for nic in &r.interfaces {
+            let name = std::fs::read_dir("/sys/class/net")
+                .map_err(|e| Status::internal(format!("/sys/class/net: {e}")))?
+                .flatten()
+                .find(|e| {
+                    std::fs::read_to_string(e.path().join("address"))
+                        .is_ok_and(|a| a.trim().eq_ignore_ascii_case(&nic.mac))
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "the guest has no NIC with MAC {}",
+                        nic.mac
+                    ))
+                })?;
+            if nic.mtu > 0 {
+                let mtu = nic.mtu.to_string();
+                run_tool(
+                    &self.reaper,
+                    &["ip", "link", "set", "dev", &name, "mtu", &mtu],
+                )
+                .await
+                .map_err(Status::internal)?;
+            }
+            for addr in &nic.addresses {
+                run_tool(&self.reaper, &["ip", "addr", "add", addr, "dev", &name])
+                    .await
+                    .map_err(Status::internal)?;
+            }
+            run_tool(&self.reaper, &["ip", "link", "set", "dev", &name, "up"])
+                .await
+                .map_err(Status::internal)?;
+        }
+        for route in &r.routes {
+            let dest = if route.destination.is_empty() {
+                "default"
+            } else {
+                route.destination.as_str()
+            };
+            let mut args = vec!["ip", "route", "add", dest];
+            if !route.gateway.is_empty() {
+                args.extend(["via", route.gateway.as_str()]);
+            }
+            run_tool(&self.reaper, &args)
+                .await
+                .map_err(Status::internal)?;
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        let rootfs = mounts::under(&self.shared, &r.rootfs).map_err(Status::invalid_argument)?;
+        if !rootfs.is_dir() {
+            return Err(Status::failed_precondition(format!(
+                "the container's root file system {} is not shared with the VM",
+                r.rootfs
+            )));
+        }
+        let log = LogWriter::open(&self.log_file(&r.log_path)?);
+        let (tx, rx) = watch::channel(None);
+        let mut containers = lock(&self.containers);
+        if containers.contains_key(&r.id) {
+            return Err(Status::already_exists(format!("container {} exists", r.id)));
+        }
+        containers.insert(
+            r.id.clone(),
+            Container {
+                request: r,
+                pid: None,
+                exit: rx,
+                exit_tx: Some(tx),
+                log: Arc::new(Mutex::new(log)),
+            },
+        );
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<ContainerId>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().id;
+        let (req, log, exit_tx) = {
+            let mut containers = lock(&self.containers);
+            let c = containers
+                .get_mut(&id)
+                .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+            if c.pid.is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "container {id} has already started"
+                )));
+            }
+            let Some(tx) = c.exit_tx.take() else {
+                return Err(Status::failed_precondition(format!(
+                    "container {id} is starting"
+                )));
+            };
+            (c.request.clone(), Arc::clone(&c.log), tx)
+        };
+        let rootfs = mounts::under(&self.shared, &req.rootfs).map_err(Status::invalid_argument)?;
+        let process = req.process.clone().unwrap_or_default();
+        let started = mounts::plan(&rootfs, &self.shared, &req.mounts).and_then(|steps| {
+            container::spawn(
+                &process,
+                Root::New {
+                    rootfs,
+                    steps,
+                    hostname: req.hostname.clone(),
+                    readonly: req.readonly_rootfs,
+                },
+            )
+        });
+        let started = match started {
+            Ok(s) => s,
+            Err(message) => {
+                // Give the sender back so a later start may try again.
+                if let Some(c) = lock(&self.containers).get_mut(&id) {
+                    c.exit_tx = Some(exit_tx);
+                }
+                return Err(Status::failed_precondition(message));
+            }
+        };
+        let pid = started.pid;
+        let status = self.reaper.watch(pid);
+        if let Some(c) = lock(&self.containers).get_mut(&id) {
+            c.pid = Some(pid);
+        }
+        tokio::spawn(async move {
+            let out = tokio::spawn(pump(started.stdout, "stdout", Arc::clone(&log)));
+            let err = tokio::spawn(pump(started.stderr, "stderr", log));
+            let code = Reaper::wait(status).await;
+            let finished = now_nanos();
+            // Report the exit once the output is in the log (or the drain gave up).
+            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+                let _ = out.await;
+                let _ = err.await;
+            })
+            .await;
+            let _ = exit_tx.send(Some(ExitInfo {
+                exit_code: code,
+                finished_at_unix_nanos: finished,
+            }));
+        });
+        Ok(Response::new(StartContainerResponse { pid: pid as u32 }))
+    }
+
+    async fn wait_container(
+        &self,
+        request: Request<ContainerId>,
+    ) -> Result<Response<ExitInfo>, Status> {
+        let id = request.into_inner().id;
+        let mut rx = lock(&self.containers)
+            .get(&id)
+            .map(|c| c.exit.clone())
+            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        loop {
+            if let Some(exit) = *rx.borrow_and_update() {
+                return Ok(Response::new(exit));
+            }
+            if rx.changed().await.is_err() {
+                return Err(Status::aborted(format!(
+                    "container {id} was deleted while waited for"
+                )));
+            }
+        }
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerId>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let id = request.into_inner().id;
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        let exit = *c.exit.borrow();
+        let state = match (c.pid, &exit) {
+            (_, Some(_)) => State::Exited,
+            (Some(_), None) => State::Running,
+            (None, None) => State::Created,
+        };
+        Ok(Response::new(ContainerStatusResponse {
+            state: state as i32,
+            pid: c.pid.unwrap_or(0) as u32,
+            exit,
+        }))
+    }
+
+    async fn kill_container(
+        &self,
+        request: Request<KillRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        let pid = {
+            let containers = lock(&self.containers);
+            let c = containers.get(&r.id).ok_or_else(|| {
+                Status::not_found(format!("container {} is not in this VM", r.id))
+            })?;
+            if c.exit.borrow().is_some() {
+                return Ok(Response::new(Empty {}));
+            }
+            c.pid
+        };
+        if let Some(pid) = pid {
+            // The init leads its own session and process group: `all` signals the group.
+            let target = if r.all { -pid } else { pid };
+            // SAFETY: kill takes no pointers.
+            unsafe { libc::kill(target, r.signal) };
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn delete_container(
+        &self,
+        request: Request<ContainerId>,
+    ) -> Result<Response<Empty>, Status> {
+        let id = request.into_inner().id;
+        if let Some(c) = lock(&self.containers).remove(&id)
+            && let Some(pid) = c.pid
+            && c.exit.borrow().is_none()
+        {
+            // SAFETY: kill takes no pointers.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let r = request.into_inner();
+        let pid = self.running_pid(&r.id)?;
+        let process = r.process.unwrap_or_default();
+        let started = container::spawn(&process, Root::Join { pid: pid as u32 })
+            .map_err(Status::failed_precondition)?;
+        let child = started.pid;
+        let status = self.reaper.watch(child);
+        let out = tokio::spawn(collect(started.stdout));
+        let err = tokio::spawn(collect(started.stderr));
+        let limit = if r.timeout_ms == 0 {
+            Duration::MAX
+        } else {
+            Duration::from_millis(r.timeout_ms)
+        };
+        let (code, timed_out) =
+            match tokio::time::timeout(limit, Reaper::wait(status.clone())).await {
+                Ok(code) => (code, false),
+                Err(_) => {
+                    // SAFETY: kill takes no pointers.
+                    unsafe { libc::kill(-child, libc::SIGKILL) };
+                    (Reaper::wait(status).await, true)
+                }
+            };
+        let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
+        let (stdout, stderr) = tokio::time::timeout(DRAIN_AFTER_EXIT, drained)
+            .await
+            .unwrap_or_default();
+        Ok(Response::new(ExecSyncResponse {
+            exit_code: code,
+            stdout,
+            stderr,
+            timed_out,
+        }))
+    }
+
+    async fn reopen_log(
+        &self,
+        request: Request<ReopenLogRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        let path = self.log_file(&r.log_path)?;
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(&r.id)
+            .ok_or_else(|| Status::not_found(format!("container {} is not in this VM", r.id)))?;
+        *lock(&c.log) = LogWriter::open(&path);
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn shutdown(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if std::process::id() == 1 {
+                crate::init::power_off();
+            }
+            std::process::exit(0);
+        });
+        Ok(Response::new(Empty {}))
+    }
+}
