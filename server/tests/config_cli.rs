@@ -51,7 +51,7 @@ fn a_bad_drop_in_is_named_and_a_cross_key_error_points_at_its_line() {
     assert!(stderr.contains("20-bad.toml:3"), "{stderr}");
     assert!(stderr.contains("key `default_runtime`"), "{stderr}");
     assert!(
-        stderr.contains("configured handlers: crun, runc, runsc"),
+        stderr.contains("configured handlers: crun, microvm, runc, runsc"),
         "{stderr}"
     );
 }

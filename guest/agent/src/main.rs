@@ -19,6 +19,9 @@ use std::path::PathBuf;
 
 use agent_proto::agent_server::AgentServer;
 
+/// How long bringing the guest up took, ms (0 outside a VM).
+pub static INIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 /// Where the host's shared directory (virtio-fs tag `crisp`) is mounted in the guest.
 pub const SHARED: &str = "/run/crisp/shared";
 
@@ -35,7 +38,9 @@ fn main() {
         }
     }
     if pid1 {
+        let began = std::time::Instant::now();
         init::bring_up();
+        let _ = INIT_MS.set(began.elapsed().as_millis() as u64);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -161,6 +161,7 @@ impl Agent for AgentService {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release,
             uptime_ms,
+            init_ms: crate::INIT_MS.get().copied().unwrap_or(0),
         }))
     }
 

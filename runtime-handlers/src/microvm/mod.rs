@@ -362,7 +362,7 @@ impl MicroVm {
 
     /// Boots the VM for `sandbox`, recording each helper as it starts; on failure the
     /// caller tears down what the record names.
-    async fn boot(&self, sandbox: &SandboxSpec, record: &mut VmRecord) -> Result<(), String> {
+    async fn boot(&self, sandbox: &SandboxSpec, record: &mut VmRecord) -> Result<(), BootError> {
         let deadline = Instant::now() + self.config.boot_timeout;
         let dir = record.dir.clone();
         let netns = sandbox
@@ -449,19 +449,23 @@ impl MicroVm {
             .map_err(|e| format!("save the VM record: {e}"))?;
 
         let qemu_fd = vm::pidfd(&qemu).ok_or("QEMU exited at once")?;
+        let qemu_started = Instant::now();
         let transport = Transport::Hybrid { path: hybrid };
         let left = deadline.saturating_duration_since(Instant::now());
         let channel = tokio::select! {
-            c = transport.channel(agent_proto::AGENT_PORT, left) => c.map_err(|e| format!(
-                "the guest's agent did not answer within the boot timeout ({:?}): {e}; guest console: {:?}",
-                self.config.boot_timeout,
-                vm::tail(&dir.join("console.log"), 5)
-            ))?,
-            _ = vm::wait_exit(&qemu_fd) => return Err(format!(
+            c = transport.channel(agent_proto::AGENT_PORT, left) => c.map_err(|e| BootError {
+                message: format!(
+                    "the guest's agent did not answer within the boot timeout ({:?}): {e}; guest console: {:?}",
+                    self.config.boot_timeout,
+                    vm::tail(&dir.join("console.log"), 5)
+                ),
+                timed_out: true,
+            })?,
+            _ = vm::wait_exit(&qemu_fd) => return Err(BootError::from(format!(
                 "the VM stopped while booting (QEMU: {:?}; guest console: {:?})",
                 vm::tail(&dir.join("qemu.log"), 3),
                 vm::tail(&dir.join("console.log"), 5)
-            )),
+            ))),
         };
         let mut client = AgentClient::new(channel.clone());
         let left = deadline
@@ -469,10 +473,16 @@ impl MicroVm {
             .max(Duration::from_secs(1));
         let hello = tokio::time::timeout(left, client.hello(agent_proto::HelloRequest {}))
             .await
-            .map_err(|_| "the guest's agent did not say hello within the boot timeout".to_owned())?
+            .map_err(|_| BootError {
+                message: "the guest's agent did not say hello within the boot timeout".to_owned(),
+                timed_out: true,
+            })?
             .map_err(|s| format!("the guest's agent: {}", s.message()))?
             .into_inner();
         record.kernel_release = hello.kernel_release;
+        record.boot_ms = qemu_started.elapsed().as_millis() as u64;
+        record.guest_uptime_ms = hello.uptime_ms;
+        record.guest_init_ms = hello.init_ms;
         let (secs, nanos) = crilog::now();
         let setup = agent_proto::SetupSandboxRequest {
             hostname: sandbox.hostname.clone(),
@@ -583,6 +593,29 @@ impl MicroVm {
 
     fn shared(&self, sandbox: &str) -> PathBuf {
         self.dir_of(sandbox).join("shared")
+    }
+}
+
+/// Why a VM did not come up.
+#[derive(Debug)]
+struct BootError {
+    message: String,
+    /// It ran out of its boot timeout.
+    timed_out: bool,
+}
+
+impl From<String> for BootError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            timed_out: false,
+        }
+    }
+}
+
+impl From<&str> for BootError {
+    fn from(message: &str) -> Self {
+        Self::from(message.to_owned())
     }
 }
 
@@ -785,11 +818,10 @@ impl RuntimeHandler for MicroVm {
                     data: serde_json::to_value(&record).unwrap_or_default(),
                 })
             }
-            Err(message) => {
-                let timed_out = started.elapsed() >= self.config.boot_timeout;
+            Err(e) => {
                 let _ = teardown(&record).await;
                 lock(&self.vms).remove(&sandbox.id);
-                Err(self.vm_error(&sandbox.id, message, timed_out))
+                Err(self.vm_error(&sandbox.id, e.message, e.timed_out))
             }
         }
     }

@@ -45,6 +45,17 @@ pub struct VmRecord {
     pub cgroups: Vec<PathBuf>,
     /// The guest's kernel release, as its agent told.
     pub kernel_release: String,
+    /// Boot figures, ms: QEMU started to the agent's first answer (host clock), the
+    /// guest kernel's start to that answer (guest clock), and the part of it PID 1 spent
+    /// bringing the guest up (mounts, modules).
+    #[serde(default)]
+    pub boot_ms: u64,
+    /// See `boot_ms`.
+    #[serde(default)]
+    pub guest_uptime_ms: u64,
+    /// See `boot_ms`.
+    #[serde(default)]
+    pub guest_init_ms: u64,
 }
 
 /// The record's file in a VM directory.

@@ -1,0 +1,388 @@
+//! The microVM handler with real VMs: QEMU under TCG here (KVM where it really works),
+//! the guest image `make test` builds (`scripts/build-guest.sh`), real CNI networking and
+//! images from a real registry on loopback. At most two VMs run at once: one per test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::workload::{self, Setup};
+use cri_proto::v1 as cri;
+use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+const GUEST: &str = "/var/lib/crisp/guest";
+
+/// The guest kernel's release, from the image's manifest.
+fn guest_kernel_release() -> String {
+    let manifest = std::fs::read_to_string(format!("{GUEST}/MANIFEST")).unwrap_or_else(|e| {
+        panic!(
+            "the guest image is missing ({e}): `make test` builds it with sh scripts/build-guest.sh"
+        )
+    });
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel-release "))
+        .expect("kernel-release in the manifest")
+        .to_owned()
+}
+
+fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// Every QEMU, vsock backend and virtio-fs daemon whose command line names `dir`.
+fn vm_processes(dir: &str) -> Vec<i32> {
+    common::processes_naming(&[dir.as_bytes()])
+}
+
+async fn run_vm_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: cri::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: handler.to_owned(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> String {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.to_owned(),
+        verbose: false,
+    })
+    .await
+    .expect("pod status")
+    .into_inner()
+    .status
+    .and_then(|s| s.network)
+    .map(|n| n.ip)
+    .expect("pod ip")
+}
+
+async fn wait_for_log(path: &std::path::Path, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {needle:?}: {text:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pod's containers run on the guest's kernel, log, exec, serve TCP on the pod IP,
+/// survive a kill -9 of crispd, and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
+    let guest_release = guest_kernel_release();
+    assert_ne!(
+        guest_release,
+        host_kernel_release(),
+        "the guest kernel must not be the host's"
+    );
+    let s: Setup = workload::setup();
+    let daemon = s.net.sandbox.start();
+    let (mut rt, mut images) = daemon.clients().await;
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: s.image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let pod = run_vm_pod(&mut rt, workload::pod_config(&s), "microvm")
+        .await
+        .expect("a microvm pod runs");
+    let vm_dir = s
+        .net
+        .sandbox
+        .path("state/runtimes/microvm")
+        .display()
+        .to_string();
+    assert_eq!(
+        vm_processes(&vm_dir).len(),
+        3,
+        "QEMU, the vsock backend and virtiofsd run for the pod"
+    );
+
+    // A TCP server and a ticking logger, each printing the kernel it runs on.
+    let server = workload::create(
+        &mut rt,
+        &s,
+        &pod,
+        workload::container(
+            &s,
+            "server",
+            "echo kernel $(uname -r); printf '#!/bin/sh\\necho pong\\n' > /pong; chmod +x /pong; \
+             while true; do echo tick; sleep 0.2; done & exec nc -ll -p 8080 -e /pong",
+        ),
+    )
+    .await;
+    workload::start(&mut rt, &server).await;
+    let log = s.net.sandbox.path("logs/server.log");
+    let text = wait_for_log(&log, "kernel ", Duration::from_secs(20)).await;
+    assert!(
+        text.contains(&format!("stdout F kernel {guest_release}")),
+        "the container runs on the guest kernel: {text}"
+    );
+
+    // ExecSync: exit codes, separate streams, timeouts.
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: server.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 3".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    assert_eq!(out.exit_code, 3);
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    let began = Instant::now();
+    let timed_out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: server.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("the exec outlives its timeout");
+    assert_eq!(
+        timed_out.code(),
+        tonic::Code::DeadlineExceeded,
+        "{timed_out:?}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the timeout was honoured"
+    );
+
+    // The server answers on the pod IP, from the host.
+    let ip = pod_ip(&mut rt, &pod).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let got = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut conn = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await?;
+            let mut buf = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await;
+        match got {
+            Ok(Ok(buf)) if !buf.is_empty() => break buf,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("no answer from {ip}:8080: {other:?}"),
+        }
+    };
+    assert_eq!(answer, b"pong\n");
+
+    // kill -9 of crispd: the VM runs on, the log keeps growing, and a new crispd
+    // re-attaches.
+    daemon.kill();
+    let ticks = |t: &str| t.matches("stdout F tick").count();
+    let before = ticks(&std::fs::read_to_string(&log).unwrap_or_default());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = ticks(&std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        during > before,
+        "the log grows while crispd is down ({before} -> {during})"
+    );
+    assert_eq!(vm_processes(&vm_dir).len(), 3, "the VM outlives crispd");
+    let daemon = s.net.sandbox.start();
+    let (mut rt, _) = daemon.clients().await;
+    let status = workload::status(&mut rt, &server).await;
+    assert_eq!(
+        status.state,
+        i32::from(cri::ContainerState::ContainerRunning)
+    );
+    let (code, out) = workload::exec_out(&mut rt, &server, &["uname", "-r"]).await;
+    assert_eq!((code, out.trim()), (0, guest_release.as_str()));
+
+    // A container that exits: its code, after its output.
+    let short = workload::create(
+        &mut rt,
+        &s,
+        &pod,
+        workload::container(&s, "short", "echo last words; exit 7"),
+    )
+    .await;
+    workload::start(&mut rt, &short).await;
+    let ended = workload::wait_exited(&mut rt, &short).await;
+    assert_eq!(ended.exit_code, 7);
+    let short_log =
+        std::fs::read_to_string(s.net.sandbox.path("logs/short.log")).unwrap_or_default();
+    assert!(short_log.contains("stdout F last words"), "{short_log}");
+
+    // Stop and remove: nothing of the VM is left.
+    workload::stop_and_remove_pod(&mut rt, &pod).await;
+    assert_eq!(
+        vm_processes(&vm_dir),
+        Vec::<i32>::new(),
+        "no QEMU or helper is left"
+    );
+    assert_eq!(s.net.mounts(), 0, "no mount is left");
+    assert!(
+        std::fs::read_dir(&vm_dir).map(|d| d.count()).unwrap_or(0) == 0,
+        "no VM directory is left"
+    );
+    assert_eq!(s.net.veths(), 0, "no veth is left");
+    let cgroup = format!("crisp-{pod}");
+    let leftover: Vec<_> = runtime_handlers::cgroup_hierarchies()
+        .into_iter()
+        .filter_map(|root| {
+            std::fs::read_dir(root.join("crisp"))
+                .ok()
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy() == cgroup)
+                })
+                .filter(|found| *found)
+                .map(|_| root)
+        })
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "the pod's cgroup is gone: {leftover:?}"
+    );
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
+
+/// Pods a VM cannot serve fail with a precise status and leave nothing: a guest whose
+/// agent never answers (its /init is busybox's init), a kernel that is not one, a
+/// missing image, a host-network pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_cannot_boot_fails_in_time_and_leaves_nothing() {
+    let _ = guest_kernel_release();
+    let s: Setup = workload::setup();
+    // An initramfs whose /init is busybox: it boots, but no agent ever listens.
+    let silent = s.net.sandbox.path("silent");
+    std::fs::create_dir_all(silent.join("dev")).expect("dir");
+    std::fs::copy("/bin/busybox", silent.join("init")).expect("busybox");
+    let cpio = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio --quiet -o -H newc > ../silent.img",
+            silent.display()
+        ))
+        .status()
+        .expect("cpio");
+    assert!(cpio.success());
+    let not_a_kernel = s.net.sandbox.path("not-a-kernel");
+    std::fs::write(&not_a_kernel, b"this is not a kernel").expect("write");
+    let handler = |name: &str, kernel: &str, initrd: &str| {
+        format!(
+            "[runtimes.{name}]\ntype = \"microvm\"\npath = \"qemu-system-x86_64\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\nboot_timeout = \"4s\"\n"
+        )
+    };
+    let extra = [
+        handler(
+            "silent",
+            &format!("{GUEST}/vmlinuz"),
+            &s.net.sandbox.path("silent.img").display().to_string(),
+        ),
+        handler(
+            "broken",
+            &not_a_kernel.display().to_string(),
+            &format!("{GUEST}/initrd.img"),
+        ),
+        handler(
+            "imageless",
+            "/nonexistent/vmlinuz",
+            "/nonexistent/initrd.img",
+        ),
+    ]
+    .join("\n");
+    s.net.sandbox.write_config(&extra);
+    let daemon = s.net.sandbox.start();
+    let (mut rt, _) = daemon.clients().await;
+    let vm_dir = s.net.sandbox.path("state/runtimes").display().to_string();
+
+    let began = Instant::now();
+    let silent = run_vm_pod(&mut rt, workload::named_pod(&s, "silent"), "silent")
+        .await
+        .expect_err("a guest without an agent cannot run a pod");
+    let took = began.elapsed();
+    assert_eq!(silent.code(), tonic::Code::DeadlineExceeded, "{silent:?}");
+    assert!(
+        silent.message().contains("boot timeout"),
+        "{}",
+        silent.message()
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "failed within the boot timeout: {took:?}"
+    );
+
+    let broken = run_vm_pod(&mut rt, workload::named_pod(&s, "broken"), "broken")
+        .await
+        .expect_err("a kernel that is not one cannot run a pod");
+    assert_eq!(broken.code(), tonic::Code::Unavailable, "{broken:?}");
+    assert!(broken.message().contains("QEMU"), "{}", broken.message());
+
+    let imageless = run_vm_pod(&mut rt, workload::named_pod(&s, "imageless"), "imageless")
+        .await
+        .expect_err("no image, no pod");
+    assert_eq!(
+        imageless.code(),
+        tonic::Code::FailedPrecondition,
+        "{imageless:?}"
+    );
+    assert!(
+        imageless.message().contains("scripts/build-guest.sh"),
+        "{}",
+        imageless.message()
+    );
+
+    let mut host = workload::named_pod(&s, "host");
+    host.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: i32::from(cri::NamespaceMode::Node),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let host = run_vm_pod(&mut rt, host, "microvm")
+        .await
+        .expect_err("a host-network pod cannot be a VM");
+    assert_eq!(host.code(), tonic::Code::InvalidArgument, "{host:?}");
+    assert!(host.message().contains("hostNetwork"), "{}", host.message());
+
+    assert!(
+        common::list_pods(&mut rt).await.is_empty(),
+        "no half-made pod is listed"
+    );
+    assert_eq!(
+        vm_processes(&vm_dir),
+        Vec::<i32>::new(),
+        "no QEMU or helper is left"
+    );
+    assert_eq!(s.net.mounts(), 0, "no mount is left");
+    assert_eq!(s.net.veths(), 0, "no veth is left");
+    assert_eq!(s.net.allocations(), 0, "no IP is left allocated");
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
