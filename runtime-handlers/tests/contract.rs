@@ -292,8 +292,12 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
         (7, &b"out\n"[..], &b"err\n"[..])
     );
 
+    // A duration of its own, so the check below cannot see another test's process (the
+    // runc and crun tests run at once).
+    let seconds = format!("{}", 3000 + (std::process::id() % 1000) * 2 + kind as u32);
+    let cmdline = format!("sleep\0{seconds}\0");
     let slow = ProcessBuilder::default()
-        .args(vec!["sleep".to_owned(), "30".to_owned()])
+        .args(vec!["sleep".to_owned(), seconds.clone()])
         .env(vec!["PATH=/bin".to_owned()])
         .cwd("/")
         .build()
@@ -305,12 +309,12 @@ async fn exec_with_output_and_timeout_then_kill(kind: Kind) {
     assert!(err.to_string().contains("timed out"), "{err}");
     // The timed-out process was killed (at most a zombie of it remains).
     for _ in 0..50 {
-        if live_processes_with_cmdline(b"sleep\x0030\x00") == 0 {
+        if live_processes_with_cmdline(cmdline.as_bytes()) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(live_processes_with_cmdline(b"sleep\x0030\x00"), 0);
+    assert_eq!(live_processes_with_cmdline(cmdline.as_bytes()), 0);
 
     let stats = rt.container_stats(&handle, true).await.expect("stats");
     assert!(stats.pids >= 1, "{stats:?}");

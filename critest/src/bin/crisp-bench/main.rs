@@ -14,6 +14,11 @@
 //!   ListContainers and ListPodSandbox latency with all N running, and the RSS each
 //!   container adds in helper processes (crisp-monitor vs containerd's shim).
 //!
+//! - `crisp-bench microvm [--runs N] [--boots N]`: VM pods (crisp's microvm handler)
+//!   against containerd's runc pods: RunPodSandbox, container start and first output,
+//!   the boot's split, host memory of QEMU and each helper (RSS, PSS), and N consecutive
+//!   boots with none hung.
+//!
 //! Needs root, `crispd` and `crisp-monitor` (PATH or $CRISPD's directory), `containerd`,
 //! `docker-registry` and the CNI plugins.
 
@@ -55,6 +60,16 @@ enum Bench {
         /// Pods created sequentially.
         #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
+    },
+    /// VM pods (the microvm handler): RunPodSandbox, container start, host memory per
+    /// VM and its split, and consecutive boots, against containerd's runc pods.
+    Microvm {
+        /// Measured runs (pod + container each).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+        /// Consecutive boots checked for hangs.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        boots: u32,
     },
     /// Container create+start, ExecSync, stop+remove, List* and stats latencies, and
     /// per-container helper memory.
@@ -275,6 +290,7 @@ async fn main() -> Result<(), Error> {
     let (rounds, layers, layer_mib) = match <Cli as clap::Parser>::parse().command {
         Bench::Pods { count } => return pods::run(count as usize).await,
         Bench::Containers { count } => return containers::run(count as usize).await,
+        Bench::Microvm { runs, boots } => return microvm::run(runs as usize, boots as usize).await,
         Bench::Pull {
             rounds,
             layers,
@@ -365,6 +381,7 @@ pub(crate) fn unmount_under(dir: &Path) {
 }
 
 mod containers;
+mod microvm;
 mod pods;
 
 /// RSS of a process in KiB (0 if gone).

@@ -1,0 +1,384 @@
+//! `crisp-bench microvm`: VM pods under crisp's microVM handler. Each run: RunPodSandbox,
+//! CreateContainer+StartContainer, the time until the container's first output is in its
+//! log (the process runs), and the host memory of the pod's QEMU and of each helper (RSS
+//! and PSS); then a series of consecutive boots, none of which may hang. containerd has
+//! no VM runtime here (Kata is not packaged), so its runc pods are the baseline the
+//! ratios are against: what a VM costs over a plain container pod.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cri_proto::v1 as cri;
+use critest::fixture::{self, ImageBuilder, Registry};
+
+use crate::{
+    Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
+};
+
+/// One run's figures, ms.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    run_pod: f64,
+    create_start: f64,
+    to_output: f64,
+}
+
+/// RSS and PSS of one process, KiB.
+fn rss_pss(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// The VM record of pod `id` under crispd's state `dir`.
+fn record(state: &Path, id: &str) -> serde_json::Value {
+    let short: String = id.chars().take(16).collect();
+    let path = state
+        .join("runtimes/microvm")
+        .join(short)
+        .join("state.json");
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+async fn wait_log(path: &Path, needle: &str, within: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{} never showed {needle:?}", path.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn pod_config(i: usize, logs: &Path) -> cri::PodSandboxConfig {
+    let mut pod = crate::pods::pod(i);
+    pod.log_directory = logs.join(format!("pod-{i}")).display().to_string();
+    pod
+}
+
+fn container(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), "echo up; sleep 1000".into()],
+        log_path: "c.log".into(),
+        ..Default::default()
+    }
+}
+
+/// Memory of a VM pod's host processes: (name, RSS KiB, PSS KiB).
+type Memory = Vec<(String, u64, u64)>;
+
+async fn one_run(
+    daemon: &Daemon,
+    handler: &str,
+    image: &str,
+    i: usize,
+    logs: &Path,
+    state: Option<&Path>,
+) -> Result<(Run, Memory, serde_json::Value), Error> {
+    let mut clients = crate::serving(daemon).await?;
+    let rt = &mut clients.runtime;
+    let config = pod_config(i, logs);
+    let t = Instant::now();
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let run_pod = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container(image)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let create_start = t.elapsed().as_secs_f64() * 1000.0;
+    wait_log(
+        &PathBuf::from(&config.log_directory).join("c.log"),
+        "up",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let to_output = t.elapsed().as_secs_f64() * 1000.0;
+    let mut memory = Vec::new();
+    let mut rec = serde_json::Value::Null;
+    if let Some(state) = state {
+        rec = record(state, &pod);
+        // Let the guest settle (the container's first page-ins) before reading memory.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for h in rec["helpers"].as_array().into_iter().flatten() {
+            let pid = h["pid"].as_i64().unwrap_or(0) as i32;
+            let (rss, pss) = rss_pss(pid);
+            memory.push((h["name"].as_str().unwrap_or("?").to_owned(), rss, pss));
+        }
+    }
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    Ok((
+        Run {
+            run_pod,
+            create_start,
+            to_output,
+        },
+        memory,
+        rec,
+    ))
+}
+
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    (median(&mut v), min, max)
+}
+
+/// The benchmark.
+pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
+    let work = tempdir()?;
+    let registry = Registry::start(&work.join("registry"), None)?;
+    let image = ImageBuilder::new()
+        .layer(fixture::busybox_layer()?)
+        .cmd(&["sh"])
+        .build();
+    fixture::push(&registry, "bench/busybox", "1", &image)?;
+    let pause = ImageBuilder::new()
+        .layer(fixture::busybox_layer()?)
+        .entrypoint(&["/bin/sleep", "2147483647"])
+        .build();
+    fixture::push(&registry, "pause", "bench", &pause)?;
+    let image = format!("{}/bench/busybox:1", registry.addr);
+    let pause_ref = format!("{}/pause:bench", registry.addr);
+    let logs = work.join("logs");
+
+    // crisp, microVM pods.
+    let crisp_dir = work.join("crisp");
+    let conf = crate::pods::conflist(&crisp_dir, "crbench4")?;
+    let crisp = start_crispd_with(
+        &crisp_dir,
+        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
+    )?;
+    let mut clients = crate::serving(&crisp).await?;
+    clients
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let state = crisp_dir.join("state");
+    let mut vm_runs = Vec::new();
+    let mut memory: Vec<Memory> = Vec::new();
+    let mut splits = Vec::new();
+    for i in 0..runs {
+        let (r, m, rec) = one_run(&crisp, "microvm", &image, i, &logs, Some(&state)).await?;
+        eprintln!("microvm run {i}: {r:?} {m:?}");
+        vm_runs.push(r);
+        memory.push(m);
+        splits.push((
+            rec["boot_ms"].as_f64().unwrap_or(0.0),
+            rec["guest_uptime_ms"].as_f64().unwrap_or(0.0),
+            rec["guest_init_ms"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let mut boot_times = Vec::new();
+    let mut failures = Vec::new();
+    for b in 0..boots {
+        let t = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut clients = crate::serving(&crisp).await?;
+            let pod = clients
+                .runtime
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(pod_config(1000 + b, &logs)),
+                    runtime_handler: "microvm".into(),
+                })
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
+            let took = t.elapsed();
+            clients
+                .runtime
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await?;
+            clients
+                .runtime
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod,
+                })
+                .await?;
+            Ok::<_, Error>(took)
+        })
+        .await;
+        match result {
+            Ok(Ok(took)) => boot_times.push(took.as_secs_f64() * 1000.0),
+            Ok(Err(e)) => failures.push(format!("boot {b}: {e}")),
+            Err(_) => failures.push(format!("boot {b}: hung (no answer in 60 s)")),
+        }
+    }
+    drop(crisp);
+    unmount_under(&crisp_dir);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crbench4"])
+        .status();
+
+    // containerd, runc pods: the baseline.
+    let ctd_dir = work.join("containerd");
+    let conf = crate::pods::conflist(&ctd_dir, "crbench5")?;
+    let extra = crate::containerd_cri_config(&pause_ref, &conf);
+    let ctd = start_containerd_with(&ctd_dir, &registry.addr, &extra)?;
+    let mut clients = crate::serving(&ctd).await?;
+    for img in [&image, &pause_ref] {
+        clients
+            .image
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: img.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut ctd_runs = Vec::new();
+    for i in 0..runs {
+        let (r, _, _) = one_run(&ctd, "", &image, 100 + i, &logs, None).await?;
+        ctd_runs.push(r);
+    }
+    drop(ctd);
+    unmount_under(&ctd_dir);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "crbench5"])
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+
+    let accel = if std::path::Path::new("/sys/module/kvm_pvm").exists()
+        || !std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|f| f == "vmx" || f == "svm")
+    {
+        "TCG"
+    } else {
+        "KVM"
+    };
+    crate::print_table(
+        "microvm",
+        &format!(
+            "{runs} runs: a VM pod ({accel}, 1 vCPU, 256 MiB, machine microvm) with one busybox container, crisp's microvm handler vs containerd's runc pods; median (min-max)"
+        ),
+    );
+    let pick = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    for (name, f) in [
+        ("RunPodSandbox", (|r: &Run| r.run_pod) as fn(&Run) -> f64),
+        ("CreateContainer+StartContainer", |r: &Run| r.create_start),
+        ("create to first output in the log", |r: &Run| r.to_output),
+    ] {
+        let (vm, lo, hi) = stats(&pick(&vm_runs, f));
+        let (base, _, _) = stats(&pick(&ctd_runs, f));
+        println!(
+            "| {name} (ms) | {vm:.0} ({lo:.0}-{hi:.0}) | {base:.0} | {:.2} |",
+            vm / base.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!();
+    println!("microVM boot, split (median of {runs}, ms):");
+    println!(
+        "| QEMU start to agent answering (host) | guest kernel start to agent answering | of which PID 1 bring-up (mounts, 11 modules, share) |"
+    );
+    println!("|---|---|---|");
+    let col = |k: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = splits.iter().map(k).collect();
+        median(&mut v)
+    };
+    println!(
+        "| {:.0} | {:.0} | {:.0} |",
+        col(|s| s.0),
+        col(|s| s.1),
+        col(|s| s.2)
+    );
+    println!();
+    println!("host memory per VM pod (median of {runs}, MiB):");
+    println!("| process | RSS | PSS |");
+    println!("|---|---|---|");
+    let mut helpers_rss = Vec::new();
+    let mut helpers_pss = Vec::new();
+    for name in ["qemu", "vsock", "virtiofsd"] {
+        let mut rss: Vec<f64> = Vec::new();
+        let mut pss: Vec<f64> = Vec::new();
+        for m in &memory {
+            if let Some((_, r, p)) = m.iter().find(|(n, _, _)| n == name) {
+                rss.push(*r as f64 / 1024.0);
+                pss.push(*p as f64 / 1024.0);
+            }
+        }
+        println!(
+            "| {name} | {:.1} | {:.1} |",
+            median(&mut rss),
+            median(&mut pss)
+        );
+    }
+    for m in &memory {
+        let (r, p) = m
+            .iter()
+            .filter(|(n, _, _)| n != "qemu")
+            .fold((0, 0), |(a, b), (_, r, p)| (a + r, b + p));
+        helpers_rss.push(r as f64 / 1024.0);
+        helpers_pss.push(p as f64 / 1024.0);
+    }
+    println!(
+        "| helpers other than QEMU, together | {:.1} | {:.1} |",
+        median(&mut helpers_rss),
+        median(&mut helpers_pss)
+    );
+    println!();
+    let (med, lo, hi) = stats(&boot_times);
+    println!(
+        "{boots} consecutive boots (RunPodSandbox, then stop and remove): {} ok, {} failed or hung; RunPodSandbox median {med:.0} ms (min {lo:.0}, max {hi:.0})",
+        boot_times.len(),
+        failures.len()
+    );
+    for f in &failures {
+        println!("- {f}");
+    }
+    Ok(())
+}
