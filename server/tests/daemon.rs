@@ -69,7 +69,7 @@ async fn version_status_and_runtime_config_answer() {
         .iter()
         .map(|h| h.name.as_str())
         .collect();
-    assert_eq!(handlers, ["", "crun", "runc", "runsc"]);
+    assert_eq!(handlers, ["", "crun", "microvm", "runc", "runsc"]);
 
     // `crictl info` says which handlers can run and why the others cannot.
     let verbose = runtime

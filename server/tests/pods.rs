@@ -268,7 +268,7 @@ async fn bad_requests_are_refused_and_unknown_ids_are_fine_to_stop() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
         err.message()
-            .contains("configured handlers: crun, runc, runsc"),
+            .contains("configured handlers: crun, microvm, runc, runsc"),
         "{}",
         err.message()
     );

@@ -387,25 +387,38 @@ impl MicroVm {
         let hybrid = dir.join("a.sock");
         let vhost = dir.join("v.sock");
         let fs = dir.join("f.sock");
-        let vsock = vm::spawn(
-            "vsock",
-            &self.config.vsock_backend,
-            &[
-                "--vm".to_owned(),
-                format!(
-                    "guest-cid=3,socket={},uds-path={}",
-                    vhost.display(),
-                    hybrid.display()
-                ),
-            ],
-            &dir,
-            &record.cgroups,
-            None,
-        )?;
-        record.helpers.push(vsock.clone());
-        record.transport = Some(Transport::Hybrid {
-            path: hybrid.clone(),
-        });
+        // The kernel's vhost-vsock where the host has it, else a userspace backend
+        // speaking hybrid vsock.
+        let transport = if Path::new("/dev/vhost-vsock").exists() {
+            Transport::Native {
+                cid: guest_cid(&record.id),
+            }
+        } else {
+            Transport::Hybrid {
+                path: hybrid.clone(),
+            }
+        };
+        let mut vsock = None;
+        if let Transport::Hybrid { .. } = transport {
+            let backend = vm::spawn(
+                "vsock",
+                &self.config.vsock_backend,
+                &[
+                    "--vm".to_owned(),
+                    format!(
+                        "guest-cid=3,socket={},uds-path={}",
+                        vhost.display(),
+                        hybrid.display()
+                    ),
+                ],
+                &dir,
+                &record.cgroups,
+                None,
+            )?;
+            record.helpers.push(backend.clone());
+            vsock = Some(backend);
+        }
+        record.transport = Some(transport.clone());
         record
             .save()
             .map_err(|e| format!("save the VM record: {e}"))?;
@@ -430,10 +443,12 @@ impl MicroVm {
         record
             .save()
             .map_err(|e| format!("save the VM record: {e}"))?;
-        vm::wait_for_socket(&vhost, &vsock, deadline).await?;
+        if let Some(vsock) = &vsock {
+            vm::wait_for_socket(&vhost, vsock, deadline).await?;
+        }
         vm::wait_for_socket(&fs, &virtiofsd, deadline).await?;
 
-        let args = self.qemu_args(&dir, &nic);
+        let args = self.qemu_args(&dir, &nic, &transport);
         let qemu = vm::spawn(
             "qemu",
             &self.config.vmm,
@@ -450,7 +465,6 @@ impl MicroVm {
 
         let qemu_fd = vm::pidfd(&qemu).ok_or("QEMU exited at once")?;
         let qemu_started = Instant::now();
-        let transport = Transport::Hybrid { path: hybrid };
         let left = deadline.saturating_duration_since(Instant::now());
         let channel = tokio::select! {
             c = transport.channel(agent_proto::AGENT_PORT, left) => c.map_err(|e| BootError {
@@ -519,7 +533,7 @@ impl MicroVm {
         Ok(())
     }
 
-    fn qemu_args(&self, dir: &Path, nic: &net::PodNic) -> Vec<String> {
+    fn qemu_args(&self, dir: &Path, nic: &net::PodNic, transport: &Transport) -> Vec<String> {
         let c = &self.config;
         let microvm = c.machine.starts_with("microvm");
         let bus = if microvm { "device" } else { "pci" };
@@ -565,10 +579,6 @@ impl MicroVm {
             "-append",
             &cmdline,
             "-chardev",
-            &format!("socket,id=vsock,path={}", dir.join("v.sock").display()),
-            "-device",
-            &format!("vhost-user-vsock-{bus},chardev=vsock"),
-            "-chardev",
             &format!("socket,id=fs,path={}", dir.join("f.sock").display()),
             "-device",
             &format!("vhost-user-fs-{bus},chardev=fs,tag=crisp"),
@@ -585,6 +595,17 @@ impl MicroVm {
             "-serial",
             &format!("file:{}", dir.join("console.log").display()),
         ]);
+        match transport {
+            Transport::Hybrid { .. } => push(&[
+                "-chardev",
+                &format!("socket,id=vsock,path={}", dir.join("v.sock").display()),
+                "-device",
+                &format!("vhost-user-vsock-{bus},chardev=vsock"),
+            ]),
+            Transport::Native { cid } => {
+                push(&["-device", &format!("vhost-vsock-{bus},guest-cid={cid}")])
+            }
+        }
         if microvm {
             push(&["-global", "virtio-mmio.force-legacy=false"]);
         }
@@ -594,6 +615,16 @@ impl MicroVm {
     fn shared(&self, sandbox: &str) -> PathBuf {
         self.dir_of(sandbox).join("shared")
     }
+}
+
+/// A guest CID for native vsock, from the sandbox ID (unique host-wide in practice: QEMU
+/// refuses a CID in use, which fails the pod rather than reaching another guest).
+fn guest_cid(id: &str) -> u32 {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    // CIDs 0-2 are reserved; stay below 2^31.
+    3 + (hash % 0x7fff_fff0) as u32
 }
 
 /// Why a VM did not come up.

@@ -21,6 +21,10 @@ struct Run {
     run_pod: f64,
     create_start: f64,
     to_output: f64,
+    /// ExecSync `true`, median of 10.
+    exec: f64,
+    /// The guest agent's RSS (PID 1 of the guest), KiB; 0 for a non-VM pod.
+    agent_rss: u64,
 }
 
 /// RSS and PSS of one process, KiB.
@@ -129,6 +133,35 @@ async fn one_run(
     )
     .await?;
     let to_output = t.elapsed().as_secs_f64() * 1000.0;
+    let mut execs = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        rt.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 10,
+        })
+        .await?;
+        execs.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let exec = median(&mut execs);
+    let mut agent_rss = 0;
+    if state.is_some() {
+        // No PID namespace per container in the guest yet: /proc/1 is the agent.
+        let out = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["grep".into(), "VmRSS".into(), "/proc/1/status".into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        agent_rss = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
     let mut memory = Vec::new();
     let mut rec = serde_json::Value::Null;
     if let Some(state) = state {
@@ -154,6 +187,8 @@ async fn one_run(
             run_pod,
             create_start,
             to_output,
+            exec,
+            agent_rss,
         },
         memory,
         rec,
@@ -312,6 +347,7 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
         ("RunPodSandbox", (|r: &Run| r.run_pod) as fn(&Run) -> f64),
         ("CreateContainer+StartContainer", |r: &Run| r.create_start),
         ("create to first output in the log", |r: &Run| r.to_output),
+        ("ExecSync `true`, median of 10", |r: &Run| r.exec),
     ] {
         let (vm, lo, hi) = stats(&pick(&vm_runs, f));
         let (base, _, _) = stats(&pick(&ctd_runs, f));
@@ -369,6 +405,14 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
         "| helpers other than QEMU, together | {:.1} | {:.1} |",
         median(&mut helpers_rss),
         median(&mut helpers_pss)
+    );
+    let mut agent: Vec<f64> = vm_runs
+        .iter()
+        .map(|r| r.agent_rss as f64 / 1024.0)
+        .collect();
+    println!(
+        "| (inside the guest) crisp-agent, PID 1 | {:.1} | |",
+        median(&mut agent)
     );
     println!();
     let (med, lo, hi) = stats(&boot_times);
