@@ -433,7 +433,7 @@ impl MicroVm {
                 "cache=auto".to_owned(),
                 "-o".to_owned(),
                 "sandbox=chroot".to_owned(),
-                "--thread-pool-size=1".to_owned(),
+                "--thread-pool-size=0".to_owned(),
             ],
             &dir,
             &record.cgroups,
