@@ -218,6 +218,17 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let (code, out) = workload::exec_out(&mut rt, &server, &["uname", "-r"]).await;
     assert_eq!((code, out.trim()), (0, guest_release.as_str()));
 
+    // kubelet's log rotation: the log is renamed, ReopenContainerLog makes a new one, and
+    // the agent writes there.
+    let rotated = s.net.sandbox.path("logs/server.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: server.clone(),
+    })
+    .await
+    .expect("reopen the log");
+    wait_for_log(&log, "stdout F tick", Duration::from_secs(10)).await;
+
     // A container that exits: its code, after its output.
     let short = workload::create(
         &mut rt,
