@@ -21,7 +21,11 @@ need apt-get
 [ -x /bin/busybox ] || { echo "build-guest: /bin/busybox is missing (package busybox-static)" >&2; exit 1; }
 
 # The kernel: the package Debian's cloud metapackage depends on, downloaded once.
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+kernel_package() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'
+}
+kpkg=$(kernel_package)
+[ -n "$kpkg" ] || { apt-get update >/dev/null 2>&1 || true; kpkg=$(kernel_package); }
 [ -n "$kpkg" ] || { echo "build-guest: apt knows no linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 kver=${kpkg#linux-image-}
 mkdir -p "$cache"
