@@ -87,11 +87,15 @@ async fn wait_for_log(path: &std::path::Path, needle: &str, within: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let guest_release = guest_kernel_release();
-    assert_ne!(
-        guest_release,
-        host_kernel_release(),
-        "the guest kernel must not be the host's"
-    );
+    // Where the host runs the very kernel the guest does, the release cannot tell them
+    // apart; the guest's command line (below) still does.
+    let distinct_kernels = guest_release != host_kernel_release();
+    // QEMU and virtiofsd, and the vsock backend where there is no kernel vhost-vsock.
+    let helpers = if std::path::Path::new("/dev/vhost-vsock").exists() {
+        2
+    } else {
+        3
+    };
     let s: Setup = workload::setup();
     let daemon = s.net.sandbox.start();
     let (mut rt, mut images) = daemon.clients().await;
@@ -116,8 +120,8 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         .to_string();
     assert_eq!(
         vm_processes(&vm_dir).len(),
-        3,
-        "QEMU, the vsock backend and virtiofsd run for the pod"
+        helpers,
+        "QEMU, virtiofsd (and the vsock backend) run for the pod"
     );
 
     // A TCP server and a ticking logger, each printing the kernel it runs on.
@@ -139,6 +143,15 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     assert!(
         text.contains(&format!("stdout F kernel {guest_release}")),
         "the container runs on the guest kernel: {text}"
+    );
+    if distinct_kernels {
+        assert!(!text.contains(&format!("kernel {}", host_kernel_release())));
+    }
+    let (code, cmdline) = workload::exec_out(&mut rt, &server, &["cat", "/proc/cmdline"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        cmdline.contains("rdinit=/init"),
+        "the kernel is the guest's, booted by crisp: {cmdline}"
     );
 
     // ExecSync: exit codes, separate streams, timeouts.
@@ -207,7 +220,11 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         during > before,
         "the log grows while crispd is down ({before} -> {during})"
     );
-    assert_eq!(vm_processes(&vm_dir).len(), 3, "the VM outlives crispd");
+    assert_eq!(
+        vm_processes(&vm_dir).len(),
+        helpers,
+        "the VM outlives crispd"
+    );
     let daemon = s.net.sandbox.start();
     let (mut rt, _) = daemon.clients().await;
     let status = workload::status(&mut rt, &server).await;

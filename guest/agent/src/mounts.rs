@@ -50,6 +50,54 @@ pub fn under(root: &Path, dest: &str) -> Result<PathBuf, String> {
     Ok(root.join(rel))
 }
 
+/// `dest` inside the container whose root is `root`, with the image's symbolic links
+/// followed as the container would see them (`/var/run -> /run` lands in its `/run`,
+/// never in the agent's): each link is resolved against `root`, `..` stops at it.
+pub fn in_root(root: &Path, dest: &str) -> Result<PathBuf, String> {
+    let mut pending: Vec<std::ffi::OsString> = Path::new(dest)
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_owned()),
+            std::path::Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        let mut path = root.to_path_buf();
+        path.extend(&at);
+        path.push(&part);
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("too many symbolic links under {dest:?}"));
+                }
+                if target.is_absolute() {
+                    at.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        std::path::Component::Normal(p) => pending.push(p.to_owned()),
+                        std::path::Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Err(_) => at.push(part),
+        }
+    }
+    let mut path = root.to_path_buf();
+    path.extend(&at);
+    Ok(path)
+}
+
 /// Every directory from `root` (exclusive) down to `path` (inclusive), as mkdir steps.
 fn mkdir_all(root: &Path, path: &Path, steps: &mut Vec<Step>) -> Result<(), String> {
     let mut at = root.to_path_buf();
@@ -93,7 +141,7 @@ fn options(opts: &[String]) -> (libc::c_ulong, bool, bool, String) {
 pub fn plan(rootfs: &Path, shared: &Path, mounts: &[Mount]) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
     for m in mounts {
-        let target = under(rootfs, &m.destination)?;
+        let target = in_root(rootfs, &m.destination)?;
         let (flags, read_only, recursive, data) = options(&m.options);
         match m.r#type.as_str() {
             "bind" => {
@@ -269,6 +317,22 @@ mod tests {
             under(Path::new("/r"), "/etc/hosts").ok(),
             Some(PathBuf::from("/r/etc/hosts"))
         );
+    }
+
+    #[test]
+    fn destinations_follow_the_images_links_inside_its_root() {
+        let root = std::env::temp_dir().join(format!("agent-in-root-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(root.join("run"));
+        let _ = std::fs::create_dir_all(root.join("var"));
+        let _ = std::os::unix::fs::symlink("/run", root.join("var/run"));
+        let _ = std::os::unix::fs::symlink("../../..", root.join("run/up"));
+        assert_eq!(
+            in_root(&root, "/var/run/secrets/token").ok(),
+            Some(root.join("run/secrets/token"))
+        );
+        assert_eq!(in_root(&root, "/run/up/etc").ok(), Some(root.join("etc")));
+        assert_eq!(in_root(&root, "/../../etc").ok(), Some(root.join("etc")));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

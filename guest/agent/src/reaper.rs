@@ -10,10 +10,13 @@ use tokio::sync::watch;
 /// How a process ended: its exit code, 128 + the signal for a death by signal.
 pub type Status = i32;
 
+/// Who waits for which pid. The agent runs on one thread and registers a child right
+/// after spawning it, with no await in between, so the reaper (a task on that thread)
+/// cannot reap a child before it is registered: exits of unregistered pids are orphans'
+/// and are dropped (keeping them would hand a stale status to a later child that reuses
+/// the pid).
 #[derive(Default)]
 struct Table {
-    /// Exits seen before anyone asked (the process ended before `watch` was called).
-    early: HashMap<i32, Status>,
     waiting: HashMap<i32, watch::Sender<Option<Status>>>,
 }
 
@@ -67,33 +70,17 @@ impl Reaper {
             if pid <= 0 {
                 return;
             }
-            let status = decode(status);
-            let mut table = self.lock();
-            match table.waiting.remove(&pid) {
-                Some(tx) => {
-                    let _ = tx.send(Some(status));
-                }
-                None => {
-                    // Only children the agent spawned are asked for; bound what orphans
-                    // leave.
-                    if table.early.len() > 4096 {
-                        table.early.clear();
-                    }
-                    table.early.insert(pid, status);
-                }
+            if let Some(tx) = self.lock().waiting.remove(&pid) {
+                let _ = tx.send(Some(decode(status)));
             }
         }
     }
 
     /// A watch that holds the exit status of child `pid` once it has ended. Call it right
-    /// after spawning.
+    /// after spawning, with no await in between.
     pub fn watch(&self, pid: i32) -> watch::Receiver<Option<Status>> {
-        let mut table = self.lock();
-        if let Some(status) = table.early.remove(&pid) {
-            return watch::channel(Some(status)).1;
-        }
         let (tx, rx) = watch::channel(None);
-        table.waiting.insert(pid, tx);
+        self.lock().waiting.insert(pid, tx);
         rx
     }
 

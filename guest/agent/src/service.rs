@@ -71,22 +71,30 @@ async fn pump(fd: std::os::fd::OwnedFd, stream: &'static str, log: Arc<Mutex<Log
     crilog::flush(&mut lock(&log), stream, &mut partial);
 }
 
-/// Reads `fd` to its end, keeping at most [`EXEC_OUTPUT_CAP`] bytes.
-async fn collect(fd: std::os::fd::OwnedFd) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Reads `fd` to its end into `out`, keeping at most [`EXEC_OUTPUT_CAP`] bytes (what was
+/// read stays in `out` if the reading is given up).
+async fn collect_into(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) {
     let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
-        return out;
+        return;
     };
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return out,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut out = lock(&out);
                 let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
                 out.extend_from_slice(&buf[..n.min(room)]);
             }
         }
     }
+}
+
+/// Reads `fd` to its end.
+async fn collect(fd: std::os::fd::OwnedFd) -> Vec<u8> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    collect_into(fd, Arc::clone(&out)).await;
+    std::mem::take(&mut *lock(&out))
 }
 
 /// Runs a guest tool (busybox) to its end; its error output on failure.
@@ -189,6 +197,7 @@ impl Agent for AgentService {
                 )));
             }
         }
+        let mut first_nic = None;
         for nic in &r.interfaces {
             let name = std::fs::read_dir("/sys/class/net")
                 .map_err(|e| Status::internal(format!("/sys/class/net: {e}")))?
@@ -221,15 +230,23 @@ impl Agent for AgentService {
             run_tool(&self.reaper, &["ip", "link", "set", "dev", &name, "up"])
                 .await
                 .map_err(Status::internal)?;
+            first_nic.get_or_insert(name);
         }
-        for route in &r.routes {
+        // Routes without a gateway (on-link, such as the /32 gateway route of ptp or
+        // Calico networks) first, on the pod's NIC; then those through a gateway.
+        let nic = first_nic.unwrap_or_else(|| "eth0".to_owned());
+        let mut routes: Vec<_> = r.routes.iter().collect();
+        routes.sort_by_key(|route| !route.gateway.is_empty());
+        for route in routes {
             let dest = if route.destination.is_empty() {
                 "default"
             } else {
                 route.destination.as_str()
             };
             let mut args = vec!["ip", "route", "add", dest];
-            if !route.gateway.is_empty() {
+            if route.gateway.is_empty() {
+                args.extend(["dev", nic.as_str()]);
+            } else {
                 args.extend(["via", route.gateway.as_str()]);
             }
             run_tool(&self.reaper, &args)
@@ -432,8 +449,12 @@ impl Agent for AgentService {
             .map_err(Status::failed_precondition)?;
         let child = started.pid;
         let status = self.reaper.watch(child);
-        let out = tokio::spawn(collect(started.stdout));
-        let err = tokio::spawn(collect(started.stderr));
+        let (out_buf, err_buf) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let out = tokio::spawn(collect_into(started.stdout, Arc::clone(&out_buf)));
+        let err = tokio::spawn(collect_into(started.stderr, Arc::clone(&err_buf)));
         let limit = if r.timeout_ms == 0 {
             Duration::MAX
         } else {
@@ -448,10 +469,15 @@ impl Agent for AgentService {
                     (Reaper::wait(status).await, true)
                 }
             };
-        let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
-        let (stdout, stderr) = tokio::time::timeout(DRAIN_AFTER_EXIT, drained)
-            .await
-            .unwrap_or_default();
+        // A child the command left may hold a pipe open: keep what came, drain at most
+        // a little longer.
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            let _ = out.await;
+            let _ = err.await;
+        })
+        .await;
+        let stdout = std::mem::take(&mut *lock(&out_buf));
+        let stderr = std::mem::take(&mut *lock(&err_buf));
         Ok(Response::new(ExecSyncResponse {
             exit_code: code,
             stdout,

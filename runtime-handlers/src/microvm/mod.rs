@@ -160,8 +160,9 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> std::io::Result<()> {
     }
 }
 
-/// Binds `source` (file or directory) at `target`, making the mount point.
-fn share(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
+/// Binds `source` (file or directory) at `target`, making the mount point; read-only on
+/// the host when `read_only` (virtiofsd then cannot write it, whatever the guest does).
+fn share(source: &Path, target: &Path, recursive: bool, read_only: bool) -> Result<(), String> {
     let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -173,7 +174,27 @@ fn share(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
     };
     made.map_err(|e| format!("{}: {e}", target.display()))?;
     bind(source, target, recursive)
-        .map_err(|e| format!("share {} with the VM: {e}", source.display()))
+        .map_err(|e| format!("share {} with the VM: {e}", source.display()))?;
+    if read_only {
+        let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: a NUL-terminated path; no data.
+        let r = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                t.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            unmount(target);
+            return Err(format!("share {} read-only: {e}", source.display()));
+        }
+    }
+    Ok(())
 }
 
 /// Stops what a record names: the helpers, the network plumbing, the cgroup, the
@@ -292,7 +313,7 @@ impl MicroVm {
         }
         let mut slot = vm.channel.lock().await;
         if let Some(channel) = slot.as_ref() {
-            return Ok(AgentClient::new(channel.clone()));
+            return Ok(agent_client(channel.clone()));
         }
         let transport = vm
             .record
@@ -305,7 +326,7 @@ impl MicroVm {
             _ = vm.died() => return Err(self.vm_error(id, self.death_note(&vm.record), false)),
         };
         *slot = Some(channel.clone());
-        Ok(AgentClient::new(channel))
+        Ok(agent_client(channel))
     }
 
     /// Why a VM died, from what QEMU and the guest printed.
@@ -481,7 +502,7 @@ impl MicroVm {
                 vm::tail(&dir.join("console.log"), 5)
             ))),
         };
-        let mut client = AgentClient::new(channel.clone());
+        let mut client = agent_client(channel.clone());
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
@@ -615,6 +636,11 @@ impl MicroVm {
     fn shared(&self, sandbox: &str) -> PathBuf {
         self.dir_of(sandbox).join("shared")
     }
+}
+
+/// A client of the agent that takes ExecSync's largest answers (16 MiB per stream).
+fn agent_client(channel: Channel) -> AgentClient<Channel> {
+    AgentClient::new(channel).max_decoding_message_size(40 << 20)
 }
 
 /// A guest CID for native vsock, from the sandbox ID (unique host-wide in practice: QEMU
@@ -805,10 +831,14 @@ impl RuntimeHandler for MicroVm {
             }
         }
         let dir = self.dir_of(&sandbox.id);
-        std::fs::create_dir_all(dir.join("shared")).map_err(|source| HandlerError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        // The pod's directory first: a VM whose pod directory is missing is an orphan to
+        // any crispd starting meanwhile (`crispd check` too).
+        for d in [sandbox.state_dir.clone(), dir.join("shared")] {
+            std::fs::create_dir_all(&d).map_err(|source| HandlerError::Io {
+                path: d.clone(),
+                source,
+            })?;
+        }
         let record = VmRecord {
             id: sandbox.id.clone(),
             dir: dir.clone(),
@@ -907,7 +937,7 @@ impl RuntimeHandler for MicroVm {
             } else {
                 c.bundle.join(root)
             };
-            share(&root, &cdir.join("rootfs"), true).map_err(io)?;
+            share(&root, &cdir.join("rootfs"), true, false).map_err(io)?;
             let mut mounts = Vec::new();
             for (i, m) in c.spec.mounts().iter().flatten().enumerate() {
                 let options = m.options().clone().unwrap_or_default();
@@ -918,7 +948,8 @@ impl RuntimeHandler for MicroVm {
                     let source = m.source().clone().unwrap_or_default();
                     let name = format!("m{i}");
                     let recursive = options.iter().any(|o| o == "rbind");
-                    share(&source, &cdir.join(&name), recursive).map_err(io)?;
+                    let read_only = options.iter().any(|o| o == "ro");
+                    share(&source, &cdir.join(&name), recursive, read_only).map_err(io)?;
                     mounts.push(agent_proto::Mount {
                         destination,
                         r#type: "bind".to_owned(),
@@ -948,7 +979,7 @@ impl RuntimeHandler for MicroVm {
                     .append(true)
                     .open(c.log_path)
                     .map_err(|e| io(format!("{}: {e}", c.log_path.display())))?;
-                share(c.log_path, &cdir.join("log.0"), false).map_err(io)?;
+                share(c.log_path, &cdir.join("log.0"), false, false).map_err(io)?;
                 std::fs::write(
                     cdir.with_extension("log-path"),
                     c.log_path.as_os_str().as_encoded_bytes(),
@@ -1241,7 +1272,7 @@ impl RuntimeHandler for MicroVm {
             .map_err(|e| io(format!("{}: {e}", log_path.display())))?;
         // A new name each time: the guest may have the old one's entry cached.
         let name = format!("log.{next}");
-        share(&log_path, &cdir.join(&name), false).map_err(io)?;
+        share(&log_path, &cdir.join(&name), false, false).map_err(io)?;
         let request = agent_proto::ReopenLogRequest {
             id: c.id.to_owned(),
             log_path: format!("{}/{name}", c.id),

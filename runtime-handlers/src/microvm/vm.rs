@@ -156,11 +156,9 @@ pub async fn kill(helper: &Helper) {
             0,
         )
     };
+    // A helper this crispd started is reaped by its reaper thread; one adopted by init
+    // after a restart is init's to reap.
     let _ = tokio::time::timeout(Duration::from_secs(5), wait_exit(&fd)).await;
-    // Ours to reap if we started it; tokio does that for the children it spawned, and a
-    // process adopted by init is init's. A zombie of ours left here would be reaped too.
-    // SAFETY: waitpid on that pid only, without blocking.
-    unsafe { libc::waitpid(helper.pid, std::ptr::null_mut(), libc::WNOHANG) };
 }
 
 /// Starts a helper: in a session of its own (crispd's signals are not its), in the
@@ -196,6 +194,15 @@ pub fn spawn(
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
+            // Not crispd's OOM protection: a VM is the pod's, and goes before crispd.
+            let adj = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if adj >= 0 {
+                libc::write(adj, b"0".as_ptr().cast(), 1);
+                libc::close(adj);
+            }
             for f in &procs {
                 libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1);
             }
@@ -211,6 +218,8 @@ pub fn spawn(
         .spawn()
         .map_err(|e| format!("start {}: {e}", binary.display()))?;
     let pid = child.id() as i32;
+    // Read before anything may reap it: an unreaped child's pid cannot be reused.
+    let start_time = start_time(pid).unwrap_or(0);
     // Reap it whenever it ends while this crispd runs; it outlives crispd otherwise.
     std::thread::Builder::new()
         .name(format!("reap-{name}"))
@@ -219,7 +228,6 @@ pub fn spawn(
             let _ = child.wait();
         })
         .map_err(|e| format!("reaper for {name}: {e}"))?;
-    let start_time = start_time(pid).unwrap_or(0);
     Ok(Helper {
         name: name.to_owned(),
         pid,
