@@ -98,17 +98,7 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     };
     let s: Setup = workload::setup();
     let daemon = s.net.sandbox.start();
-    let (mut rt, mut images) = daemon.clients().await;
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: s.image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    let mut rt = workload::pulled(&s, &daemon).await;
     let pod = run_vm_pod(&mut rt, workload::pod_config(&s), "microvm")
         .await
         .expect("a microvm pod runs");
@@ -234,6 +224,43 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     );
     let (code, out) = workload::exec_out(&mut rt, &server, &["uname", "-r"]).await;
     assert_eq!((code, out.trim()), (0, guest_release.as_str()));
+
+    // A command the image lacks: StartContainer fails with the agent's words, the pod
+    // runs on, and removing the container releases its share (checked at the end).
+    let missing = workload::create(
+        &mut rt,
+        &s,
+        &pod,
+        cri::ContainerConfig {
+            command: vec!["no-such-command".into()],
+            ..workload::container(&s, "missing", "")
+        },
+    )
+    .await;
+    let refused = rt
+        .start_container(cri::StartContainerRequest {
+            container_id: missing.clone(),
+        })
+        .await
+        .expect_err("a command the image lacks cannot start");
+    assert!(
+        refused.message().contains("executable file not found"),
+        "{refused:?}"
+    );
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: missing.clone(),
+    })
+    .await
+    .expect("remove the container that did not start");
+    let shares = s
+        .net
+        .sandbox
+        .path("state/runtimes/microvm")
+        .read_dir()
+        .expect("VM dir")
+        .flatten()
+        .any(|vm| vm.path().join("shared").join(&missing).exists());
+    assert!(!shares, "the removed container's share is gone");
 
     // kubelet's log rotation: the log is renamed, ReopenContainerLog makes a new one, and
     // the agent writes there.

@@ -405,11 +405,22 @@ impl Agent for AgentService {
     ) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
         let pid = {
-            let containers = lock(&self.containers);
-            let c = containers.get(&r.id).ok_or_else(|| {
+            let mut containers = lock(&self.containers);
+            let c = containers.get_mut(&r.id).ok_or_else(|| {
                 Status::not_found(format!("container {} is not in this VM", r.id))
             })?;
             if c.exit.borrow().is_some() {
+                return Ok(Response::new(Empty {}));
+            }
+            if c.pid.is_none() && r.signal != 0 {
+                // Created, never started (or its start failed): as with an OCI runtime,
+                // a signal ends it, with the status a signalled process reports.
+                if let Some(tx) = c.exit_tx.take() {
+                    let _ = tx.send(Some(ExitInfo {
+                        exit_code: 128 + r.signal,
+                        finished_at_unix_nanos: now_nanos(),
+                    }));
+                }
                 return Ok(Response::new(Empty {}));
             }
             c.pid

@@ -633,6 +633,22 @@ impl MicroVm {
         args
     }
 
+    /// What the agent knows of container `c`.
+    async fn agent_status(
+        &self,
+        c: &ContainerRef<'_>,
+    ) -> Result<agent_proto::ContainerStatusResponse, HandlerError> {
+        let id = c.id.to_owned();
+        self.call(
+            c.sandbox_id,
+            "state",
+            c.id,
+            CALL_DEADLINE,
+            |mut a| async move { a.container_status(agent_proto::ContainerId { id }).await },
+        )
+        .await
+    }
+
     fn shared(&self, sandbox: &str) -> PathBuf {
         self.dir_of(sandbox).join("shared")
     }
@@ -1095,16 +1111,7 @@ impl RuntimeHandler for MicroVm {
         &self,
         c: &ContainerRef<'_>,
     ) -> Result<Option<RuntimeState>, HandlerError> {
-        let id = c.id.to_owned();
-        let status = self
-            .call(
-                c.sandbox_id,
-                "state",
-                c.id,
-                CALL_DEADLINE,
-                |mut a| async move { a.container_status(agent_proto::ContainerId { id }).await },
-            )
-            .await;
+        let status = self.agent_status(c).await;
         match status {
             Ok(s) => Ok(Some(RuntimeState {
                 status: match s.state() {
@@ -1144,16 +1151,7 @@ impl RuntimeHandler for MicroVm {
         if !self.vm(c.sandbox_id).is_ok_and(|v| v.alive()) {
             return Ok(lost("the pod's VM is gone"));
         }
-        let id = c.id.to_owned();
-        let status = self
-            .call(
-                c.sandbox_id,
-                "state",
-                c.id,
-                CALL_DEADLINE,
-                |mut a| async move { a.container_status(agent_proto::ContainerId { id }).await },
-            )
-            .await;
+        let status = self.agent_status(c).await;
         match status {
             Ok(s) => Ok(match (s.state(), s.exit) {
                 (State::Exited, Some(e)) => Recovered::Exited(ExitStatus {

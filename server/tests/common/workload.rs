@@ -31,7 +31,8 @@ pub fn setup() -> Setup {
     }
 }
 
-pub async fn ready(s: &Setup, daemon: &Daemon) -> (RuntimeServiceClient<Channel>, String) {
+/// The daemon's runtime client, with the test image pulled.
+pub async fn pulled(s: &Setup, daemon: &Daemon) -> RuntimeServiceClient<Channel> {
     let (runtime, mut images) = daemon.clients().await;
     images
         .pull_image(cri::PullImageRequest {
@@ -43,6 +44,11 @@ pub async fn ready(s: &Setup, daemon: &Daemon) -> (RuntimeServiceClient<Channel>
         })
         .await
         .expect("pull");
+    runtime
+}
+
+pub async fn ready(s: &Setup, daemon: &Daemon) -> (RuntimeServiceClient<Channel>, String) {
+    let runtime = pulled(s, daemon).await;
     let mut rt = runtime.clone();
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {

@@ -72,18 +72,8 @@ async fn measure(
     pause: Option<&str>,
 ) -> Result<Figures, Error> {
     let mut clients = crate::serving(daemon).await?;
-    for img in std::iter::once(image).chain(pause) {
-        clients
-            .image
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: img.to_owned(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await?;
-    }
+    let images: Vec<&str> = std::iter::once(image).chain(pause).collect();
+    pull_all(&mut clients, &images).await?;
     let pod_config = crate::pods::pod(0);
     let rt = &mut clients.runtime;
     let pod = rt
@@ -218,21 +208,46 @@ async fn measure(
     })
 }
 
-pub async fn run(count: usize) -> Result<(), Error> {
-    let work = tempdir()?;
-    let registry = Registry::start(&work.join("registry"), None)?;
+/// Pushes the busybox image the container benchmarks run and a pause image for
+/// containerd; their references.
+pub(crate) fn push_busybox_and_pause(registry: &Registry) -> Result<(String, String), Error> {
     let busybox = ImageBuilder::new()
         .layer(fixture::busybox_layer()?)
         .cmd(&["sh"])
         .build();
-    fixture::push(&registry, "bench/busybox", "1", &busybox)?;
+    fixture::push(registry, "bench/busybox", "1", &busybox)?;
     let pause = ImageBuilder::new()
         .layer(fixture::busybox_layer()?)
         .entrypoint(&["/bin/sleep", "2147483647"])
         .build();
-    fixture::push(&registry, "pause", "bench", &pause)?;
-    let image = format!("{}/bench/busybox:1", registry.addr);
-    let pause_ref = format!("{}/pause:bench", registry.addr);
+    fixture::push(registry, "pause", "bench", &pause)?;
+    Ok((
+        format!("{}/bench/busybox:1", registry.addr),
+        format!("{}/pause:bench", registry.addr),
+    ))
+}
+
+/// Pulls `images` through `clients`.
+pub(crate) async fn pull_all(clients: &mut critest::Clients, images: &[&str]) -> Result<(), Error> {
+    for image in images {
+        clients
+            .image
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: (*image).to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn run(count: usize) -> Result<(), Error> {
+    let work = tempdir()?;
+    let registry = Registry::start(&work.join("registry"), None)?;
+    let (image, pause_ref) = push_busybox_and_pause(&registry)?;
 
     let crisp_dir = work.join("crisp");
     let conf = crate::pods::conflist(&crisp_dir, "crbench2")?;

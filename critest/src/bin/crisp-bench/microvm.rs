@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cri_proto::v1 as cri;
-use critest::fixture::{self, ImageBuilder, Registry};
+use critest::fixture::Registry;
 
 use crate::{
     Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
@@ -206,18 +206,7 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
 pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
     let work = tempdir()?;
     let registry = Registry::start(&work.join("registry"), None)?;
-    let image = ImageBuilder::new()
-        .layer(fixture::busybox_layer()?)
-        .cmd(&["sh"])
-        .build();
-    fixture::push(&registry, "bench/busybox", "1", &image)?;
-    let pause = ImageBuilder::new()
-        .layer(fixture::busybox_layer()?)
-        .entrypoint(&["/bin/sleep", "2147483647"])
-        .build();
-    fixture::push(&registry, "pause", "bench", &pause)?;
-    let image = format!("{}/bench/busybox:1", registry.addr);
-    let pause_ref = format!("{}/pause:bench", registry.addr);
+    let (image, pause_ref) = crate::containers::push_busybox_and_pause(&registry)?;
     let logs = work.join("logs");
 
     // crisp, microVM pods.
@@ -228,16 +217,7 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
         &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
     )?;
     let mut clients = crate::serving(&crisp).await?;
-    clients
-        .image
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
+    crate::containers::pull_all(&mut clients, &[&image]).await?;
     let state = crisp_dir.join("state");
     let mut vm_runs = Vec::new();
     let mut memory: Vec<Memory> = Vec::new();
@@ -302,18 +282,7 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
     let extra = crate::containerd_cri_config(&pause_ref, &conf);
     let ctd = start_containerd_with(&ctd_dir, &registry.addr, &extra)?;
     let mut clients = crate::serving(&ctd).await?;
-    for img in [&image, &pause_ref] {
-        clients
-            .image
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: img.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await?;
-    }
+    crate::containers::pull_all(&mut clients, &[&image, &pause_ref]).await?;
     let mut ctd_runs = Vec::new();
     for i in 0..runs {
         let (r, _, _) = one_run(&ctd, "", &image, 100 + i, &logs, None).await?;
