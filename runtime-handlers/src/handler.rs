@@ -230,6 +230,14 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
         state: &SandboxState,
     ) -> Result<bool, HandlerError>;
 
+    /// Resolves when the handler's part of a ready sandbox ends by itself (its VM
+    /// stopped), with why, after ending what served it; `None` at once from a handler
+    /// whose sandboxes have nothing that can end alone. `server` then marks the pod
+    /// NotReady, so kubelet stops it and makes a new one.
+    async fn wait_sandbox(&self, _sandbox: &SandboxSpec, _state: &SandboxState) -> Option<String> {
+        None
+    }
+
     /// Creates a container (not started). Returns its init's pid.
     async fn create_container(&self, container: &ContainerSpec<'_>) -> Result<u32, HandlerError>;
 

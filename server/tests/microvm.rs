@@ -290,14 +290,83 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
 
     // Stop and remove: nothing of the VM is left.
     workload::stop_and_remove_pod(&mut rt, &pod).await;
+    assert_nothing_left(&s, &vm_dir, &pod);
+
+    // A VM that dies by itself: the pod turns NotReady, its container exited, the
+    // helpers that served the guest end at once, and stop and remove leave nothing.
+    let doomed = run_vm_pod(&mut rt, workload::named_pod(&s, "doomed"), "microvm")
+        .await
+        .expect("a second microvm pod runs");
+    let sleeper = workload::create(
+        &mut rt,
+        &s,
+        &doomed,
+        workload::container(&s, "sleeper", "exec sleep 1000"),
+    )
+    .await;
+    workload::start(&mut rt, &sleeper).await;
+    let qemu: Vec<i32> = vm_processes(&vm_dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .collect();
+    assert_eq!(qemu.len(), 1, "one QEMU runs the pod");
+    // SAFETY: a plain kill of a process this test's crispd started.
+    unsafe { libc::kill(qemu[0], libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: doomed.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("pod status")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        if state == Some(i32::from(cri::PodSandboxState::SandboxNotready)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod of a dead VM turns NotReady"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = workload::wait_exited(&mut rt, &sleeper).await;
+    assert_ne!(
+        gone.exit_code, 0,
+        "the container of a dead VM did not succeed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vm_processes(&vm_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the helpers of a dead VM end: {:?}",
+            vm_processes(&vm_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    workload::stop_and_remove_pod(&mut rt, &doomed).await;
+    assert_nothing_left(&s, &vm_dir, &doomed);
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
+
+/// Nothing of pod `pod`'s VM is left on the host: no process, mount, directory, veth
+/// or cgroup.
+fn assert_nothing_left(s: &Setup, vm_dir: &str, pod: &str) {
     assert_eq!(
-        vm_processes(&vm_dir),
+        vm_processes(vm_dir),
         Vec::<i32>::new(),
         "no QEMU or helper is left"
     );
     assert_eq!(s.net.mounts(), 0, "no mount is left");
     assert!(
-        std::fs::read_dir(&vm_dir).map(|d| d.count()).unwrap_or(0) == 0,
+        std::fs::read_dir(vm_dir).map(|d| d.count()).unwrap_or(0) == 0,
         "no VM directory is left"
     );
     assert_eq!(s.net.veths(), 0, "no veth is left");
@@ -319,8 +388,6 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         leftover.is_empty(),
         "the pod's cgroup is gone: {leftover:?}"
     );
-    let (status, _) = daemon.stop();
-    assert!(status.success());
 }
 
 /// Pods a VM cannot serve fail with a precise status and leave nothing: a guest whose

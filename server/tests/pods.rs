@@ -683,3 +683,55 @@ async fn the_pod_cidr_from_update_runtime_config_reaches_cni() {
         .expect("remove");
     assert_eq!(net.veths(), 0);
 }
+
+/// A pod whose PID-namespace init dies turns NotReady while crispd runs (kubelet then
+/// stops it and makes a new one), and stopping and removing it leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_init_dies_turns_not_ready() {
+    let net = Net::new("");
+    let daemon = net.sandbox.start();
+    let (mut runtime, _) = daemon.clients().await;
+    let id = runtime
+        .run_pod_sandbox(run_request(pod_config("orphaned")))
+        .await
+        .expect("run")
+        .into_inner()
+        .pod_sandbox_id;
+    let pause = pid_namespace_init(&mut runtime, &id).await;
+    // SAFETY: a plain kill of the pod init this test's crispd started.
+    unsafe { libc::kill(pause as i32, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        if state == Some(i32::from(cri::PodSandboxState::SandboxNotready)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod of a dead init turns NotReady"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop");
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .expect("remove");
+    assert_eq!(net.allocations(), 0);
+    assert_eq!(net.veths(), 0);
+    assert_eq!(net.mounts(), 0);
+}

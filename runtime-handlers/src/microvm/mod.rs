@@ -932,6 +932,19 @@ impl RuntimeHandler for MicroVm {
         }
     }
 
+    async fn wait_sandbox(&self, sandbox: &SandboxSpec, _state: &SandboxState) -> Option<String> {
+        let Ok(vm) = self.vm(&sandbox.id) else {
+            return Some("the pod has no VM on this host".to_owned());
+        };
+        vm.died().await;
+        // The guest is gone: the daemons that served it have nothing left to do. The rest
+        // (share, qdisc, cgroup, logs) stays for StopPodSandbox, which ends it all.
+        for helper in vm.record.helpers.iter().filter(|h| h.name != "qemu") {
+            vm::kill(helper).await;
+        }
+        Some(self.death_note(&vm.record))
+    }
+
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
         let shared = self.shared(c.sandbox_id);
         let cdir = shared.join(c.id);

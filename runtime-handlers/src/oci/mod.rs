@@ -215,6 +215,26 @@ impl RuntimeHandler for OciRuntime {
         Ok(pid == 0 || is_sandbox_init(pid, state, &sandbox.pid_pin))
     }
 
+    async fn wait_sandbox(&self, sandbox: &SandboxSpec, state: &SandboxState) -> Option<String> {
+        // A gVisor sandbox is watched through its containers; a pod without an init has
+        // nothing of the handler's that can end.
+        let pid = sandbox_init(state);
+        if gvisor_sandbox(state) || pid == 0 {
+            return None;
+        }
+        // (An exited init may linger as a zombie that still names its namespace: the
+        // pidfd's word is final.)
+        if is_sandbox_init(pid, state, &sandbox.pid_pin)
+            && !wait_process(pid as i32).await
+            && is_sandbox_init(pid, state, &sandbox.pid_pin)
+        {
+            return None; // it cannot be watched
+        }
+        Some(format!(
+            "the pod's init (pid {pid}), which holds its PID namespace, exited"
+        ))
+    }
+
     async fn create_container(&self, c: &ContainerSpec<'_>) -> Result<u32, HandlerError> {
         if !self.is_gvisor() {
             return self.create(c, false).await;

@@ -93,6 +93,9 @@ async fn serve(
     let daemon = Arc::new(Daemon::new(config, images, pods, containers, handlers));
     // What became of the containers while crispd was away, before anyone can ask.
     crate::container::recover(&daemon).await;
+    for pod in daemon.pods.all() {
+        crate::pod::watch(Arc::clone(&daemon), pod.snapshot().id.clone());
+    }
     let listener = socket::bind(&listen)?;
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
     tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));

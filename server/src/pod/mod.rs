@@ -510,6 +510,42 @@ fn remove_pins(state_dir: &Path, failures: &mut Vec<String>) {
     }
 }
 
+/// Watches a ready sandbox for the end of its handler's part (a VM that stopped by
+/// itself): the pod is then NotReady, as containerd and CRI-O report a sandbox whose
+/// task exited, so kubelet stops it and makes a new one. A stop that got there first
+/// leaves nothing to do.
+pub fn watch(daemon: Arc<crate::state::Daemon>, id: String) {
+    tokio::spawn(async move {
+        let Some(pod) = daemon.pods.get(&id) else {
+            return;
+        };
+        let snapshot = pod.snapshot();
+        if !snapshot.ready {
+            return;
+        }
+        let (Some(state), Ok(handler)) = (
+            snapshot.handler_state(),
+            daemon.handlers.get(&snapshot.handler),
+        ) else {
+            return;
+        };
+        let Some(reason) = handler.wait_sandbox(&snapshot.sandbox_spec(), &state).await else {
+            return;
+        };
+        let mut record = pod.record.lock().await;
+        if !record.ready || daemon.pods.get(&id).is_none() {
+            return;
+        }
+        tracing::warn!(id = %id, reason = %reason, "the sandbox ended by itself; it is NotReady");
+        let mut after = record.clone();
+        after.ready = false;
+        if let Err(e) = daemon.pods.persist(&after).await {
+            tracing::error!(id = %id, error = %e, "cannot persist sandbox record");
+        }
+        *record = after;
+    });
+}
+
 /// Loads the sandbox records at startup. A pod whose namespaces are gone (the node
 /// rebooted) is NotReady, and any network it still held is released now, so IPs do not
 /// leak across reboots.

@@ -29,7 +29,7 @@ fn mode(m: i32) -> NsMode {
 
 /// Runs a sandbox and returns its ID.
 pub async fn run(
-    daemon: &Daemon,
+    daemon: &std::sync::Arc<Daemon>,
     request: cri::RunPodSandboxRequest,
 ) -> Result<String, LifecycleError> {
     let config = daemon.config();
@@ -218,6 +218,7 @@ pub async fn run(
     }
     tracing::info!(pod = %key, id = %id, ips = ?record.ips, "sandbox ready");
     daemon.pods.insert(record);
+    super::watch(std::sync::Arc::clone(daemon), id.clone());
     Ok(id)
 }
 
