@@ -74,6 +74,20 @@ pub enum HandlerError {
         /// What is missing and how to make it.
         message: String,
     },
+    /// A pod's guest agent refused or failed a call, with the status code it chose.
+    #[error("{handler} {operation} {id} failed in the VM: {message}")]
+    Agent {
+        /// The handler name.
+        handler: String,
+        /// create, start, kill, delete, ...
+        operation: String,
+        /// The container.
+        id: String,
+        /// The agent's status code (InvalidArgument, FailedPrecondition, ...).
+        code: tonic::Code,
+        /// What the agent said.
+        message: String,
+    },
     /// A pod's VM failed to boot, stopped, or its agent did not answer.
     #[error("{handler} VM of pod {id}: {message}")]
     Vm {

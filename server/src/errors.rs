@@ -130,6 +130,7 @@ pub fn handler_status(error: HandlerError) -> Status {
         E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
         E::Spawn { .. } | E::Io { .. } => Status::internal(message),
         E::Precondition { .. } => Status::failed_precondition(message),
+        E::Agent { code, .. } => Status::new(code, message),
         E::Vm {
             timed_out: true, ..
         } => Status::deadline_exceeded(message),

@@ -243,6 +243,11 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         })
         .await
         .expect_err("a command the image lacks cannot start");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     assert!(
         refused.message().contains("executable file not found"),
         "{refused:?}"

@@ -366,10 +366,11 @@ impl MicroVm {
                     // The connection broke: dial again next time.
                     *vm.channel.lock().await = None;
                 }
-                Err(HandlerError::Runtime {
+                Err(HandlerError::Agent {
                     handler: self.config.name.clone(),
                     operation: what.to_owned(),
                     id: id.to_owned(),
+                    code: status.code(),
                     message: status.message().to_owned(),
                 })
             }
