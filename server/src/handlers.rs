@@ -80,11 +80,9 @@ fn build_microvm(config: &Config, name: &str, h: &conf::RuntimeHandlerConfig) ->
         "sh scripts/install-deps.sh installs vhost-device-vsock",
     )?;
     let virtiofsd = find(
-        h.virtiofsd
-            .as_deref()
-            .unwrap_or(Path::new("/usr/lib/qemu/virtiofsd")),
+        h.virtiofsd.as_deref().unwrap_or(Path::new("virtiofsd")),
         "the virtio-fs daemon",
-        "install qemu-system-common",
+        "sh scripts/install-deps.sh installs virtiofsd",
     )?;
     let image = Path::new(conf::GUEST_IMAGE_DIR);
     Ok(Arc::new(runtime_handlers::MicroVm::new(

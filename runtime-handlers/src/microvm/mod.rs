@@ -116,6 +116,46 @@ impl Vm {
 pub struct MicroVm {
     config: MicroVmConfig,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
+    /// The virtio-fs daemon is QEMU's C one (7.2 and older), which takes its options as
+    /// `-o key=value`; the Rust virtiofsd takes flags.
+    legacy_virtiofsd: bool,
+}
+
+/// Whether `binary` is QEMU's C virtiofsd ("virtiofsd version 7.2.x"), not the Rust one
+/// ("virtiofsd 1.x").
+fn is_legacy_virtiofsd(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("virtiofsd version"))
+}
+
+/// The virtio-fs daemon's arguments: the share at `source`, served on `socket`, with the
+/// kernel's page cache, chrooted, each request on the queue's thread (no pool: a VM pod's
+/// share sees little parallel I/O, and a pool costs memory).
+fn virtiofsd_args(legacy: bool, socket: &Path, source: &Path) -> Vec<String> {
+    let mut args = vec![
+        format!("--socket-path={}", socket.display()),
+        "--thread-pool-size=0".to_owned(),
+    ];
+    if legacy {
+        for option in [
+            format!("source={}", source.display()),
+            "cache=auto".to_owned(),
+            "sandbox=chroot".to_owned(),
+        ] {
+            args.extend(["-o".to_owned(), option]);
+        }
+    } else {
+        args.extend([
+            format!("--shared-dir={}", source.display()),
+            "--cache=auto".to_owned(),
+            "--sandbox=chroot".to_owned(),
+        ]);
+    }
+    args
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,9 +263,11 @@ async fn teardown(record: &VmRecord) -> Result<(), String> {
 impl MicroVm {
     /// The handler; VMs left by a crash whose pods crisp no longer has are ended now.
     pub fn new(config: MicroVmConfig) -> Self {
+        let legacy_virtiofsd = is_legacy_virtiofsd(&config.virtiofsd);
         let handler = Self {
             config,
             vms: Mutex::new(HashMap::new()),
+            legacy_virtiofsd,
         };
         handler.sweep();
         handler
@@ -447,16 +489,7 @@ impl MicroVm {
         let virtiofsd = vm::spawn(
             "virtiofsd",
             &self.config.virtiofsd,
-            &[
-                format!("--socket-path={}", fs.display()),
-                "-o".to_owned(),
-                format!("source={}", dir.join("shared").display()),
-                "-o".to_owned(),
-                "cache=auto".to_owned(),
-                "-o".to_owned(),
-                "sandbox=chroot".to_owned(),
-                "--thread-pool-size=0".to_owned(),
-            ],
+            &virtiofsd_args(self.legacy_virtiofsd, &fs, &dir.join("shared")),
             &dir,
             &record.cgroups,
             None,
@@ -782,7 +815,7 @@ impl RuntimeHandler for MicroVm {
         need(
             "microvm virtiofsd",
             &self.config.virtiofsd,
-            "install qemu-system-common (7.2)",
+            "cargo install --locked --root /usr/local virtiofsd --version 1.14.0 (needs libseccomp-dev libcap-ng-dev)",
         );
         need(
             "microvm kernel",

@@ -19,6 +19,11 @@
 //!   the boot's split, host memory of QEMU and each helper (RSS, PSS), and N consecutive
 //!   boots with none hung.
 //!
+//! - `crisp-bench density [--pods N] [--seconds S]`: N kubelet-style pods (default 110,
+//!   a node's default maximum) of one `sleep` container each: the time to start them
+//!   all, ListContainers / ListPodSandbox / stats latencies with all running, daemon and
+//!   helper memory, and CPU idle and under kubelet's relist (S seconds each, default 60).
+//!
 //! Needs root, `crispd` and `crisp-monitor` (PATH or $CRISPD's directory), `containerd`,
 //! `docker-registry` and the CNI plugins.
 
@@ -70,6 +75,16 @@ enum Bench {
         /// Consecutive boots checked for hangs.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
         boots: u32,
+    },
+    /// A node's worth of kubelet-style pods: start time, relist latencies, memory and
+    /// CPU idle and under kubelet's relist.
+    Density {
+        /// Pods, one `sleep` container each.
+        #[arg(long, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        pods: u32,
+        /// Seconds of each CPU measurement (idle, then kubelet's relist).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        seconds: u64,
     },
     /// Container create+start, ExecSync, stop+remove, List* and stats latencies, and
     /// per-container helper memory.
@@ -290,6 +305,7 @@ async fn main() -> Result<(), Error> {
     let (rounds, layers, layer_mib) = match <Cli as clap::Parser>::parse().command {
         Bench::Pods { count } => return pods::run(count as usize).await,
         Bench::Containers { count } => return containers::run(count as usize).await,
+        Bench::Density { pods, seconds } => return density::run(pods as usize, seconds).await,
         Bench::Microvm { runs, boots } => return microvm::run(runs as usize, boots as usize).await,
         Bench::Pull {
             rounds,
@@ -381,6 +397,7 @@ pub(crate) fn unmount_under(dir: &Path) {
 }
 
 mod containers;
+mod density;
 mod microvm;
 mod pods;
 
