@@ -3,9 +3,9 @@
 # Safe to run again: it installs nothing that is already there.
 set -eu
 
-# qemu-system-x86, kmod (depmod) and cpio serve the microVM handler and its guest image;
-# libseccomp-dev and libcap-ng-dev let cargo build virtiofsd (below).
-packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static openssl procps util-linux qemu-system-x86 kmod cpio libseccomp-dev libcap-ng-dev"
+# qemu-system-x86 (with qemu-system-common's virtiofsd), kmod (depmod) and cpio serve the
+# microVM handler and its guest image.
+packages="runc crun runsc containernetworking-plugins iproute2 iptables docker-registry busybox-static openssl procps util-linux qemu-system-x86 kmod cpio"
 
 missing=""
 for p in $packages; do
@@ -31,11 +31,4 @@ fi
 if ! command -v vhost-device-vsock >/dev/null 2>&1; then
     echo "installing: vhost-device-vsock 0.3.0 (cargo install)"
     cargo install --quiet --locked --root /usr/local vhost-device-vsock --version 0.3.0
-fi
-
-# The microVM handler's virtio-fs daemon: the Rust virtiofsd (QEMU 7.2's C one uses 2 MiB
-# more per pod, and newer QEMU ships none), from crates.io, pinned, into /usr/local/bin.
-if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q '^virtiofsd 1\.14\.0$'; then
-    echo "installing: virtiofsd 1.14.0 (cargo install)"
-    cargo install --quiet --locked --root /usr/local virtiofsd --version 1.14.0
 fi

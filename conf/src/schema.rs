@@ -282,8 +282,8 @@ pub struct RuntimeHandlerConfig {
     /// microVM: the vhost-user-vsock backend (default `vhost-device-vsock`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock_backend: Option<PathBuf>,
-    /// microVM: the virtio-fs daemon (default `virtiofsd` on PATH, the Rust one that
-    /// `scripts/install-deps.sh` installs; QEMU 7.2's C `/usr/lib/qemu/virtiofsd` works too).
+    /// microVM: the virtio-fs daemon (default QEMU 7.2's C `/usr/lib/qemu/virtiofsd`; the
+    /// Rust virtiofsd works too, for hosts whose QEMU ships none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtiofsd: Option<PathBuf>,
 }
@@ -309,7 +309,7 @@ impl RuntimeHandlerConfig {
             machine: Some("microvm".to_owned()),
             boot_timeout: Some(Duration::from_secs(30)),
             vsock_backend: Some(PathBuf::from("vhost-device-vsock")),
-            virtiofsd: Some(PathBuf::from("virtiofsd")),
+            virtiofsd: Some(PathBuf::from("/usr/lib/qemu/virtiofsd")),
             ..Self::default()
         }
     }

@@ -815,7 +815,7 @@ impl RuntimeHandler for MicroVm {
         need(
             "microvm virtiofsd",
             &self.config.virtiofsd,
-            "cargo install --locked --root /usr/local virtiofsd --version 1.14.0 (needs libseccomp-dev libcap-ng-dev)",
+            "install qemu-system-common (7.2), or cargo install virtiofsd",
         );
         need(
             "microvm kernel",

@@ -39,6 +39,28 @@ fn rss_pss(pid: i32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// RSS of process `pid` in mappings of the guest's RAM (QEMU's `memory-backend-memfd`,
+/// which vhost-user backends map too), KiB: pages the process touched that are the
+/// guest's memory, already counted in QEMU's RSS.
+fn guest_ram_rss(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut in_guest_ram = false;
+    let mut total = 0;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            in_guest_ram = line.contains("/memfd:memory-backend-memfd");
+        } else if in_guest_ram && let Some(v) = line.strip_prefix("Rss:") {
+            total += v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
 /// The VM record of pod `id` under crispd's state `dir`.
 fn record(state: &Path, id: &str) -> serde_json::Value {
     let short: String = id.chars().take(16).collect();
@@ -88,7 +110,7 @@ fn container(image: &str) -> cri::ContainerConfig {
 }
 
 /// Memory of a VM pod's host processes: (name, RSS KiB, PSS KiB).
-type Memory = Vec<(String, u64, u64)>;
+type Memory = Vec<(String, u64, u64, u64)>;
 
 async fn one_run(
     daemon: &Daemon,
@@ -171,7 +193,12 @@ async fn one_run(
         for h in rec["helpers"].as_array().into_iter().flatten() {
             let pid = h["pid"].as_i64().unwrap_or(0) as i32;
             let (rss, pss) = rss_pss(pid);
-            memory.push((h["name"].as_str().unwrap_or("?").to_owned(), rss, pss));
+            memory.push((
+                h["name"].as_str().unwrap_or("?").to_owned(),
+                rss,
+                pss,
+                guest_ram_rss(pid),
+            ));
         }
     }
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -343,44 +370,47 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
     );
     println!();
     println!("host memory per VM pod (median of {runs}, MiB):");
-    println!("| process | RSS | PSS |");
-    println!("|---|---|---|");
-    let mut helpers_rss = Vec::new();
-    let mut helpers_pss = Vec::new();
+    println!("| process | RSS | PSS | of the RSS, the guest's RAM (shared with QEMU) |");
+    println!("|---|---|---|---|");
+    let mib = |k: &u64| *k as f64 / 1024.0;
     for name in ["qemu", "vsock", "virtiofsd"] {
-        let mut rss: Vec<f64> = Vec::new();
-        let mut pss: Vec<f64> = Vec::new();
+        let (mut rss, mut pss, mut ram) = (Vec::new(), Vec::new(), Vec::new());
         for m in &memory {
-            if let Some((_, r, p)) = m.iter().find(|(n, _, _)| n == name) {
-                rss.push(*r as f64 / 1024.0);
-                pss.push(*p as f64 / 1024.0);
+            if let Some((_, r, p, g)) = m.iter().find(|(n, ..)| n == name) {
+                rss.push(mib(r));
+                pss.push(mib(p));
+                ram.push(mib(g));
             }
         }
         println!(
-            "| {name} | {:.1} | {:.1} |",
+            "| {name} | {:.1} | {:.1} | {:.1} |",
             median(&mut rss),
-            median(&mut pss)
+            median(&mut pss),
+            median(&mut ram)
         );
     }
+    let (mut helpers_rss, mut helpers_pss, mut helpers_ram) = (Vec::new(), Vec::new(), Vec::new());
     for m in &memory {
-        let (r, p) = m
+        let (r, p, g) = m
             .iter()
-            .filter(|(n, _, _)| n != "qemu")
-            .fold((0, 0), |(a, b), (_, r, p)| (a + r, b + p));
-        helpers_rss.push(r as f64 / 1024.0);
-        helpers_pss.push(p as f64 / 1024.0);
+            .filter(|(n, ..)| n != "qemu")
+            .fold((0, 0, 0), |(a, b, c), (_, r, p, g)| (a + r, b + p, c + g));
+        helpers_rss.push(mib(&r));
+        helpers_pss.push(mib(&p));
+        helpers_ram.push(mib(&g));
     }
     println!(
-        "| helpers other than QEMU, together | {:.1} | {:.1} |",
+        "| helpers other than QEMU, together | {:.1} | {:.1} | {:.1} |",
         median(&mut helpers_rss),
-        median(&mut helpers_pss)
+        median(&mut helpers_pss),
+        median(&mut helpers_ram)
     );
     let mut agent: Vec<f64> = vm_runs
         .iter()
         .map(|r| r.agent_rss as f64 / 1024.0)
         .collect();
     println!(
-        "| (inside the guest) crisp-agent, PID 1 | {:.1} | |",
+        "| (inside the guest) crisp-agent, PID 1 | {:.1} | | |",
         median(&mut agent)
     );
     println!();
