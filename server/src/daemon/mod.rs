@@ -98,7 +98,6 @@ async fn serve(
     }
     let listener = socket::bind(&listen)?;
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
-    tokio::spawn(crate::stats::collect(Arc::clone(&daemon)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = daemon.streaming.set(crate::streaming::Streaming::new(
         format!("{scheme}://{local}"),

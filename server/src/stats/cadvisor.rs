@@ -265,6 +265,7 @@ impl Emitter<'_> {
 /// ListPodSandboxMetrics: every ready pod, its network per interface and its running
 /// containers' figures, from the cache.
 pub async fn pod_metrics(daemon: &Daemon) -> Vec<cri::PodSandboxMetrics> {
+    super::fresh(daemon).await;
     let store = daemon.images.store();
     let filesystem = tokio::task::spawn_blocking(move || {
         let fs = store.filesystem().ok()?;

@@ -1,15 +1,18 @@
 //! Container and pod stats for ContainerStats, PodSandboxStats, their List and Stream
 //! forms, and the pod metrics.
 //!
-//! A background task samples every running container through its handler (cgroup CPU,
-//! memory, swap, processes), each pod's network inside its pinned netns, and, less often,
-//! each writable layer's disk use, into a cache. The RPCs only read the cache, so they
-//! cost the same however often kubelet asks. CPU rate (`usage_nano_cores`) comes from the
-//! last two samples. A container no sample has seen yet (just started) is sampled on
-//! demand, and so are the detailed figures only the pod metrics carry (at most 10 s old).
+//! Sampling follows demand: a stats call first brings the cache up to date, sampling
+//! every running container through its handler (cgroup CPU, memory, swap, processes) and
+//! each pod's network inside its pinned netns, and each writable layer's disk use at
+//! most every 10 s. A refresh less than a second old is reused (kubelet asks for
+//! container and pod stats together), and concurrent calls share one refresh. A node
+//! nobody asks costs nothing; kubelet's period (10 s) costs one sweep per period. CPU
+//! rate (`usage_nano_cores`) comes from the last two samples, at least a second apart,
+//! so it covers the time since the previous call, as cAdvisor's does. The detailed
+//! figures only the pod metrics carry are read when those are asked for.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cri_proto::v1 as cri;
@@ -24,10 +27,10 @@ mod cadvisor;
 
 pub use cadvisor::{metric_descriptors, pod_metrics};
 
-/// How often the cache is refreshed.
-const INTERVAL: Duration = Duration::from_secs(2);
-/// Writable layers are walked every this many refreshes.
-const FS_EVERY: u32 = 5;
+/// A refresh this recent serves a stats call as it is.
+const FRESH: Duration = Duration::from_secs(1);
+/// Writable layers are walked again once their figures are this old.
+const FS_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// A pod interface's counters, read inside the pod's network namespace.
 pub use network::InterfaceCounters as Interface;
@@ -54,11 +57,20 @@ struct PodNetwork {
     interfaces: Vec<Interface>,
 }
 
+/// When the cache was last refreshed, and its writable-layer figures.
+#[derive(Default)]
+struct Refreshed {
+    at: Option<std::time::Instant>,
+    fs_at: Option<std::time::Instant>,
+}
+
 /// The cache.
 #[derive(Default)]
 pub struct StatsCache {
     containers: Mutex<HashMap<String, Sample>>,
     pods: Mutex<HashMap<String, PodNetwork>>,
+    /// Held while a refresh runs, so concurrent calls wait for it instead of repeating it.
+    refreshed: tokio::sync::Mutex<Refreshed>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,15 +107,18 @@ impl StatsCache {
     }
 }
 
-/// Refreshes the cache every 2 s until the daemon ends.
-pub async fn collect(daemon: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut round: u32 = 0;
-    loop {
-        tick.tick().await;
-        refresh(&daemon, round.is_multiple_of(FS_EVERY)).await;
-        round = round.wrapping_add(1);
+/// Brings the cache up to date for a stats call (see the module's notes).
+pub(crate) async fn fresh(daemon: &Daemon) {
+    let mut last = daemon.stats.refreshed.lock().await;
+    if last.at.is_some_and(|t| t.elapsed() < FRESH) {
+        return;
+    }
+    let with_fs = last.fs_at.is_none_or(|t| t.elapsed() >= FS_MAX_AGE);
+    refresh(daemon, with_fs).await;
+    let now = std::time::Instant::now();
+    last.at = Some(now);
+    if with_fs {
+        last.fs_at = Some(now);
     }
 }
 
@@ -292,7 +307,7 @@ async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> 
 
 /// The sample of a running container with its detailed figures at most `DETAIL_MAX_AGE`
 /// old: they are read on demand (kubelet asks for pod metrics at its scrape interval, and
-/// many nodes never), not by the background sampler.
+/// many nodes never), not by every refresh.
 async fn detailed_sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
     if record.state() != State::Running {
         return None;
@@ -342,6 +357,7 @@ async fn sample_now(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample>
 
 /// ContainerStats of one container; NotFound for an unknown ID.
 pub async fn container(daemon: &Daemon, id: &str) -> Result<cri::ContainerStats, LifecycleError> {
+    fresh(daemon).await;
     let entry = daemon
         .containers
         .get(id)
@@ -363,6 +379,7 @@ pub async fn list_containers(
     daemon: &Daemon,
     filter: Option<cri::ContainerStatsFilter>,
 ) -> Vec<cri::ContainerStats> {
+    fresh(daemon).await;
     let filter = filter.unwrap_or_default();
     let mut out = Vec::new();
     for c in daemon.containers.all() {
@@ -502,6 +519,7 @@ pub async fn pod_sandbox(
     daemon: &Daemon,
     id: &str,
 ) -> Result<cri::PodSandboxStats, LifecycleError> {
+    fresh(daemon).await;
     let entry = daemon
         .pods
         .get(id)
@@ -515,6 +533,7 @@ pub async fn list_pod_sandboxes(
     daemon: &Daemon,
     filter: Option<cri::PodSandboxStatsFilter>,
 ) -> Vec<cri::PodSandboxStats> {
+    fresh(daemon).await;
     let filter = filter.unwrap_or_default();
     let mut out = Vec::new();
     for p in daemon.pods.all() {

@@ -14,6 +14,7 @@ use crate::{
     unmount_under,
 };
 
+#[derive(Debug)]
 struct Figures {
     start_all: f64,
     daemon_rss: u64,
@@ -106,6 +107,34 @@ async fn relist(rt: &RuntimeServiceClient<Channel>, duration: Duration) -> Resul
     Ok(())
 }
 
+/// The cgroup the pods' cgroups go under (kubelet's `/kubepods/...` here), removed after.
+const CGROUP_PARENT: &str = "crisp-bench-density";
+
+/// Removes the pods' parent cgroups in every hierarchy, deepest first (kubelet's job on a
+/// node).
+fn remove_parent_cgroups() {
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(
+            std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        )
+    {
+        let parent = root.join(CGROUP_PARENT);
+        let Ok(pods) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for pod in pods.flatten().filter(|e| e.path().is_dir()) {
+            let _ = std::fs::remove_dir(pod.path());
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
 /// Runs `pods` pods of one `sleep` container each, measures, then removes them all.
 async fn measure(
     daemon: &Daemon,
@@ -122,7 +151,11 @@ async fn measure(
     let began = Instant::now();
     let mut ids = Vec::new();
     for i in 0..pods {
-        let config = crate::pods::pod(i);
+        // As kubelet sends it: the pod's cgroup under a parent of its own.
+        let mut config = crate::pods::pod(i);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.cgroup_parent = format!("/{CGROUP_PARENT}/pod{i}");
+        }
         let pod = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
@@ -272,7 +305,9 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
         &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
     )?;
     let c = measure(&crisp, &image, pods, &["crisp-monitor"], None, seconds).await;
+    eprintln!("density, crisp: {c:?}");
     drop(crisp);
+    remove_parent_cgroups();
     unmount_under(&crisp_dir);
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "crbench4"])
@@ -292,7 +327,9 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
         seconds,
     )
     .await;
+    eprintln!("density, containerd: {d:?}");
     drop(ctd);
+    remove_parent_cgroups();
     unmount_under(&ctd_dir);
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "crbench5"])
