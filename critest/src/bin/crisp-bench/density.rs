@@ -20,7 +20,9 @@ struct Figures {
     daemon_rss: u64,
     helpers_rss: u64,
     list_containers: f64,
+    list_none: f64,
     list_pods: f64,
+    stats_sweep: f64,
     list_stats: f64,
     pod_stats: f64,
     idle_cpu: f64,
@@ -67,14 +69,17 @@ fn pids_naming(markers: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-/// Median latency of 20 calls of `call`, ms, less `overhead`.
+/// Calls whose median a latency row reports (sub-millisecond figures are noisy here).
+const CALLS: usize = 100;
+
+/// Median latency of `CALLS` calls of `call`, ms, less `overhead`.
 async fn timed<F, Fut>(overhead: f64, mut call: F) -> Result<f64, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
 {
     let mut times = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..CALLS {
         let t = Instant::now();
         call().await?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -208,7 +213,7 @@ async fn measure(
 
     let overhead = {
         let mut times = Vec::new();
-        for _ in 0..20 {
+        for _ in 0..CALLS {
             let t = Instant::now();
             rt.version(cri::VersionRequest::default()).await?;
             times.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -222,6 +227,22 @@ async fn measure(
             rt.list_containers(cri::ListContainersRequest::default())
                 .await
                 .map(|_| ())
+        }
+    })
+    .await?;
+    // The same walk with a filter no container matches: what the server's own walk
+    // costs, without building, sending and decoding the answer.
+    let list_none = timed(overhead, || {
+        let mut rt = lister.clone();
+        async move {
+            rt.list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: [("no-such-label".to_owned(), "x".to_owned())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|_| ())
         }
     })
     .await?;
@@ -253,6 +274,18 @@ async fn measure(
     })
     .await?;
 
+    // ListContainerStats a kubelet period apart (more than a second): each call sweeps
+    // every container (crisp reuses a sweep under a second old).
+    let mut sweeps = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let t = Instant::now();
+        rt.list_container_stats(cri::ListContainerStatsRequest::default())
+            .await?;
+        sweeps.push(t.elapsed().as_secs_f64() * 1000.0 - overhead);
+    }
+    let stats_sweep = median(&mut sweeps).max(0.0);
+
     // A quiet stretch: no calls at all.
     let helper_pids = pids_naming(helpers);
     let helpers_cpu = || helper_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
@@ -283,7 +316,9 @@ async fn measure(
         daemon_rss,
         helpers_rss,
         list_containers,
+        list_none,
         list_pods,
+        stats_sweep,
         list_stats,
         pod_stats,
         idle_cpu,
@@ -340,7 +375,7 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
     crate::print_table(
         "density",
         &format!(
-            "{pods} pods of one busybox `sleep` (PID mode CONTAINER), runc; latencies are medians of 20 calls less a Version call's; CPU over {seconds} s"
+            "{pods} pods of one busybox `sleep` (PID mode CONTAINER), runc; latencies are medians of {CALLS} calls less a Version call's; CPU over {seconds} s"
         ),
     );
     let row = crate::print_row;
@@ -362,9 +397,36 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
         d.helpers_rss as f64 / 1024.0,
         "MiB",
     );
-    row("ListContainers", c.list_containers, d.list_containers, "ms");
-    row("ListPodSandbox", c.list_pods, d.list_pods, "ms");
-    row("ListContainerStats", c.list_stats, d.list_stats, "ms");
+    row(
+        "ListContainers",
+        c.list_containers * 1000.0,
+        d.list_containers * 1000.0,
+        "µs",
+    );
+    row(
+        "ListContainers, a label filter matching none",
+        c.list_none * 1000.0,
+        d.list_none * 1000.0,
+        "µs",
+    );
+    row(
+        "ListPodSandbox",
+        c.list_pods * 1000.0,
+        d.list_pods * 1000.0,
+        "µs",
+    );
+    row(
+        "ListContainerStats, calls 1.1 s apart (each one sweeps)",
+        c.stats_sweep,
+        d.stats_sweep,
+        "ms",
+    );
+    row(
+        "ListContainerStats, back to back",
+        c.list_stats * 1000.0,
+        d.list_stats * 1000.0,
+        "µs",
+    );
     row("ListPodSandboxStats", c.pod_stats, d.pod_stats, "ms");
     row(
         "daemon CPU, idle (no calls)",
