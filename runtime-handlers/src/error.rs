@@ -83,7 +83,8 @@ pub enum HandlerError {
         operation: String,
         /// The container.
         id: String,
-        /// The agent's status code (InvalidArgument, FailedPrecondition, ...).
+        /// The status code of the call (InvalidArgument, FailedPrecondition, ... as the
+        /// agent chose; Unavailable or Cancelled when the connection failed).
         code: tonic::Code,
         /// What the agent said.
         message: String,

@@ -130,6 +130,11 @@ pub fn handler_status(error: HandlerError) -> Status {
         E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
         E::Spawn { .. } | E::Io { .. } => Status::internal(message),
         E::Precondition { .. } => Status::failed_precondition(message),
+        // A code the agent chose (or its connection's: Unavailable, Cancelled); never OK.
+        E::Agent {
+            code: tonic::Code::Ok,
+            ..
+        } => Status::unknown(message),
         E::Agent { code, .. } => Status::new(code, message),
         E::Vm {
             timed_out: true, ..

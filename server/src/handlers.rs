@@ -80,9 +80,11 @@ fn build_microvm(config: &Config, name: &str, h: &conf::RuntimeHandlerConfig) ->
         "sh scripts/install-deps.sh installs vhost-device-vsock",
     )?;
     let virtiofsd = find(
-        h.virtiofsd.as_deref().unwrap_or(Path::new("virtiofsd")),
+        h.virtiofsd
+            .as_deref()
+            .unwrap_or(Path::new("/usr/lib/qemu/virtiofsd")),
         "the virtio-fs daemon",
-        "sh scripts/install-deps.sh installs virtiofsd",
+        "install qemu-system-common (7.2), or cargo install virtiofsd and name it",
     )?;
     let image = Path::new(conf::GUEST_IMAGE_DIR);
     Ok(Arc::new(runtime_handlers::MicroVm::new(

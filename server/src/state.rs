@@ -16,7 +16,7 @@ pub struct Daemon {
     pub containers: crate::container::Containers,
     /// Container lifecycle events.
     pub events: Arc<crate::events::Events>,
-    /// Resource usage, sampled in the background.
+    /// Resource usage, sampled when a stats call asks.
     pub stats: crate::stats::StatsCache,
     /// crisp's own metrics.
     pub metrics: crate::metrics::Metrics,

@@ -698,6 +698,7 @@ async fn a_pod_whose_init_dies_turns_not_ready() {
         .into_inner()
         .pod_sandbox_id;
     let pause = pid_namespace_init(&mut runtime, &id).await;
+    assert!(pause > 1, "the pod has an init: {pause}");
     // SAFETY: a plain kill of the pod init this test's crispd started.
     unsafe { libc::kill(pause as i32, libc::SIGKILL) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -121,8 +121,13 @@ pub fn exited(pidfd: &OwnedFd) -> bool {
 
 /// Waits until the process behind `pidfd` has exited.
 pub async fn wait_exit(pidfd: &OwnedFd) {
+    let poll = async {
+        while !exited(pidfd) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     let Ok(dup) = pidfd.try_clone() else {
-        return std::future::pending().await;
+        return poll.await;
     };
     // SAFETY: the AsyncFd owns the duplicate, which stays open and unchanged until dropped.
     let watch = unsafe {
@@ -132,12 +137,7 @@ pub async fn wait_exit(pidfd: &OwnedFd) {
         Ok(watch) => {
             let _ = watch.readable().await;
         }
-        Err(_) => loop {
-            if exited(pidfd) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        },
+        Err(_) => poll.await,
     }
 }
 

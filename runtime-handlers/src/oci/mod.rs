@@ -216,8 +216,9 @@ impl RuntimeHandler for OciRuntime {
     }
 
     async fn wait_sandbox(&self, sandbox: &SandboxSpec, state: &SandboxState) -> Option<String> {
-        // A gVisor sandbox is watched through its containers; a pod without an init has
-        // nothing of the handler's that can end.
+        // Not watched: a gVisor sandbox (its containers' exits are seen; the sandbox's own
+        // end is noticed at the next restart) and a pod without an init (nothing of the
+        // handler's can end).
         let pid = sandbox_init(state);
         if gvisor_sandbox(state) || pid == 0 {
             return None;

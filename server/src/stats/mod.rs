@@ -29,6 +29,8 @@ pub use cadvisor::{metric_descriptors, pod_metrics};
 
 /// A refresh this recent serves a stats call as it is.
 const FRESH: Duration = Duration::from_secs(1);
+/// How long one container's sample may take in a sweep before it is skipped.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Writable layers are walked again once their figures are this old.
 const FS_MAX_AGE: Duration = Duration::from_secs(10);
 
@@ -136,7 +138,13 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             continue;
         };
         // The detailed figures only ListPodSandboxMetrics needs are read when it asks.
-        if let Ok(stats) = runtime.container_stats(&record.handle(), false).await {
+        // One stuck handler (a wedged sandbox) must not hold every stats call up.
+        if let Ok(Ok(stats)) = tokio::time::timeout(
+            SAMPLE_TIMEOUT,
+            runtime.container_stats(&record.handle(), false),
+        )
+        .await
+        {
             daemon.stats.record(&record.id, stats);
             measured_pods.insert(record.pod_id.clone());
         }
@@ -193,10 +201,11 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     pods.extend(networks);
 }
 
-/// A pod's network counters: from the cache, else read now (a pod whose first container
-/// has just started has no cache entry yet).
+/// A pod's network counters: from the cache while under `FRESH` old, else read now.
 async fn pod_network(daemon: &Daemon, pod_id: &str) -> Option<PodNetwork> {
-    if let Some(net) = guard(&daemon.stats.pods).get(pod_id).cloned() {
+    if let Some(net) = guard(&daemon.stats.pods).get(pod_id).cloned()
+        && crate::pod::now_ns().saturating_sub(net.at) < FRESH.as_nanos() as i64
+    {
         return Some(net);
     }
     let pod = daemon.pods.get(pod_id)?.snapshot();
@@ -294,6 +303,23 @@ fn container_stats(
     }
 }
 
+/// The sample of one running container, taken now unless the cache has one under
+/// `FRESH` old (single-object calls sample only their object).
+async fn current_sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
+    if record.state() != State::Running {
+        return None;
+    }
+    match daemon.stats.sample(&record.id) {
+        Some(s)
+            if crate::pod::now_ns().saturating_sub(s.latest.timestamp)
+                < FRESH.as_nanos() as i64 =>
+        {
+            Some(s)
+        }
+        _ => sample_now(daemon, record).await,
+    }
+}
+
 /// The sample of a running container, taken now if the cache has none yet.
 async fn sample_of(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample> {
     if record.state() != State::Running {
@@ -357,13 +383,12 @@ async fn sample_now(daemon: &Daemon, record: &ContainerRecord) -> Option<Sample>
 
 /// ContainerStats of one container; NotFound for an unknown ID.
 pub async fn container(daemon: &Daemon, id: &str) -> Result<cri::ContainerStats, LifecycleError> {
-    fresh(daemon).await;
     let entry = daemon
         .containers
         .get(id)
         .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
     let record = entry.snapshot();
-    let sample = sample_of(daemon, &record).await;
+    let sample = current_sample_of(daemon, &record).await;
     Ok(container_stats(daemon, &record, sample.as_ref()))
 }
 
@@ -493,6 +518,8 @@ fn pod_stats(
 
 /// The pod's stats from its running containers' samples.
 async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandboxStats {
+    // After a sweep these are the cache's; a single-pod call reads its pod's now.
+    let _ = pod_network(daemon, &pod.id).await;
     let mut containers = Vec::new();
     let mut processes = 0;
     let mut sandbox_wide = false;
@@ -501,7 +528,7 @@ async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandbo
         if record.pod_id != pod.id {
             continue;
         }
-        if let Some(sample) = sample_of(daemon, &record).await {
+        if let Some(sample) = current_sample_of(daemon, &record).await {
             sandbox_wide |= sample.latest.sandbox_wide;
             processes = if sample.latest.sandbox_wide {
                 processes.max(sample.latest.pids)
@@ -519,7 +546,6 @@ pub async fn pod_sandbox(
     daemon: &Daemon,
     id: &str,
 ) -> Result<cri::PodSandboxStats, LifecycleError> {
-    fresh(daemon).await;
     let entry = daemon
         .pods
         .get(id)

@@ -132,7 +132,7 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_container_rss = helper_rss(&[helper]).saturating_sub(before) / count.max(1) as u64;
-    // Both daemons sample stats in the background; let a round pass first.
+    // containerd samples stats in the background: let a round pass first.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let listing = rt.clone();
     let list_stats = timed(20, || {

@@ -205,7 +205,7 @@ async fn measure(
         ids.push(pod);
     }
     let start_all = began.elapsed().as_secs_f64();
-    // Both daemons sample stats in the background: let them settle.
+    // Let the last starts settle (containerd samples stats in the background).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let daemon_pid = daemon.child.id();
     let daemon_rss = rss_kib(daemon_pid);
