@@ -140,6 +140,33 @@ fn remove_parent_cgroups() {
     }
 }
 
+/// Stops and removes every pod `daemon` still has (after a measurement that failed
+/// midway), so no shim, container or network outlives the run.
+async fn remove_all_pods(daemon: &Daemon) {
+    let Ok(mut clients) = crate::serving(daemon).await else {
+        return;
+    };
+    let rt = &mut clients.runtime;
+    let Ok(pods) = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+    else {
+        return;
+    };
+    for pod in pods.into_inner().items {
+        let _ = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await;
+        let _ = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id,
+            })
+            .await;
+    }
+}
+
 /// Runs `pods` pods of one `sleep` container each, measures, then removes them all.
 async fn measure(
     daemon: &Daemon,
@@ -341,6 +368,7 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
     )?;
     let c = measure(&crisp, &image, pods, &["crisp-monitor"], None, seconds).await;
     eprintln!("density, crisp: {c:?}");
+    remove_all_pods(&crisp).await;
     drop(crisp);
     remove_parent_cgroups();
     unmount_under(&crisp_dir);
@@ -363,6 +391,7 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
     )
     .await;
     eprintln!("density, containerd: {d:?}");
+    remove_all_pods(&ctd).await;
     drop(ctd);
     remove_parent_cgroups();
     unmount_under(&ctd_dir);
