@@ -320,27 +320,7 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     assert_eq!(qemu.len(), 1, "one QEMU runs the pod");
     // SAFETY: a plain kill of a process this test's crispd started.
     unsafe { libc::kill(qemu[0], libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let state = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: doomed.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("pod status")
-            .into_inner()
-            .status
-            .map(|s| s.state);
-        if state == Some(i32::from(cri::PodSandboxState::SandboxNotready)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pod of a dead VM turns NotReady"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    workload::wait_not_ready(&mut rt, &doomed, Duration::from_secs(20)).await;
     let gone = workload::wait_exited(&mut rt, &sleeper).await;
     assert_ne!(
         gone.exit_code, 0,

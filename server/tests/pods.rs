@@ -701,37 +701,8 @@ async fn a_pod_whose_init_dies_turns_not_ready() {
     assert!(pause > 1, "the pod has an init: {pause}");
     // SAFETY: a plain kill of the pod init this test's crispd started.
     unsafe { libc::kill(pause as i32, libc::SIGKILL) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let state = runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("status")
-            .into_inner()
-            .status
-            .map(|s| s.state);
-        if state == Some(i32::from(cri::PodSandboxState::SandboxNotready)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod of a dead init turns NotReady"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .expect("stop");
-    runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-        .await
-        .expect("remove");
+    common::workload::wait_not_ready(&mut runtime, &id, std::time::Duration::from_secs(10)).await;
+    common::workload::stop_and_remove_pod(&mut runtime, &id).await;
     assert_eq!(net.allocations(), 0);
     assert_eq!(net.veths(), 0);
     assert_eq!(net.mounts(), 0);

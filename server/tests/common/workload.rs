@@ -190,6 +190,28 @@ pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cr
     }
 }
 
+/// Waits (at most `within`) for pod `pod` to turn NotReady by itself.
+pub async fn wait_not_ready(rt: &mut RuntimeServiceClient<Channel>, pod: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let state = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.to_owned(),
+                verbose: false,
+            })
+            .await
+            .expect("pod status")
+            .into_inner()
+            .status
+            .map(|s| s.state);
+        if state == Some(i32::from(cri::PodSandboxState::SandboxNotready)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pod {pod} did not turn NotReady");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Stops and removes a pod, which must succeed.
 pub async fn stop_and_remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {

@@ -84,18 +84,7 @@ async fn measure(
         .await?
         .into_inner()
         .pod_sandbox_id;
-    let config = |i: usize| cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: format!("c{i}"),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "1000".into()],
-        ..Default::default()
-    };
+    let config = |i: usize| crate::container_config(&format!("c{i}"), image, &["sleep", "1000"]);
     let (mut create_start, mut exec, mut stop_remove) = (Vec::new(), Vec::new(), Vec::new());
     let before = helper_rss(&[helper]);
     let mut kept = Vec::new();

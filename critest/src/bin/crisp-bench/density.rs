@@ -200,15 +200,6 @@ async fn measure(
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "sleep".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: image.to_owned(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "100000".into()],
                     linux: Some(cri::LinuxContainerConfig {
                         security_context: Some(cri::LinuxContainerSecurityContext {
                             namespace_options: config
@@ -220,7 +211,7 @@ async fn measure(
                         }),
                         ..Default::default()
                     }),
-                    ..Default::default()
+                    ..crate::container_config("sleep", image, &["sleep", "100000"])
                 }),
                 sandbox_config: Some(config),
             })

@@ -450,6 +450,22 @@ pub(crate) fn print_table(title: &str, method: &str) {
     println!("|---|---|---|---|");
 }
 
+/// A container named `name` of `image` running `command`.
+pub(crate) fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|&c| c.to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
 /// One row: both figures and their ratio.
 pub(crate) fn print_row(name: &str, crisp: f64, containerd: f64, unit: &str) {
     println!(

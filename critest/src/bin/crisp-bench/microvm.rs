@@ -95,17 +95,8 @@ fn pod_config(i: usize, logs: &Path) -> cri::PodSandboxConfig {
 
 fn container(image: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "c".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), "echo up; sleep 1000".into()],
         log_path: "c.log".into(),
-        ..Default::default()
+        ..crate::container_config("c", image, &["sh", "-c", "echo up; sleep 1000"])
     }
 }
 
