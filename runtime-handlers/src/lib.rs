@@ -21,6 +21,7 @@ mod host_check;
 mod microvm;
 mod netns;
 mod oci;
+mod pidfd;
 mod quirks;
 pub mod sealed;
 pub mod seccomp;

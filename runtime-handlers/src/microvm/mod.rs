@@ -100,13 +100,15 @@ struct Vm {
 
 impl Vm {
     fn alive(&self) -> bool {
-        self.qemu.as_ref().is_some_and(|fd| !vm::exited(fd))
+        self.qemu
+            .as_ref()
+            .is_some_and(|fd| !crate::pidfd::exited(fd))
     }
 
     /// Returns once QEMU has exited (at once when it was not found).
     async fn died(&self) {
         if let Some(fd) = &self.qemu {
-            vm::wait_exit(fd).await;
+            crate::pidfd::wait(fd).await;
         }
     }
 }
@@ -530,7 +532,7 @@ impl MicroVm {
                 ),
                 timed_out: true,
             })?,
-            _ = vm::wait_exit(&qemu_fd) => return Err(BootError::from(format!(
+            _ = crate::pidfd::wait(&qemu_fd) => return Err(BootError::from(format!(
                 "the VM stopped while booting (QEMU: {:?}; guest console: {:?})",
                 vm::tail(&dir.join("qemu.log"), 3),
                 vm::tail(&dir.join("console.log"), 5)

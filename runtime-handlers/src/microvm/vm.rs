@@ -3,7 +3,7 @@
 //! (so a restarted crispd, or one that never saw the pod's record, finds and ends them),
 //! and ended with pidfds, which cannot hit a reused pid.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,46 +99,9 @@ pub fn start_time(pid: i32) -> Option<u64> {
 
 /// A pidfd for `helper`, if that very process still exists.
 pub fn pidfd(helper: &Helper) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, helper.pid, 0) };
-    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = crate::pidfd::open(helper.pid)?;
     // Checked after opening: the pidfd now pins this pid to whoever had it.
     (start_time(helper.pid) == Some(helper.start_time)).then_some(fd)
-}
-
-/// Whether the process behind `pidfd` has exited.
-pub fn exited(pidfd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, no wait.
-    unsafe { libc::poll(&mut p, 1, 0) == 1 }
-}
-
-/// Waits until the process behind `pidfd` has exited.
-pub async fn wait_exit(pidfd: &OwnedFd) {
-    let poll = async {
-        while !exited(pidfd) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let Ok(dup) = pidfd.try_clone() else {
-        return poll.await;
-    };
-    // SAFETY: the AsyncFd owns the duplicate, which stays open and unchanged until dropped.
-    let watch = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
-    };
-    match watch {
-        Ok(watch) => {
-            let _ = watch.readable().await;
-        }
-        Err(_) => poll.await,
-    }
 }
 
 /// Kills `helper` if it is still that process, and waits (a bounded time) for it to go.
@@ -158,7 +121,7 @@ pub async fn kill(helper: &Helper) {
     };
     // A helper this crispd started is reaped by its reaper thread; one adopted by init
     // after a restart is init's to reap.
-    let _ = tokio::time::timeout(Duration::from_secs(5), wait_exit(&fd)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), crate::pidfd::wait(&fd)).await;
 }
 
 /// Starts a helper: in a session of its own (crispd's signals are not its), in the
@@ -246,7 +209,7 @@ pub async fn wait_for_socket(
         if path.exists() {
             return Ok(());
         }
-        if fd.as_ref().is_none_or(exited) {
+        if fd.as_ref().is_none_or(crate::pidfd::exited) {
             return Err(format!(
                 "{} exited before making {}",
                 helper.name,

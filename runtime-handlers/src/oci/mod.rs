@@ -5,7 +5,7 @@
 //! `runtime.log` (the runtime's JSON log), `container.pid`, `exit` (written by the
 //! monitor when the container's init exits: code, then finish time in ns).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -223,13 +223,12 @@ impl RuntimeHandler for OciRuntime {
         if gvisor_sandbox(state) || pid == 0 {
             return None;
         }
-        // (An exited init may linger as a zombie that still names its namespace: the
-        // pidfd's word is final.)
-        if is_sandbox_init(pid, state, &sandbox.pid_pin)
-            && !wait_process(pid as i32).await
-            && is_sandbox_init(pid, state, &sandbox.pid_pin)
-        {
-            return None; // it cannot be watched
+        // The pidfd first, then the check: a pid reused once the init died is never
+        // waited on. (An exited init may linger as a zombie that still names its
+        // namespace: the pidfd then answers at once.)
+        let pidfd = crate::pidfd::open(pid as i32);
+        if is_sandbox_init(pid, state, &sandbox.pid_pin) {
+            crate::pidfd::wait(&pidfd?).await; // no pidfd for a live init: not watched
         }
         Some(format!(
             "the pod's init (pid {pid}), which holds its PID namespace, exited"

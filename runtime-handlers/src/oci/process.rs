@@ -341,24 +341,11 @@ pub(super) fn kernel_at_least(major: u32, minor: u32) -> bool {
     }) >= (major, minor)
 }
 
-/// Waits until process `pid` has exited, through a pidfd; `false` if it cannot be watched.
+/// Waits until process `pid` has exited, through a pidfd; `false` if there is none.
 pub(super) async fn wait_process(pid: i32) -> bool {
-    // SAFETY: pidfd_open takes no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(fd) = i32::try_from(fd) else {
+    let Some(pidfd) = crate::pidfd::open(pid) else {
         return false;
     };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: pidfd_open returned a fresh descriptor that we now own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until dropped.
-    let watch = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-    };
-    match watch {
-        Ok(watch) => watch.readable().await.is_ok(),
-        Err(_) => false,
-    }
+    crate::pidfd::wait(&pidfd).await;
+    true
 }
