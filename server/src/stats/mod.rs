@@ -424,8 +424,8 @@ pub async fn list_containers(
 }
 
 fn pod_stats(
-    daemon: &Daemon,
     pod: &crate::pod::SandboxRecord,
+    network: Option<PodNetwork>,
     containers: Vec<cri::ContainerStats>,
     processes: u64,
     sandbox_wide: bool,
@@ -470,7 +470,7 @@ fn pod_stats(
         major_page_faults: mem(&|m| m.major_page_faults.as_ref().map(|v| v.value)),
         psi: None,
     };
-    let network = guard(&daemon.stats.pods).get(&pod.id).cloned().map(|n| {
+    let network = network.map(|n| {
         let to_cri = |i: &Interface| cri::NetworkInterfaceUsage {
             name: i.name.clone(),
             rx_bytes: u64_value(i.rx_bytes),
@@ -518,8 +518,8 @@ fn pod_stats(
 
 /// The pod's stats from its running containers' samples.
 async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandboxStats {
-    // After a sweep these are the cache's; a single-pod call reads its pod's now.
-    let _ = pod_network(daemon, &pod.id).await;
+    // After a sweep the cache's counters; for a single-pod call, read now if stale.
+    let network = pod_network(daemon, &pod.id).await;
     let mut containers = Vec::new();
     let mut processes = 0;
     let mut sandbox_wide = false;
@@ -538,7 +538,7 @@ async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandbo
             containers.push(container_stats(daemon, &record, Some(&sample)));
         }
     }
-    pod_stats(daemon, pod, containers, processes, sandbox_wide)
+    pod_stats(pod, network, containers, processes, sandbox_wide)
 }
 
 /// PodSandboxStats of one pod; NotFound for an unknown ID.
