@@ -142,3 +142,29 @@ pub fn handler_status(error: HandlerError) -> Status {
         E::Vm { .. } => Status::unavailable(message),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(code: tonic::Code) -> HandlerError {
+        HandlerError::Agent {
+            handler: "microvm".into(),
+            operation: "start".into(),
+            id: "c1".into(),
+            code,
+            message: "exec: no-such-command: executable file not found".into(),
+        }
+    }
+
+    #[test]
+    fn an_agent_failure_keeps_its_code_but_never_reads_as_success() {
+        let refused = handler_status(agent(tonic::Code::FailedPrecondition));
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("no-such-command"), "{refused:?}");
+        assert_eq!(
+            handler_status(agent(tonic::Code::Ok)).code(),
+            tonic::Code::Unknown
+        );
+    }
+}

@@ -1358,3 +1358,41 @@ impl RuntimeHandler for MicroVm {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_virtiofsd_gets_the_options_it_understands() {
+        let (socket, share) = (Path::new("/vm/f.sock"), Path::new("/vm/shared"));
+        let legacy = virtiofsd_args(true, socket, share);
+        assert!(
+            legacy.contains(&"source=/vm/shared".to_owned()),
+            "{legacy:?}"
+        );
+        assert!(legacy.contains(&"sandbox=chroot".to_owned()), "{legacy:?}");
+        assert!(!legacy.iter().any(|a| a.starts_with("--shared-dir")));
+        let rust = virtiofsd_args(false, socket, share);
+        assert!(
+            rust.contains(&"--shared-dir=/vm/shared".to_owned()),
+            "{rust:?}"
+        );
+        assert!(rust.contains(&"--sandbox=chroot".to_owned()), "{rust:?}");
+        assert!(!rust.iter().any(|a| a == "-o"));
+        for args in [&legacy, &rust] {
+            assert!(args.contains(&"--socket-path=/vm/f.sock".to_owned()));
+            assert!(args.contains(&"--thread-pool-size=0".to_owned()));
+        }
+    }
+
+    #[test]
+    fn qemus_own_virtiofsd_is_told_from_the_rust_one() {
+        let legacy = Path::new("/usr/lib/qemu/virtiofsd");
+        if legacy.exists() {
+            assert!(is_legacy_virtiofsd(legacy));
+        }
+        // Not a virtiofsd at all: the flags of the maintained one.
+        assert!(!is_legacy_virtiofsd(Path::new("/bin/true")));
+    }
+}
