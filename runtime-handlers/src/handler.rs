@@ -271,6 +271,15 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
     /// pinned. Called at startup, before crispd serves.
     fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path);
 
+    /// Ends what this handler made of a container `server` has no complete record of (a
+    /// crash between asking for the container and saving its record): whatever runs of
+    /// it, the runtime's record and the cgroup. Called at startup, before crispd serves;
+    /// `container.pid` is 0 and its `cgroup_path` may be empty. `server` removes the
+    /// bundle and the rootfs afterwards. By default: a forced delete.
+    async fn release_unknown_container(&self, container: &ContainerRef<'_>) {
+        let _ = self.delete_container(container, true).await;
+    }
+
     /// The path a new container joins to share this running container's PID namespace
     /// (mode TARGET), `None` if it has no process to name it by.
     fn pid_namespace(&self, container: &ContainerRef<'_>) -> Option<PathBuf>;

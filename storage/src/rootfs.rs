@@ -162,14 +162,37 @@ impl Snapshotter {
             let _ = std::fs::remove_dir(target);
         }
         if discard {
-            let dir = self.writable_dir(id);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(SnapshotError::Io { path: dir, source }),
-            }
+            self.discard_writable(id)?;
         }
         Ok(())
+    }
+
+    /// The IDs that have a writable layer here (containers' and image volumes'), for
+    /// removing those no record names.
+    pub fn writable_ids(&self) -> Vec<String> {
+        let dir = self.writable_dir("");
+        std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Deletes the writable layer of `id` (its rootfs must be unmounted). A missing one is
+    /// not an error.
+    pub fn discard_writable(&self, id: &str) -> Result<(), SnapshotError> {
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return Ok(());
+        }
+        let dir = self.writable_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SnapshotError::Io { path: dir, source }),
+        }
     }
 
     /// Bytes (allocated blocks) and inodes in a container's writable layer, and the

@@ -153,7 +153,7 @@ impl RuntimeHandler for OciRuntime {
         }
         // gVisor keeps the pod's PID namespace inside its sandbox.
         let init = if !self.is_gvisor() && (sandbox.share_pid || sandbox.userns.is_some()) {
-            spawn_pause(&self.monitor, sandbox.userns.as_ref()).await?
+            spawn_pause(&self.monitor, &sandbox.id, sandbox.userns.as_ref()).await?
         } else {
             0
         };
@@ -332,6 +332,7 @@ impl RuntimeHandler for OciRuntime {
 
     fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path) {
         kill_pinned_namespace_init(pid_pin);
+        kill_sandbox_init(id);
         if self.is_gvisor() {
             // At startup, before crispd serves: a plain blocking call.
             let _ = self
@@ -341,6 +342,41 @@ impl RuntimeHandler for OciRuntime {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+    }
+
+    async fn release_unknown_container(&self, c: &ContainerRef<'_>) {
+        // The monitor first, with its whole process group: a crash during create may have
+        // left it running `<runtime> create`, which would otherwise finish after the
+        // delete below and leave a container behind.
+        if let Some(monitor) = find_monitor(0, c.id) {
+            // SAFETY: kill takes no pointers; the monitor leads its own session (and
+            // process group), which holds only what it started for this container.
+            unsafe { libc::kill(-monitor, libc::SIGKILL) };
+            let _ = tokio::time::timeout(MONITOR_GRACE, wait_process(monitor)).await;
+        }
+        let _ = self.kill(c.id, libc::SIGKILL, true).await;
+        let _ = self.delete(c.id, true).await;
+        // The cgroup the spec named: an init the runtime never recorded may still be in it.
+        let cgroup = if c.cgroup_path.is_empty() {
+            std::fs::read(c.bundle.join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|spec| spec["linux"]["cgroupsPath"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        } else {
+            c.cgroup_path.to_owned()
+        };
+        if !cgroup.is_empty() && !cgroup.contains(':') {
+            crate::stats::kill_cgroup(&cgroup);
+            // A killed process leaves its cgroup once it is reaped.
+            for _ in 0..50 {
+                crate::stats::remove_empty_cgroup(&cgroup);
+                if !crate::stats::cgroup_exists(&cgroup) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
 

@@ -132,14 +132,20 @@ where
 /// the init also holds the pod's user namespace and the namespaces made inside it.
 pub(super) async fn spawn_pause(
     monitor: &Path,
+    sandbox_id: &str,
     userns: Option<&UserNamespace>,
 ) -> Result<u32, HandlerError> {
     let mut cmd = Command::new(monitor);
     cmd.arg("--pause");
+    if userns.is_some() {
+        cmd.arg("--userns");
+    }
+    // Named by its pod, so that a crash before its namespace is pinned still lets the
+    // next start find it ([`kill_sandbox_init`]).
+    cmd.arg("--sandbox-id").arg(sandbox_id);
     let line = match userns {
         None => spawn_reporting(cmd, monitor).await?,
         Some(ns) => {
-            cmd.arg("--userns");
             let (uids, gids) = (
                 UserNamespace::map_text(&ns.uids),
                 UserNamespace::map_text(&ns.gids),
@@ -225,6 +231,28 @@ pub(super) fn rand_u32() -> u32 {
     // SAFETY: getrandom writes at most 4 bytes into `v`.
     unsafe { libc::getrandom(v.as_mut_ptr().cast(), 4, 0) };
     u32::from_le_bytes(v) % 1_000_000
+}
+
+/// Kills the init (`crisp-monitor --pause --sandbox-id <id>`) of sandbox `id`, found by its
+/// command line: what a crash between starting it and pinning its namespace leaves.
+pub(super) fn kill_sandbox_init(id: &str) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let wanted = format!("\0--sandbox-id\0{id}\0");
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let named = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            c.windows(wanted.len()).any(|w| w == wanted.as_bytes())
+                && String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause")
+        });
+        if named {
+            // SAFETY: kill takes no pointers; the process is this sandbox's own init.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by

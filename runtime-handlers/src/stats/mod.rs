@@ -143,6 +143,26 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
     roots
 }
 
+/// SIGKILLs every process in the cgroup at `relative` (a cgroupfs path), in every
+/// hierarchy: what a runtime interrupted half-way left there (an init that never got its
+/// start) must go before the directory can.
+pub fn kill_cgroup(relative: &str) {
+    let relative = relative.trim_start_matches('/');
+    if relative.is_empty() || relative.split('/').any(|p| p == "..") {
+        return;
+    }
+    for root in all_hierarchies() {
+        let Ok(procs) = std::fs::read_to_string(root.join(relative).join("cgroup.procs")) else {
+            continue;
+        };
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill takes no pointers; the pid was listed in the container's own
+            // cgroup, which holds nothing else.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Removes the cgroup at `relative` (a cgroupfs path such as `/crisp/crisp-<id>`) from
 /// every hierarchy where it is left empty: a runtime that fails half-way (or gVisor's)
 /// may leave it behind. Busy or absent directories are left alone.
@@ -151,13 +171,27 @@ pub fn remove_empty_cgroup(relative: &str) {
     if relative.is_empty() || relative.split('/').any(|p| p == "..") {
         return;
     }
+    for root in all_hierarchies() {
+        let _ = std::fs::remove_dir(root.join(relative));
+    }
+}
+
+/// Whether the cgroup at `relative` is still present in any hierarchy.
+pub fn cgroup_exists(relative: &str) -> bool {
+    let relative = relative.trim_start_matches('/');
+    !relative.is_empty()
+        && all_hierarchies()
+            .iter()
+            .any(|root| root.join(relative).is_dir())
+}
+
+/// Every mounted hierarchy, v1 and v2, each once.
+fn all_hierarchies() -> Vec<&'static PathBuf> {
     let mounts = mounts();
     let mut roots: Vec<&PathBuf> = mounts.v1.values().chain(mounts.v2.iter()).collect();
     roots.sort();
     roots.dedup();
-    for root in roots {
-        let _ = std::fs::remove_dir(root.join(relative));
-    }
+    roots
 }
 
 fn read_u64(path: &Path) -> Option<u64> {

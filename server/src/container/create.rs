@@ -233,6 +233,16 @@ pub async fn create(
                     tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
                 }
             };
+            // The intent goes first: a crash from here on leaves a bundle that the next
+            // start ends and removes (container/orphans.rs).
+            if let Err(e) = super::orphans::write_intent(&record) {
+                release(&record);
+                return Err(LifecycleError::internal(format!(
+                    "recording the create of {} in {}: {e}",
+                    record.id,
+                    record.bundle.display()
+                )));
+            }
             let userns = network::pin_path(&pod.state_dir, network::NamespaceKind::User);
             let idmap = pod.userns.as_ref().map(|u| storage::IdMapping {
                 userns: &userns,

@@ -12,6 +12,7 @@ mod create;
 mod exec;
 mod lifecycle;
 mod list;
+mod orphans;
 mod seccomp;
 pub(crate) mod spec;
 mod user;
@@ -27,6 +28,7 @@ pub use lifecycle::{
     remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod, update_resources,
 };
 pub use list::{list, status};
+pub use orphans::release_unknown;
 
 const RECORD_VERSION: u32 = 1;
 
@@ -173,47 +175,62 @@ impl ExitRecord {
 impl ContainerRecord {
     /// The snapshot ID and mount point of image volume `n`.
     pub fn image_volume(&self, n: usize) -> (String, PathBuf) {
-        (
-            format!("{}-vol{n}", self.id),
-            self.bundle.join("volumes").join(n.to_string()),
-        )
+        image_volume_of(&self.id, &self.bundle, n)
     }
 
     /// Detaches the container's prepared bind mounts, image volumes and rootfs, discards
     /// its writable layers and deletes its bundle. Keeps going past a failure and reports
     /// every one; the bundle is deleted only once nothing is mounted under it.
     pub fn release_filesystems(&self, snapshots: &storage::Snapshotter) -> Result<(), String> {
-        let mut failures = Vec::new();
-        if let Err(e) = binds::release(&self.bundle) {
-            failures.push(format!("prepared bind mounts: {e}"));
-        }
-        for n in 0..self.image_volumes {
-            let (id, target) = self.image_volume(n);
-            if let Err(e) = snapshots.release_rootfs(&id, &target, true) {
-                failures.push(format!("image volume {n}: {e}"));
-            }
-        }
-        if let Err(e) = snapshots.release_rootfs(&self.id, &self.rootfs(), true) {
-            failures.push(format!("rootfs: {e}"));
-        }
-        if failures.is_empty() {
-            match std::fs::remove_dir_all(&self.bundle) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    failures.push(format!("removing {}: {e}", self.bundle.display()));
-                }
-                _ => {}
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "releasing the filesystems of {}: {}",
-                self.id,
-                failures.join("; ")
-            ))
+        release_container_filesystems(&self.id, &self.bundle, self.image_volumes, snapshots)
+    }
+}
+
+/// [`ContainerRecord::release_filesystems`] for container `id`, given its bundle and how
+/// many image volumes it mounts (also for a container that has no record).
+pub(crate) fn release_container_filesystems(
+    id: &str,
+    bundle: &Path,
+    image_volumes: usize,
+    snapshots: &storage::Snapshotter,
+) -> Result<(), String> {
+    let mut failures = Vec::new();
+    if let Err(e) = binds::release(bundle) {
+        failures.push(format!("prepared bind mounts: {e}"));
+    }
+    for n in 0..image_volumes {
+        let (volume, target) = image_volume_of(id, bundle, n);
+        if let Err(e) = snapshots.release_rootfs(&volume, &target, true) {
+            failures.push(format!("image volume {n}: {e}"));
         }
     }
+    if let Err(e) = snapshots.release_rootfs(id, &bundle.join("rootfs"), true) {
+        failures.push(format!("rootfs: {e}"));
+    }
+    if failures.is_empty() {
+        match std::fs::remove_dir_all(bundle) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                failures.push(format!("removing {}: {e}", bundle.display()));
+            }
+            _ => {}
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "releasing the filesystems of {id}: {}",
+            failures.join("; ")
+        ))
+    }
+}
+
+/// The snapshot ID and mount point of image volume `n` of container `id`.
+fn image_volume_of(id: &str, bundle: &Path, n: usize) -> (String, PathBuf) {
+    (
+        format!("{id}-vol{n}"),
+        bundle.join("volumes").join(n.to_string()),
+    )
 }
 
 impl ContainerRecord {
@@ -397,6 +414,19 @@ async fn recover_one(
         // Still running, or not known (which is not "lost"): watch it, which asks
         // again if it loses track.
         Ok(None) | Err(_) => {
+            // A crash between the runtime's start and saving the record leaves a running
+            // container recorded as created (StartContainer would then fail forever):
+            // the runtime knows better.
+            if record.started_at == 0
+                && let Ok(Some(state)) = runtime.container_state(&record.handle()).await
+                && matches!(state.status.as_str(), "running" | "paused")
+            {
+                tracing::warn!(id = %record.id, status = %state.status, "the container was started before crispd went away; recording the start");
+                record.started_at = crate::pod::now_ns();
+                if let Err(e) = daemon.containers.persist(&record).await {
+                    tracing::error!(id = %record.id, error = %e, "cannot persist container record");
+                }
+            }
             drop(record);
             watch(runtime, container, daemon);
             return;

@@ -57,9 +57,17 @@ async fn serve(
     let mut sighup = signal(SignalKind::hangup())?;
     let images = image::Images::open(crate::options::image_options(&config)).await?;
     let handlers = Arc::new(crate::handlers::Handlers::build(&config));
-    let pods = crate::pod::restore(&config, &handlers).await?;
     let containers =
         crate::container::load(&config.root).map_err(|e| format!("cannot load containers: {e}"))?;
+    // Containers whose create a crash interrupted go first: their cgroups sit in their
+    // pods', which the pod restore may remove.
+    let (bundles, layers) =
+        crate::container::release_unknown(&config.state, &handlers, images.store(), &containers)
+            .await;
+    if bundles + layers > 0 {
+        tracing::warn!(bundles, layers, "removed what interrupted creates left");
+    }
+    let pods = crate::pod::restore(&config, &handlers).await?;
     // Every listener is set up before the CRI socket answers: a bad streaming or metrics
     // setting stops crispd before it binds the socket kubelet waits for.
     let streaming = config.streaming.clone();

@@ -169,10 +169,22 @@ pub async fn run(
     // Everything is validated: from here on, a failure undoes what was made.
     let runtime = daemon.handlers.get(&record.handler)?;
     let sandbox = record.sandbox_spec();
-    let started = runtime
-        .start_sandbox(&sandbox)
-        .await
-        .map_err(LifecycleError::from)?;
+    // The pod's directory is its intent: a crash from here on leaves a directory that the
+    // next start finds, and ends what the handler started for it (pod/mod.rs
+    // `release_unknown`).
+    let state_dir = record.state_dir.clone();
+    blocking(move || {
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| LifecycleError::internal(format!("making {}: {e}", state_dir.display())))
+    })
+    .await?;
+    let started = match runtime.start_sandbox(&sandbox).await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = std::fs::remove_dir(&record.state_dir);
+            return Err(LifecycleError::from(e));
+        }
+    };
     record.pause_pid = started.namespace_holder;
     record.handler_state = Some(started.state.clone());
     let setup_config = config.clone();
