@@ -142,6 +142,28 @@ pub enum ImageError {
     Internal(String),
 }
 
+impl ImageError {
+    /// Whether the store's filesystem ran out of space (or quota) on the way: the node's
+    /// problem, not the image's.
+    pub fn is_out_of_space(&self) -> bool {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = current {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
+                return true;
+            }
+            current = e.source();
+        }
+        // Errors that carry a lower layer's words only (the metadata database's).
+        let text = self.to_string();
+        text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    }
+}
+
 impl From<storage::ContentError> for ImageError {
     fn from(e: storage::ContentError) -> Self {
         Self::Store(StoreError::Content(e))

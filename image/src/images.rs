@@ -41,6 +41,7 @@ pub struct Images {
     pub(crate) max_concurrent_downloads: usize,
     pub(crate) gc_lock: tokio::sync::RwLock<()>,
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: Arc<crate::scope::InFlight>,
 }
 
 impl Images {
@@ -56,6 +57,7 @@ impl Images {
             max_concurrent_downloads: options.max_concurrent_downloads.max(1),
             gc_lock: tokio::sync::RwLock::new(()),
             key_locks: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
         })
     }
 
@@ -93,9 +95,11 @@ impl Images {
     ) -> Result<ImageRecord, ImageError> {
         let reference = parse(reference)?;
         let _shared = self.gc_lock.read().await;
-        match tokio::time::timeout(
+        // Dropped midway (the caller hung up), the scope cleans up by itself.
+        let scope = crate::scope::PullScope::new(Arc::clone(&self.inflight), self.store());
+        let result = match tokio::time::timeout(
             self.pull_timeout,
-            self.pull_any_endpoint(&reference, credentials),
+            self.pull_any_endpoint(&reference, credentials, &scope),
         )
         .await
         {
@@ -104,6 +108,22 @@ impl Images {
                 reference: reference.to_string(),
                 after: self.pull_timeout,
             }),
+        };
+        match result {
+            Ok(record) => {
+                scope.succeeded();
+                Ok(record)
+            }
+            Err(e) => {
+                // What the failed pull wrote goes before the answer: a pull that ran out
+                // of space leaves the space free for the next.
+                let (blobs, snapshots) =
+                    blocking(move || Ok(scope.failed())).await.unwrap_or((0, 0));
+                if blobs + snapshots > 0 {
+                    tracing::info!(image = %reference, blobs, snapshots, "removed what the failed pull stored");
+                }
+                Err(e)
+            }
         }
     }
 

@@ -18,6 +18,7 @@ mod manifest;
 mod pull;
 mod reference;
 mod registry;
+mod scope;
 
 pub use error::ImageError;
 pub use images::{ImageOptions, Images, find_image};

@@ -21,6 +21,7 @@ use crate::manifest::{
 };
 use crate::reference::Reference;
 use crate::registry::{self, Credentials, Endpoint, classify};
+use crate::scope::PullScope;
 
 /// One endpoint's connection for the length of a pull.
 struct Source<'a> {
@@ -38,6 +39,7 @@ impl Images {
         &self,
         reference: &Reference,
         credentials: Option<Credentials>,
+        scope: &PullScope,
     ) -> Result<ImageRecord, ImageError> {
         let options = self.registry();
         let endpoints = registry::endpoints(&options, reference);
@@ -54,14 +56,16 @@ impl Images {
             };
             let auth = creds.map_or(RegistryAuth::Anonymous, |c| c.to_auth());
             let mut attempt = self
-                .pull_from(reference, endpoint, &auth, endpoint.plain_http)
+                .pull_from(reference, endpoint, &auth, endpoint.plain_http, scope)
                 .await;
             if endpoint.insecure_tls
                 && !endpoint.plain_http
                 && matches!(attempt, Err(ImageError::Unavailable { .. }))
             {
                 tracing::info!(registry = %endpoint.host, "TLS failed on an insecure registry; trying plain HTTP");
-                attempt = self.pull_from(reference, endpoint, &auth, true).await;
+                attempt = self
+                    .pull_from(reference, endpoint, &auth, true, scope)
+                    .await;
             }
             match attempt {
                 Ok(image) => return Ok(image),
@@ -101,6 +105,7 @@ impl Images {
         endpoint: &Endpoint,
         auth: &RegistryAuth,
         plain_http: bool,
+        scope: &PullScope,
     ) -> Result<ImageRecord, ImageError> {
         let source = Source {
             // The HTTP read timeout backs up our own progress timeout (which names the
@@ -129,6 +134,7 @@ impl Images {
             match parse_manifest(&bytes, &reference.to_string())? {
                 Fetched::Image(_) => (bytes, top.clone()),
                 Fetched::Index(entries) => {
+                    scope.blob(&top.to_string());
                     self.store_blob(&bytes, &top).await?;
                     blobs.push(top.to_string());
                     let entry = select_platform(&entries, &reference.to_string())?;
@@ -155,10 +161,12 @@ impl Images {
                 reason: format!("{reference}: an index entry points at another index"),
             });
         };
+        scope.blob(&manifest_digest.to_string());
         self.store_blob(&manifest_bytes, &manifest_digest).await?;
         blobs.push(manifest_digest.to_string());
 
         let config_digest = manifest.config.digest()?;
+        scope.blob(&config_digest.to_string());
         self.fetch_blob(&source, &manifest.config, "config").await?;
         blobs.push(config_digest.to_string());
         let store = Arc::clone(&self.store);
@@ -172,6 +180,8 @@ impl Images {
         let mut needed = Vec::new();
         for (layer, chain) in manifest.layers.iter().zip(&chains) {
             blobs.push(layer.digest()?.to_string());
+            scope.blob(&layer.digest()?.to_string());
+            scope.chain(&chain.to_string());
             if self
                 .store
                 .snapshots

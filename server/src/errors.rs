@@ -98,6 +98,11 @@ impl From<LifecycleError> for Status {
 /// The status a failed image operation answers with.
 pub fn image_status(error: ImageError) -> Status {
     let message = error.to_string();
+    if error.is_out_of_space() {
+        return Status::resource_exhausted(format!(
+            "{message} (the filesystem of crisp's storage root is full)"
+        ));
+    }
     match error {
         ImageError::Reference(_)
         | ImageError::AmbiguousId { .. }

@@ -1017,3 +1017,103 @@ fn a_tampered_archive_is_refused_and_registers_nothing() {
     assert!(stderr.contains("corrupt"), "{stderr}");
     assert_eq!(count_files(&sandbox.path("root/content/blobs/sha256")), 0);
 }
+
+/// Bytes used on the filesystem holding `path`.
+fn used_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statvfs writes into the zeroed struct; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    (st.f_blocks - st.f_bfree) * st.f_frsize
+}
+
+/// Unmounts the small filesystem of the test below, even when it fails.
+struct SmallRoot(std::path::PathBuf);
+
+impl Drop for SmallRoot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_onto_a_full_filesystem_is_resource_exhausted_and_gives_its_space_back() {
+    let sandbox = Sandbox::new("[image]\nmax_concurrent_downloads = 1\n");
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    // Two layers that fit one at a time but not together (6 and 8 MiB of noise: the
+    // first is stored when the second runs out of space), one that fits as a download
+    // but not unpacked (32 MiB of zeros, gzipped to a few KiB), and busybox.
+    let big = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("noise", &noise(6 << 20, 7), 0o644)
+                .finish(),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("more", &noise(8 << 20, 11), 0o644)
+                .finish(),
+        )
+        .build();
+    fixture::push(&registry, "big", "v1", &big).expect("push");
+    let expands = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("zeros", &vec![0; 32 << 20], 0o644)
+                .finish(),
+        )
+        .build();
+    fixture::push(&registry, "expands", "v1", &expands).expect("push");
+    fixture::push(&registry, "small", "v1", &busybox().build()).expect("push");
+
+    let root = sandbox.path("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&root)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a 12 MiB tmpfs");
+    let _small = SmallRoot(root.clone());
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    let idle = used_bytes(&root);
+
+    for name in ["big", "expands"] {
+        let err = images
+            .pull_image(pull_request(&format!("{}/{name}:v1", registry.addr)))
+            .await
+            .expect_err("does not fit");
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "{name}: {err:?}"
+        );
+        assert!(err.message().contains("full"), "{}", err.message());
+        // The space is back when the answer comes: what the pull wrote is gone.
+        let used = used_bytes(&root);
+        assert!(
+            used <= idle + (512 << 10),
+            "{name}: {used} bytes used after the failed pull, {idle} before"
+        );
+        assert_eq!(count_files(&root.join("content/ingest")), 0);
+    }
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
+    // And the next pull has room.
+    images
+        .pull_image(pull_request(&format!("{}/small:v1", registry.addr)))
+        .await
+        .expect("a small pull after the failed ones");
+    let (status, _) = daemon.stop();
+    assert!(status.success());
+}
