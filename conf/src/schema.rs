@@ -387,6 +387,14 @@ pub struct ImageConfig {
     pub pull_timeout: Duration,
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: u32,
+    /// Uncompressed bytes one layer may have; a layer that expands past it is refused
+    /// while unpacking (ResourceExhausted). 0: no limit.
+    pub max_layer_unpacked_bytes: u64,
+    /// Uncompressed bytes an image's layers may have together. 0: no limit.
+    pub max_image_unpacked_bytes: u64,
+    /// Uncompressed bytes per compressed byte a layer may expand by, checked once it has
+    /// expanded past 256 MiB (a decompression bomb). 0: no limit.
+    pub max_expansion_ratio: u64,
 }
 
 impl Default for ImageConfig {
@@ -395,6 +403,12 @@ impl Default for ImageConfig {
             pull_progress_timeout: Duration::from_secs(60),
             pull_timeout: Duration::from_secs(30 * 60),
             max_concurrent_downloads: 3,
+            // Generous for real images (the largest seen in practice are a few tens of
+            // GiB, with layers compressed 2-10 fold), small enough that one hostile
+            // layer cannot fill a node's disk.
+            max_layer_unpacked_bytes: 64 << 30,
+            max_image_unpacked_bytes: 128 << 30,
+            max_expansion_ratio: 100,
         }
     }
 }

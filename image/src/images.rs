@@ -30,6 +30,40 @@ pub struct ImageOptions {
     pub pull_timeout: Duration,
     /// Layers downloaded at once per pull.
     pub max_concurrent_downloads: usize,
+    /// Bounds on what images expand to.
+    pub limits: UnpackedLimits,
+}
+
+/// Bounds on the uncompressed size of layers and images (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackedLimits {
+    /// Uncompressed bytes per layer.
+    pub layer_bytes: u64,
+    /// Uncompressed bytes per image, all layers together.
+    pub image_bytes: u64,
+    /// Uncompressed bytes per compressed byte of a layer.
+    pub expansion_ratio: u64,
+}
+
+impl UnpackedLimits {
+    /// The limits for the next layer of an image whose layers so far expanded to
+    /// `used` bytes; `None` when the image is already over its limit.
+    pub(crate) fn next_layer(&self, used: u64) -> Option<storage::UnpackLimits> {
+        let mut max_bytes = self.layer_bytes;
+        if self.image_bytes > 0 {
+            let left = self.image_bytes.checked_sub(used).filter(|l| *l > 0)?;
+            max_bytes = if max_bytes == 0 {
+                left
+            } else {
+                max_bytes.min(left)
+            };
+        }
+        Some(storage::UnpackLimits {
+            max_bytes,
+            max_ratio: self.expansion_ratio,
+            ratio_floor: storage::RATIO_FLOOR,
+        })
+    }
 }
 
 /// Images on this node.
@@ -39,6 +73,7 @@ pub struct Images {
     pub(crate) progress_timeout: Duration,
     pub(crate) pull_timeout: Duration,
     pub(crate) max_concurrent_downloads: usize,
+    pub(crate) limits: UnpackedLimits,
     pub(crate) gc_lock: tokio::sync::RwLock<()>,
     key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     inflight: Arc<crate::scope::InFlight>,
@@ -55,6 +90,7 @@ impl Images {
             progress_timeout: options.progress_timeout,
             pull_timeout: options.pull_timeout,
             max_concurrent_downloads: options.max_concurrent_downloads.max(1),
+            limits: options.limits,
             gc_lock: tokio::sync::RwLock::new(()),
             key_locks: Mutex::new(HashMap::new()),
             inflight: Arc::default(),

@@ -7,7 +7,8 @@ use storage::{Digest, ImageRecord, Store};
 use crate::error::ImageError;
 
 /// Applies the stored layer blob as the committed snapshot for `chain` on `parent`,
-/// unless that snapshot exists. `name` is the image, for error messages.
+/// unless that snapshot exists, within `limits`. `name` is the image, for error
+/// messages. Returns the snapshot's size (bytes of file content).
 pub fn unpack_layer(
     store: &Store,
     layer: &Digest,
@@ -15,14 +16,17 @@ pub fn unpack_layer(
     chain: &str,
     parent: Option<&str>,
     name: &str,
-) -> Result<(), ImageError> {
+    limits: storage::UnpackLimits,
+) -> Result<u64, ImageError> {
     let file = store.content.open_blob(layer)?;
     let started = std::time::Instant::now();
     let outcome = store.snapshots.commit_new(chain, parent, |dir| {
-        let stats = storage::apply_layer(file, dir).map_err(|source| ImageError::BadLayer {
-            layer: layer.clone(),
-            reference: name.to_owned(),
-            source,
+        let stats = storage::apply_layer_within(file, dir, limits).map_err(|source| {
+            ImageError::BadLayer {
+                layer: layer.clone(),
+                reference: name.to_owned(),
+                source,
+            }
         })?;
         if stats.diff_id != *diff_id {
             return Err(ImageError::DigestMismatch {
@@ -36,7 +40,7 @@ pub fn unpack_layer(
     })?;
     let record = outcome?;
     tracing::debug!(layer = %layer, snapshot = record.id, elapsed = ?started.elapsed(), "unpacked");
-    Ok(())
+    Ok(record.size)
 }
 
 /// Stores the image, keeping the names and blobs it already had under other references.

@@ -152,6 +152,8 @@ fn install_manifest(
             &chains[i].to_string(),
             parent.as_deref(),
             &label,
+            // An archive the operator imports is not bounded (a registry's is).
+            storage::UnpackLimits::default(),
         )?;
     }
     // As for a pull: the RepoDigest is the digest the archive names (an index's own).

@@ -21,7 +21,7 @@ mod registry;
 mod scope;
 
 pub use error::ImageError;
-pub use images::{ImageOptions, Images, find_image};
+pub use images::{ImageOptions, Images, UnpackedLimits, find_image};
 pub use layout::{export_layout, import_layout};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, Reference, ReferenceError, parse};
 pub use registry::{Credentials, RegistryOptions, is_loopback};

@@ -201,10 +201,32 @@ impl Images {
             .try_collect::<Vec<()>>()
             .await?;
 
+        let mut unpacked = 0u64;
         for (i, (layer, chain)) in manifest.layers.iter().zip(&chains).enumerate() {
             let parent = i.checked_sub(1).map(|p| chains[p].to_string());
-            self.unpack(reference, layer.digest()?, &diff_ids[i], chain, parent)
-                .await?;
+            let Some(limits) = self.limits.next_layer(unpacked) else {
+                return Err(ImageError::BadLayer {
+                    layer: layer.digest()?,
+                    reference: reference.to_string(),
+                    source: storage::UnpackError::TooLarge {
+                        reason: format!(
+                            "the image's layers before it already expand to {unpacked} bytes, the image limit is {}",
+                            self.limits.image_bytes
+                        ),
+                    },
+                });
+            };
+            unpacked = unpacked.saturating_add(
+                self.unpack(
+                    reference,
+                    layer.digest()?,
+                    &diff_ids[i],
+                    chain,
+                    parent,
+                    limits,
+                )
+                .await?,
+            );
         }
 
         let mut size = manifest.config.size()?;
@@ -365,13 +387,22 @@ impl Images {
         diff_id: &Digest,
         chain: &Digest,
         parent: Option<String>,
-    ) -> Result<(), ImageError> {
+        limits: storage::UnpackLimits,
+    ) -> Result<u64, ImageError> {
         let lock = self.key_lock(&chain.to_string());
         let _held = lock.lock().await;
         let store = Arc::clone(&self.store);
         let (chain, diff_id, name) = (chain.to_string(), diff_id.clone(), reference.to_string());
         blocking(move || {
-            install::unpack_layer(&store, &layer, &diff_id, &chain, parent.as_deref(), &name)
+            install::unpack_layer(
+                &store,
+                &layer,
+                &diff_id,
+                &chain,
+                parent.as_deref(),
+                &name,
+                limits,
+            )
         })
         .await
     }

@@ -104,6 +104,12 @@ pub fn image_status(error: ImageError) -> Status {
         ));
     }
     match error {
+        ImageError::BadLayer {
+            source: storage::UnpackError::TooLarge { .. },
+            ..
+        } => Status::resource_exhausted(format!(
+            "{message} (image.max_layer_unpacked_bytes, image.max_image_unpacked_bytes and image.max_expansion_ratio set the limits)"
+        )),
         ImageError::Reference(_)
         | ImageError::AmbiguousId { .. }
         | ImageError::Schema1 { .. }

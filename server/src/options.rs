@@ -39,6 +39,11 @@ pub fn image_options(config: &Config) -> image::ImageOptions {
         progress_timeout: config.image.pull_progress_timeout,
         pull_timeout: config.image.pull_timeout,
         max_concurrent_downloads: config.image.max_concurrent_downloads as usize,
+        limits: image::UnpackedLimits {
+            layer_bytes: config.image.max_layer_unpacked_bytes,
+            image_bytes: config.image.max_image_unpacked_bytes,
+            expansion_ratio: config.image.max_expansion_ratio,
+        },
     }
 }
 

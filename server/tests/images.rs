@@ -1117,3 +1117,70 @@ async fn a_pull_onto_a_full_filesystem_is_resource_exhausted_and_gives_its_space
     let (status, _) = daemon.stop();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_and_images_past_their_unpacked_limits_are_refused_and_leave_nothing() {
+    let sandbox = Sandbox::new(
+        "[image]\nmax_layer_unpacked_bytes = 4194304\nmax_image_unpacked_bytes = 6291456\n",
+    );
+    let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
+    // One layer past the layer limit (8 MiB), and two within it that together pass the
+    // image limit (3 + 4 MiB).
+    let layer = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("zeros", &vec![0; 8 << 20], 0o644)
+                .finish(),
+        )
+        .build();
+    fixture::push(&registry, "layer", "v1", &layer).expect("push");
+    let image = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("a", &vec![0; 3 << 20], 0o644)
+                .finish(),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("b", &vec![1; 4 << 20], 0o644)
+                .finish(),
+        )
+        .build();
+    fixture::push(&registry, "image", "v1", &image).expect("push");
+    fixture::push(&registry, "small", "v1", &busybox().build()).expect("push");
+
+    let daemon = sandbox.start();
+    let (_, mut images) = daemon.clients().await;
+    for (name, limit) in [
+        ("layer", "more than 4194304 bytes"),
+        ("image", "more than 3145728 bytes"),
+    ] {
+        let err = images
+            .pull_image(pull_request(&format!("{}/{name}:v1", registry.addr)))
+            .await
+            .expect_err("past the limit");
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "{name}: {err:?}"
+        );
+        assert!(err.message().contains(limit), "{name}: {}", err.message());
+        assert!(
+            err.message().contains("image.max_layer_unpacked_bytes"),
+            "{}",
+            err.message()
+        );
+        // Nothing of it stays: no snapshot, no blob, no ingest.
+        assert_eq!(count_files(&sandbox.path("root/snapshots")), 0, "{name}");
+        assert_eq!(
+            count_files(&sandbox.path("root/content/blobs/sha256")),
+            0,
+            "{name}"
+        );
+        assert_eq!(count_files(&sandbox.path("root/content/ingest")), 0);
+    }
+    images
+        .pull_image(pull_request(&format!("{}/small:v1", registry.addr)))
+        .await
+        .expect("an image within the limits");
+}

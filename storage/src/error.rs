@@ -104,6 +104,12 @@ pub enum UnpackError {
         #[source]
         source: std::io::Error,
     },
+    /// The layer expands past the configured limits.
+    #[error("layer refused: {reason}")]
+    TooLarge {
+        /// Which limit, and by how much.
+        reason: String,
+    },
     /// Writing into the snapshot failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -29,4 +29,4 @@ pub use overlay_probe::probe_overlay;
 pub use rootfs::IdMapping;
 pub use snapshot::Snapshotter;
 pub use store::{Filesystem, GcReport, Store, Usage};
-pub use unpack::{UnpackStats, apply_layer};
+pub use unpack::{RATIO_FLOOR, UnpackLimits, UnpackStats, apply_layer, apply_layer_within};

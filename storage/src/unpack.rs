@@ -35,16 +35,73 @@ pub struct UnpackStats {
     pub diff_id: Digest,
 }
 
-/// Passes bytes through while hashing them.
+/// Bounds on what one layer may expand to, checked as its uncompressed stream is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnpackLimits {
+    /// Uncompressed bytes the layer may have; 0 for no limit.
+    pub max_bytes: u64,
+    /// Uncompressed bytes per compressed byte; 0 for no limit. Checked only once the
+    /// layer has expanded past `ratio_floor`: small layers of zeros are harmless.
+    pub max_ratio: u64,
+    /// Uncompressed bytes before the ratio is checked ([`RATIO_FLOOR`] in practice).
+    pub ratio_floor: u64,
+}
+
+/// How far a layer may expand before its expansion ratio is checked.
+pub const RATIO_FLOOR: u64 = 256 << 20;
+
+/// Counts the bytes read through it (the compressed stream).
+struct CountingReader<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Passes the uncompressed stream through while hashing it, and stops it (recording
+/// why in `tripped`) once it goes past the limits.
 struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
+    read: u64,
+    compressed: std::rc::Rc<std::cell::Cell<u64>>,
+    limits: UnpackLimits,
+    tripped: std::rc::Rc<std::cell::Cell<Option<String>>>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        let limits = self.limits;
+        let compressed = self.compressed.get().max(1);
+        let why = if limits.max_bytes > 0 && self.read > limits.max_bytes {
+            Some(format!(
+                "it expands to more than {} bytes, the limit",
+                limits.max_bytes
+            ))
+        } else if limits.max_ratio > 0
+            && self.read > limits.ratio_floor
+            && self.read / compressed > limits.max_ratio
+        {
+            Some(format!(
+                "it expands more than {}-fold ({} bytes from {compressed}), the limit",
+                limits.max_ratio, self.read
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.tripped.set(Some(why));
+            return Err(std::io::Error::other("layer size limit reached"));
+        }
         Ok(n)
     }
 }
@@ -52,7 +109,22 @@ impl<R: Read> Read for HashingReader<R> {
 /// Applies the layer read from `layer` (compression sniffed from its first bytes) to
 /// `dest`, which must exist and be empty.
 pub fn apply_layer(layer: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError> {
-    let mut reader = BufReader::with_capacity(256 * 1024, layer);
+    apply_layer_within(layer, dest, UnpackLimits::default())
+}
+
+/// [`apply_layer`], refusing a layer that expands past `limits` (with
+/// [`UnpackError::TooLarge`]; the caller removes what was written).
+pub fn apply_layer_within(
+    layer: impl Read,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> Result<UnpackStats, UnpackError> {
+    let compressed = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = CountingReader {
+        inner: layer,
+        count: std::rc::Rc::clone(&compressed),
+    };
+    let mut reader = BufReader::with_capacity(256 * 1024, counted);
     let magic = {
         use std::io::BufRead;
         let buf = reader
@@ -60,21 +132,51 @@ pub fn apply_layer(layer: impl Read, dest: &Path) -> Result<UnpackStats, UnpackE
             .map_err(|source| UnpackError::Read { source })?;
         buf.get(..4).map(<[u8]>::to_vec).unwrap_or_default()
     };
+    let bounds = Bounds {
+        compressed,
+        limits,
+        tripped: std::rc::Rc::default(),
+    };
     if magic.starts_with(&[0x1f, 0x8b]) {
-        apply_tar(flate2::read::GzDecoder::new(reader), dest)
+        apply_tar(flate2::read::GzDecoder::new(reader), dest, bounds)
     } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
         let decoder = zstd::stream::read::Decoder::with_buffer(reader)
             .map_err(|source| UnpackError::Read { source })?;
-        apply_tar(decoder, dest)
+        apply_tar(decoder, dest, bounds)
     } else {
-        apply_tar(reader, dest)
+        apply_tar(reader, dest, bounds)
     }
 }
 
-fn apply_tar(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError> {
+/// The limits of one unpack and what tripped them.
+struct Bounds {
+    compressed: std::rc::Rc<std::cell::Cell<u64>>,
+    limits: UnpackLimits,
+    tripped: std::rc::Rc<std::cell::Cell<Option<String>>>,
+}
+
+fn apply_tar(reader: impl Read, dest: &Path, bounds: Bounds) -> Result<UnpackStats, UnpackError> {
+    let tripped = std::rc::Rc::clone(&bounds.tripped);
+    apply_tar_bounded(reader, dest, bounds).map_err(|e| match tripped.take() {
+        // Whichever read hit the limit, and however the tar reader wrapped it: the
+        // layer is too large.
+        Some(reason) => UnpackError::TooLarge { reason },
+        None => e,
+    })
+}
+
+fn apply_tar_bounded(
+    reader: impl Read,
+    dest: &Path,
+    bounds: Bounds,
+) -> Result<UnpackStats, UnpackError> {
     let mut archive = tar::Archive::new(HashingReader {
         inner: reader,
         hasher: Hasher::default(),
+        read: 0,
+        compressed: bounds.compressed,
+        limits: bounds.limits,
+        tripped: bounds.tripped,
     });
     let mut stats = UnpackStats {
         entries: 0,

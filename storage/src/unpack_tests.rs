@@ -257,3 +257,63 @@ fn garbage_is_a_read_error() {
     let err = apply_layer(&b"\x1f\x8bnot really gzip"[..], &s.layer).expect_err("garbage");
     assert!(matches!(err, UnpackError::Read { .. }), "{err}");
 }
+
+#[test]
+fn a_layer_past_its_size_limit_is_refused() {
+    let s = scratch();
+    let tar = Layer::new()
+        .file("small", &[7; 1000], 0o644)
+        .file("big", &vec![1; 3 << 20], 0o644)
+        .bytes();
+    let limits = UnpackLimits {
+        max_bytes: 1 << 20,
+        ..UnpackLimits::default()
+    };
+    let err = apply_layer_within(&gzip(&tar)[..], &s.layer, limits).expect_err("too large");
+    assert!(
+        matches!(&err, UnpackError::TooLarge { reason } if reason.contains("1048576")),
+        "{err:?}"
+    );
+    // Under the limit it applies.
+    let s = scratch();
+    let limits = UnpackLimits {
+        max_bytes: 4 << 20,
+        ..UnpackLimits::default()
+    };
+    apply_layer_within(&gzip(&tar)[..], &s.layer, limits).expect("within the limit");
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_by_its_expansion_ratio() {
+    // A file of zeros past the ratio floor: gzip makes it ~1000 times smaller.
+    let floor = 2 << 20;
+    let size = floor + (4 << 20);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_path("zeros").expect("path");
+    header.set_mode(0o644);
+    header.set_size(size);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_000_000);
+    header.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(header.as_bytes()).expect("header");
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..size / (1 << 20) {
+        gz.write_all(&chunk).expect("zeros");
+    }
+    gz.write_all(&[0; 1024]).expect("end of archive");
+    let bomb = gz.finish().expect("gzip");
+    let s = scratch();
+    let limits = UnpackLimits {
+        max_bytes: 0,
+        max_ratio: 100,
+        ratio_floor: floor,
+    };
+    let err = apply_layer_within(&bomb[..], &s.layer, limits).expect_err("a bomb");
+    assert!(
+        matches!(&err, UnpackError::TooLarge { reason } if reason.contains("100-fold")),
+        "{err:?}"
+    );
+}
