@@ -1115,3 +1115,68 @@ async fn image_volumes_are_mounted_read_only_and_released() {
     assert_eq!(s.net.mounts(), mounts_before, "image volumes unmounted");
     teardown(&mut rt).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_of_500_layers_runs_and_one_of_501_is_refused_naming_the_limit() {
+    use critest::fixture::{self, ImageBuilder, LayerBuilder};
+    let s = setup();
+    // busybox, then 499 layers of one file each: 500, as many as overlayfs stacks. Their
+    // lowerdir option is far longer than a page.
+    let mut tall = ImageBuilder::new()
+        .layer(fixture::busybox_layer().expect("busybox-static"))
+        .cmd(&["sh"]);
+    for n in 1..500 {
+        tall = tall.layer(
+            LayerBuilder::new()
+                .file(&format!("layers/{n}"), n.to_string().as_bytes(), 0o644)
+                .finish(),
+        );
+    }
+    let registry = &s._registry;
+    fixture::push(registry, "tall", "v500", &tall.build()).expect("push");
+    let taller = tall.layer(
+        LayerBuilder::new()
+            .file("layers/500", b"500", 0o644)
+            .finish(),
+    );
+    fixture::push(registry, "tall", "v501", &taller.build()).expect("push");
+    let daemon = s.net.sandbox.start();
+    let (mut rt, pod) = ready(&s, &daemon).await;
+    let (_, mut images) = daemon.clients().await;
+    for tag in ["v500", "v501"] {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: format!("{}/tall:{tag}", registry.addr),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull a tall image");
+    }
+    let mut config = container(&s, "tall", "sleep 1000");
+    config.image = Some(cri::ImageSpec {
+        image: format!("{}/tall:v500", registry.addr),
+        ..Default::default()
+    });
+    let id = create(&mut rt, &s, &pod, config.clone()).await;
+    start(&mut rt, &id).await;
+    // The bottom layer and the top one are both seen.
+    let (code, out) = exec_out(&mut rt, &id, &["cat", "/layers/1", "/layers/499"]).await;
+    assert_eq!((code, out.as_str()), (0, "1499"));
+
+    config.metadata = Some(cri::ContainerMetadata {
+        name: "taller".into(),
+        attempt: 0,
+    });
+    config.image = Some(cri::ImageSpec {
+        image: format!("{}/tall:v501", registry.addr),
+        ..Default::default()
+    });
+    let err = create_refused(&mut rt, &pod, config).await;
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("at most 500"), "{}", err.message());
+    teardown(&mut rt).await;
+    assert_eq!(s.net.mounts(), 0);
+}

@@ -1,6 +1,7 @@
 //! The mount syscalls the snapshotter needs, each wrapped in one small function.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -31,6 +32,121 @@ pub fn mount_overlay(target: &Path, options: &str) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The kernel refuses mount options longer than a page.
+const PAGE: usize = 4096;
+
+/// How many lower layers overlayfs stacks (`OVL_MAX_STACK`).
+pub const OVERLAY_MAX_LAYERS: usize = 500;
+
+/// Mounts an overlay of `lowers` (top first) under `upper`, with `work`, at `target`.
+/// Options that fit in a page take one mount(2); longer ones (hundreds of layers) are
+/// given to the kernel one layer at a time through fsconfig(2)'s `lowerdir+` (Linux 6.8
+/// and later), so their length does not matter.
+pub fn mount_overlay_layers(
+    target: &Path,
+    lowers: &[String],
+    upper: &Path,
+    work: &Path,
+) -> std::io::Result<()> {
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if options.len() < PAGE {
+        return mount_overlay(target, &options);
+    }
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte")
+        })
+    };
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: the name is a NUL-terminated string; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fsopen returned a new descriptor that nothing else owns.
+    let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let set = |key: &std::ffi::CStr, value: &CString| {
+        // SAFETY: `fs` is an fs context; key and value are NUL-terminated strings.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    for lower in lowers {
+        set(c"lowerdir+", &cstr(lower)?).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} layers make overlay mount options longer than a page, and this kernel cannot take them one by one (lowerdir+ needs Linux 6.8)",
+                        lowers.len()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+    }
+    set(c"upperdir", &cstr(&upper.display().to_string())?)?;
+    set(c"workdir", &cstr(&work.display().to_string())?)?;
+    // SAFETY: as above; the command takes no key or value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fs` is a created fs context; the result is a new mount fd or -1.
+    let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    if mfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fsmount returned a new descriptor that nothing else owns.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
+    let c_target = c_path(target)?;
+    // SAFETY: the paths are NUL-terminated strings; the source is `mnt` itself.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c_target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Detaches the mount at `target`.
@@ -79,7 +195,6 @@ const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
 /// changed before it is attached, so nothing can see it half-made. [`unmount_all_in`]
 /// detaches such copies.
 pub fn clone_tree(source: &Path, target: &Path, options: &CloneOptions<'_>) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let c_source = c_path(source)?;
     let recursive = if options.recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree reads the NUL-terminated path; it returns a new descriptor.

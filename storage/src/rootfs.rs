@@ -8,11 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::SnapshotError;
-use crate::mount::{CloneOptions, clone_tree, mount_overlay, unmount};
+use crate::mount::{CloneOptions, OVERLAY_MAX_LAYERS, clone_tree, mount_overlay_layers, unmount};
 use crate::snapshot::Snapshotter;
-
-/// The kernel refuses mount options longer than a page.
-const PAGE: usize = 4096;
 
 /// How a rootfs for a container in a user namespace is shown: the image's layers
 /// through the namespace's ID mapping, so that its root owns what the image's root owns.
@@ -53,6 +50,19 @@ impl Snapshotter {
             let path = path.to_owned();
             move |source| SnapshotError::Io { path, source }
         };
+        if chain_ids.len() > OVERLAY_MAX_LAYERS {
+            return Err(SnapshotError::Mount {
+                kind: "overlay",
+                target: target.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the image has {} layers; overlayfs stacks at most {OVERLAY_MAX_LAYERS}",
+                        chain_ids.len()
+                    ),
+                ),
+            });
+        }
         let mut lowers = Vec::with_capacity(chain_ids.len());
         for chain in chain_ids.iter().rev() {
             let record = self.committed(chain)?.ok_or_else(|| SnapshotError::Io {
@@ -105,31 +115,13 @@ impl Snapshotter {
             std::fs::create_dir_all(&empty).map_err(io(&empty))?;
             lowers.push(empty.display().to_string());
         }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            upper.display(),
-            work.display()
-        );
-        let mounted = if options.len() >= PAGE {
-            Err(SnapshotError::Mount {
-                kind: "overlay",
-                target: target.to_owned(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!(
-                        "{} layers make mount options longer than a page",
-                        chain_ids.len()
-                    ),
-                ),
-            })
-        } else {
-            mount_overlay(target, &options).map_err(|source| SnapshotError::Mount {
+        let mounted = mount_overlay_layers(target, &lowers, &upper, &work).map_err(|source| {
+            SnapshotError::Mount {
                 kind: "overlay",
                 target: target.to_owned(),
                 source,
-            })
-        };
+            }
+        });
         if idmap.is_some() {
             let _ = unmount(&mapped);
             let _ = std::fs::remove_dir(&mapped);

@@ -255,7 +255,7 @@ pub async fn create(
                     .mount_rootfs(&record.id, &record.chain_ids, &rootfs, idmap.as_ref())
             {
                 release(&record);
-                return Err(LifecycleError::internal(format!("preparing the rootfs: {e}")));
+                return Err(rootfs_error("preparing the rootfs", e));
             }
             let mut volumes = Vec::new();
             for (n, chain) in volume_chains.iter().enumerate() {
@@ -265,7 +265,7 @@ pub async fn create(
                     .mount_rootfs(&id, chain, &target, idmap.as_ref())
                 {
                     release(&record);
-                    return Err(LifecycleError::internal(format!("mounting an image volume: {e}")));
+                    return Err(rootfs_error("mounting an image volume", e));
                 }
                 volumes.push(target);
             }
@@ -387,6 +387,19 @@ pub async fn create(
         .record(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod_id);
     super::watch(runtime, entry, Arc::clone(daemon));
     Ok(id)
+}
+
+/// A rootfs that cannot be stacked (more layers than overlayfs takes) is the image's
+/// problem (FailedPrecondition, naming the limit); anything else is ours.
+fn rootfs_error(what: &str, e: storage::SnapshotError) -> LifecycleError {
+    match &e {
+        storage::SnapshotError::Mount { source, .. }
+            if source.kind() == std::io::ErrorKind::InvalidInput =>
+        {
+            LifecycleError::precondition(format!("{what}: {e}"))
+        }
+        _ => LifecycleError::internal(format!("{what}: {e}")),
+    }
 }
 
 /// The signal StopContainer sends first: the request's, the image's, else SIGTERM.
