@@ -76,6 +76,15 @@ enum Bench {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
         boots: u32,
     },
+    /// A burst of concurrent connections, and whether the daemon's memory comes back.
+    Burst {
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        connections: u32,
+        /// Seconds to wait before the last RSS reading.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        settle: u64,
+    },
     /// A node's worth of kubelet-style pods: start time, relist latencies, memory and
     /// CPU idle and under kubelet's relist.
     Density {
@@ -306,6 +315,10 @@ async fn main() -> Result<(), Error> {
         Bench::Pods { count } => return pods::run(count as usize).await,
         Bench::Containers { count } => return containers::run(count as usize).await,
         Bench::Density { pods, seconds } => return density::run(pods as usize, seconds).await,
+        Bench::Burst {
+            connections,
+            settle,
+        } => return burst::run(connections as usize, settle).await,
         Bench::Microvm { runs, boots } => return microvm::run(runs as usize, boots as usize).await,
         Bench::Pull {
             rounds,
@@ -396,6 +409,7 @@ pub(crate) fn unmount_under(dir: &Path) {
     }
 }
 
+mod burst;
 mod containers;
 mod density;
 mod microvm;
