@@ -60,6 +60,7 @@ pub struct Metrics {
     containers: Family<StateLabels, Gauge>,
     pods: Family<StateLabels, Gauge>,
     monitors: Gauge,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -129,13 +130,21 @@ impl Default for Metrics {
             containers,
             pods,
             monitors,
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
+    /// How many RPCs have finished since start.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records one finished RPC.
     pub fn rpc(&self, method: &str, code: &str, took: Duration) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.rpc_latency
             .get_or_create(&MethodLabels {
                 method: method.to_owned(),

@@ -2,6 +2,7 @@
 
 mod deadline;
 mod lock;
+mod memory;
 mod notify;
 mod reload;
 mod socket;
@@ -37,6 +38,7 @@ pub fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
+    memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crispd")
@@ -106,6 +108,7 @@ async fn serve(
     }
     let listener = socket::bind(&listen)?;
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
+    tokio::spawn(memory::trim_after_activity(Arc::clone(&daemon)));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = daemon.streaming.set(crate::streaming::Streaming::new(
         format!("{scheme}://{local}"),

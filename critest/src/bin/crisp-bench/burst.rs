@@ -20,7 +20,10 @@ struct Burst {
 
 async fn burst(daemon: &Daemon, connections: usize, settle: Duration) -> Result<Burst, Error> {
     let mut clients = crate::serving(daemon).await?;
-    clients.runtime.version(cri::VersionRequest::default()).await?;
+    clients
+        .runtime
+        .version(cri::VersionRequest::default())
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = daemon.child.id();
     let idle = rss_kib(pid);
@@ -32,7 +35,11 @@ async fn burst(daemon: &Daemon, connections: usize, settle: Duration) -> Result<
             let Ok(mut c) = critest::Clients::connect(&socket).await else {
                 return false;
             };
-            let a = c.runtime.version(cri::VersionRequest::default()).await.is_ok();
+            let a = c
+                .runtime
+                .version(cri::VersionRequest::default())
+                .await
+                .is_ok();
             let b = c
                 .runtime
                 .list_containers(cri::ListContainersRequest::default())
