@@ -158,9 +158,11 @@ impl ImageError {
             }
             current = e.source();
         }
-        // Errors that carry a lower layer's words only (the metadata database's).
+        // The metadata database's errors carry its words only. (A registry's own words
+        // are not ours: its full disk is its outage.)
         let text = self.to_string();
-        text.contains("No space left on device") || text.contains("Disk quota exceeded")
+        matches!(self, Self::Store(_))
+            && (text.contains("No space left on device") || text.contains("Disk quota exceeded"))
     }
 }
 
@@ -179,5 +181,30 @@ impl From<storage::MetadataError> for ImageError {
 impl From<storage::SnapshotError> for ImageError {
     fn from(e: storage::SnapshotError) -> Self {
         Self::Store(StoreError::Snapshot(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_is_found_in_the_store_and_not_in_a_registry_s_words() {
+        let full = ImageError::Store(StoreError::Content(storage::ContentError::Io {
+            path: "/var/lib/crisp/content/ingest/x".into(),
+            source: std::io::Error::from_raw_os_error(libc_enospc()),
+        }));
+        assert!(full.is_out_of_space());
+        let theirs = ImageError::Unavailable {
+            reference: "r".into(),
+            registry: "registry.example".into(),
+            message: "500: No space left on device".into(),
+        };
+        assert!(!theirs.is_out_of_space());
+    }
+
+    /// ENOSPC on Linux.
+    fn libc_enospc() -> i32 {
+        28
     }
 }

@@ -352,7 +352,10 @@ impl RuntimeHandler for OciRuntime {
         if let Some(monitor) = find_monitor(0, c.id) {
             // SAFETY: kill takes no pointers; the monitor leads its own session (and
             // process group), which holds only what it started for this container.
-            unsafe { libc::kill(-monitor, libc::SIGKILL) };
+            unsafe {
+                libc::kill(-monitor, libc::SIGKILL);
+                libc::kill(monitor, libc::SIGKILL);
+            }
             let _ = tokio::time::timeout(MONITOR_GRACE, wait_process(monitor)).await;
         }
         let _ = self.kill(c.id, libc::SIGKILL, true).await;
