@@ -131,22 +131,7 @@ pub fn mount_overlay_layers(
     }
     // SAFETY: fsmount returned a new descriptor that nothing else owns.
     let mnt = unsafe { OwnedFd::from_raw_fd(mfd as i32) };
-    let c_target = c_path(target)?;
-    // SAFETY: the paths are NUL-terminated strings; the source is `mnt` itself.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c_target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    attach(&mnt, target)
 }
 
 /// Detaches the mount at `target`.
@@ -256,12 +241,17 @@ pub fn clone_tree(source: &Path, target: &Path, options: &CloneOptions<'_>) -> s
             .truncate(false)
             .open(target)?;
     }
+    attach(&tree, target)
+}
+
+/// Attaches the detached mount `mount` (from open_tree or fsmount) at `target`.
+fn attach(mount: &OwnedFd, target: &Path) -> std::io::Result<()> {
     let c_target = c_path(target)?;
-    // SAFETY: the paths are NUL-terminated strings; the source is `tree` itself.
+    // SAFETY: the paths are NUL-terminated strings; the source is `mount` itself.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
-            tree.as_raw_fd(),
+            mount.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_FDCWD,
             c_target.as_ptr(),
