@@ -331,8 +331,7 @@ impl RuntimeHandler for OciRuntime {
     }
 
     fn release_unknown_sandbox(&self, id: &str, pid_pin: &Path) {
-        kill_pinned_namespace_init(pid_pin);
-        kill_sandbox_init(id);
+        kill_sandbox_inits(id, pid_pin);
         if self.is_gvisor() {
             // At startup, before crispd serves: a plain blocking call.
             let _ = self

@@ -141,7 +141,7 @@ pub(super) async fn spawn_pause(
         cmd.arg("--userns");
     }
     // Named by its pod, so that a crash before its namespace is pinned still lets the
-    // next start find it ([`kill_sandbox_init`]).
+    // next start find it ([`kill_sandbox_inits`]).
     cmd.arg("--sandbox-id").arg(sandbox_id);
     let line = match userns {
         None => spawn_reporting(cmd, monitor).await?,
@@ -233,47 +233,38 @@ pub(super) fn rand_u32() -> u32 {
     u32::from_le_bytes(v) % 1_000_000
 }
 
-/// Kills the init (`crisp-monitor --pause --sandbox-id <id>`) of sandbox `id`, found by its
-/// command line: what a crash between starting it and pinning its namespace leaves.
-pub(super) fn kill_sandbox_init(id: &str) {
+/// Kills the init (`crisp-monitor --pause`) of sandbox `id`, which ends every process in
+/// its PID namespace. It is found in one pass over this host's processes: by its command
+/// line, which names the pod (what a crash before the namespace was pinned leaves), or
+/// by the inode of the PID namespace pinned at `pin` (an init started before inits were
+/// named).
+pub(super) fn kill_sandbox_inits(id: &str, pin: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let pinned = std::fs::metadata(pin).ok();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
     let wanted = format!("\0--sandbox-id\0{id}\0");
     for entry in procs.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let named = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            c.windows(wanted.len()).any(|w| w == wanted.as_bytes())
-                && String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause")
-        });
-        if named {
-            // SAFETY: kill takes no pointers; the process is this sandbox's own init.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-/// Kills the init (`crisp-monitor --pause`) of the PID namespace pinned at `pin`, found by
-/// the namespace's inode among this host's processes; which ends every process in it.
-pub(super) fn kill_pinned_namespace_init(pin: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(pinned) = std::fs::metadata(pin) else {
-        return;
-    };
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in procs.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let same = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-            .is_ok_and(|m| m.ino() == pinned.ino() && m.dev() == pinned.dev());
-        let pause = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("crisp-monitor\0--pause"));
-        if same && pause {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains("crisp-monitor\0--pause") {
+            continue;
+        }
+        if cmdline
+            .windows(wanted.len())
+            .any(|w| w == wanted.as_bytes())
+        {
+            // SAFETY: kill takes no pointers; the process is this sandbox's own init.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        } else if let Some(pinned) = &pinned
+            && std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+                .is_ok_and(|m| m.ino() == pinned.ino() && m.dev() == pinned.dev())
+        {
             kill_pid_namespace_init(pid, pin);
         }
     }
