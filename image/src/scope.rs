@@ -72,84 +72,95 @@ impl PullScope {
 
     /// The pull registered its image: what it used stays.
     pub(crate) fn succeeded(mut self) {
-        self.done = true;
-        self.release(false);
+        let (blobs, chains) = self.take();
+        release(&self.inflight, &self.store, blobs, chains, false);
     }
 
     /// The pull failed: deletes what it used that nothing else needs. Blocking
     /// (filesystem removals); returns the blobs and snapshots deleted.
     pub(crate) fn failed(mut self) -> (usize, usize) {
-        self.done = true;
-        self.release(true)
+        let (blobs, chains) = self.take();
+        release(&self.inflight, &self.store, blobs, chains, true)
     }
 
-    fn release(&self, discard: bool) -> (usize, usize) {
+    /// The keys registered, leaving none (so that dropping `self` then does nothing).
+    fn take(&mut self) -> (Vec<String>, Vec<String>) {
+        self.done = true;
         let take = |list: &Mutex<Vec<String>>| match list.lock() {
             Ok(mut g) => std::mem::take(&mut *g),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
-        let (blobs, chains) = (take(&self.blobs), take(&self.chains));
-        let mut counts = self.inflight.lock();
-        let mut last = |key: &String| {
-            let alone = match counts.get_mut(key) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => {
-                    counts.remove(key);
-                    true
-                }
-            };
-            discard && alone
+        (take(&self.blobs), take(&self.chains))
+    }
+}
+
+/// Unregisters `blobs` and `chains`; with `discard`, deletes those that no other pull
+/// uses and no image references.
+fn release(
+    inflight: &InFlight,
+    store: &Store,
+    blobs: Vec<String>,
+    chains: Vec<String>,
+    discard: bool,
+) -> (usize, usize) {
+    let mut counts = inflight.lock();
+    let mut last = |key: &String| {
+        let alone = match counts.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                counts.remove(key);
+                true
+            }
         };
-        let blobs: Vec<String> = blobs.into_iter().filter(|k| last(k)).collect();
-        let chains: Vec<String> = chains.into_iter().filter(|k| last(k)).collect();
-        if blobs.is_empty() && chains.is_empty() {
+        discard && alone
+    };
+    let blobs: Vec<String> = blobs.into_iter().filter(|k| last(k)).collect();
+    let chains: Vec<String> = chains.into_iter().filter(|k| last(k)).collect();
+    if blobs.is_empty() && chains.is_empty() {
+        return (0, 0);
+    }
+    // Still under the lock: a pull that registers one of these now waits, and then finds
+    // it gone.
+    let images = match store.meta.images() {
+        Ok(images) => images,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the images; a failed pull's content stays until the next removal");
             return (0, 0);
         }
-        // Still under the lock: a pull that registers one of these now waits, and then
-        // finds it gone.
-        let images = match self.store.meta.images() {
-            Ok(images) => images,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the images; a failed pull's content stays until the next removal");
-                return (0, 0);
-            }
+    };
+    let mut deleted = (0, 0);
+    for blob in blobs {
+        if images.iter().any(|i| i.blobs.contains(&blob)) {
+            continue;
+        }
+        let Ok(digest) = blob.parse::<storage::Digest>() else {
+            continue;
         };
-        let mut deleted = (0, 0);
-        for blob in blobs {
-            if images.iter().any(|i| i.blobs.contains(&blob)) {
-                continue;
-            }
-            let Ok(digest) = blob.parse::<storage::Digest>() else {
-                continue;
-            };
-            if self.store.has_blob(&digest) {
-                match self.store.content.delete(&digest) {
-                    Ok(()) => deleted.0 += 1,
-                    Err(e) => {
-                        tracing::warn!(blob, error = %e, "cannot delete a failed pull's blob")
-                    }
-                }
+        if store.has_blob(&digest) {
+            match store.content.delete(&digest) {
+                Ok(()) => deleted.0 += 1,
+                Err(e) => tracing::warn!(blob, error = %e, "cannot delete a failed pull's blob"),
             }
         }
-        for chain in chains {
-            if images.iter().any(|i| i.chain_ids.contains(&chain)) {
-                continue;
-            }
-            if matches!(self.store.snapshots.committed(&chain), Ok(Some(_))) {
-                match self.store.snapshots.remove(&chain) {
-                    Ok(()) => deleted.1 += 1,
-                    Err(e) => {
-                        tracing::warn!(chain, error = %e, "cannot delete a failed pull's snapshot")
-                    }
-                }
-            }
-        }
-        drop(counts);
-        deleted
     }
+    for chain in chains {
+        if images.iter().any(|i| i.chain_ids.contains(&chain)) {
+            continue;
+        }
+        if matches!(store.snapshots.committed(&chain), Ok(Some(_))) {
+            match store.snapshots.remove(&chain) {
+                Ok(()) => deleted.1 += 1,
+                Err(e) => {
+                    tracing::warn!(chain, error = %e, "cannot delete a failed pull's snapshot")
+                }
+            }
+        }
+    }
+    drop(counts);
+    deleted
 }
 
 impl Drop for PullScope {
@@ -159,29 +170,16 @@ impl Drop for PullScope {
         if self.done {
             return;
         }
-        self.done = true;
-        let scope = PullScope {
-            inflight: Arc::clone(&self.inflight),
-            store: Arc::clone(&self.store),
-            blobs: Mutex::new(std::mem::take(&mut *match self.blobs.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            })),
-            chains: Mutex::new(std::mem::take(&mut *match self.chains.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            })),
-            done: false,
+        let (blobs, chains) = self.take();
+        let (inflight, store) = (Arc::clone(&self.inflight), Arc::clone(&self.store));
+        let cleanup = move || {
+            release(&inflight, &store, blobs, chains, true);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn_blocking(move || {
-                    let _ = scope.failed();
-                });
+                handle.spawn_blocking(cleanup);
             }
-            Err(_) => {
-                let _ = scope.failed();
-            }
+            Err(_) => cleanup(),
         }
     }
 }
