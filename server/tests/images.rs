@@ -1018,6 +1018,15 @@ fn a_tampered_archive_is_refused_and_registers_nothing() {
     assert_eq!(count_files(&sandbox.path("root/content/blobs/sha256")), 0);
 }
 
+/// Pushes `repo:v1`, an image of one layer per file (name, contents).
+fn push_files(registry: &Registry, repo: &str, files: &[(&str, Vec<u8>)]) {
+    let mut image = ImageBuilder::new();
+    for (name, data) in files {
+        image = image.layer(LayerBuilder::new().file(name, data, 0o644).finish());
+    }
+    fixture::push(registry, repo, "v1", &image.build()).expect("push");
+}
+
 /// Bytes used on the filesystem holding `path`.
 fn used_bytes(path: &Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
@@ -1047,27 +1056,12 @@ async fn a_pull_onto_a_full_filesystem_is_resource_exhausted_and_gives_its_space
     // Two layers that fit one at a time but not together (6 and 8 MiB of noise: the
     // first is stored when the second runs out of space), one that fits as a download
     // but not unpacked (32 MiB of zeros, gzipped to a few KiB), and busybox.
-    let big = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new()
-                .file("noise", &noise(6 << 20, 7), 0o644)
-                .finish(),
-        )
-        .layer(
-            LayerBuilder::new()
-                .file("more", &noise(8 << 20, 11), 0o644)
-                .finish(),
-        )
-        .build();
-    fixture::push(&registry, "big", "v1", &big).expect("push");
-    let expands = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new()
-                .file("zeros", &vec![0; 32 << 20], 0o644)
-                .finish(),
-        )
-        .build();
-    fixture::push(&registry, "expands", "v1", &expands).expect("push");
+    push_files(
+        &registry,
+        "big",
+        &[("noise", noise(6 << 20, 7)), ("more", noise(8 << 20, 11))],
+    );
+    push_files(&registry, "expands", &[("zeros", vec![0; 32 << 20])]);
     fixture::push(&registry, "small", "v1", &busybox().build()).expect("push");
 
     let root = sandbox.path("root");
@@ -1126,27 +1120,12 @@ async fn layers_and_images_past_their_unpacked_limits_are_refused_and_leave_noth
     let registry = Registry::start(&sandbox.path("registry"), None).expect("registry");
     // One layer past the layer limit (8 MiB), and two within it that together pass the
     // image limit (3 + 4 MiB).
-    let layer = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new()
-                .file("zeros", &vec![0; 8 << 20], 0o644)
-                .finish(),
-        )
-        .build();
-    fixture::push(&registry, "layer", "v1", &layer).expect("push");
-    let image = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new()
-                .file("a", &vec![0; 3 << 20], 0o644)
-                .finish(),
-        )
-        .layer(
-            LayerBuilder::new()
-                .file("b", &vec![1; 4 << 20], 0o644)
-                .finish(),
-        )
-        .build();
-    fixture::push(&registry, "image", "v1", &image).expect("push");
+    push_files(&registry, "layer", &[("zeros", vec![0; 8 << 20])]);
+    push_files(
+        &registry,
+        "image",
+        &[("a", vec![0; 3 << 20]), ("b", vec![1; 4 << 20])],
+    );
     fixture::push(&registry, "small", "v1", &busybox().build()).expect("push");
 
     let daemon = sandbox.start();

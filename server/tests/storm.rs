@@ -61,30 +61,27 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Every cgroup directory left under `parent` (a cgroupfs path), in every hierarchy.
-fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+/// The directory of cgroup `parent` (a cgroupfs path) in every mounted hierarchy.
+fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    let mut left = Vec::new();
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-            let dir = Path::new(fields[1]).join(parent.trim_start_matches('/'));
-            left.extend(entries(&dir).into_iter().filter(|p| p.is_dir()));
-        }
-    }
+    mounts
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+        .map(|f| Path::new(f[1]).join(parent.trim_start_matches('/')))
+        .collect()
+}
+
+/// Every cgroup directory left under `parent`, in every hierarchy.
+fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    let mut left: Vec<PathBuf> = cgroup_dirs(parent)
+        .iter()
+        .flat_map(|dir| entries(dir))
+        .filter(|p| p.is_dir())
+        .collect();
     left.sort();
     left.dedup();
     left
-}
-
-fn remove_cgroup_parent(parent: &str) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2") {
-            let _ = std::fs::remove_dir(Path::new(fields[1]).join(parent.trim_start_matches('/')));
-        }
-    }
 }
 
 fn deadline<T>(message: T) -> tonic::Request<T> {
@@ -344,6 +341,8 @@ async fn kill_9_during_churn_leaves_lists_true_and_nothing_behind() {
     assert_eq!(s.net.allocations(), 0, "IP allocations left");
     assert_eq!(s.net.veths(), 0, "veths left");
     let cgroups = cgroups_under(&cgroup_parent);
-    remove_cgroup_parent(&cgroup_parent);
+    for dir in cgroup_dirs(&cgroup_parent) {
+        let _ = std::fs::remove_dir(dir);
+    }
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 }

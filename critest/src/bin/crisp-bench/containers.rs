@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 use cri_proto::v1 as cri;
 use critest::fixture::{self, ImageBuilder, Registry};
 
-use crate::{
-    Daemon, Error, helper_rss, median, start_containerd_with, start_crispd_with, tempdir,
-    unmount_under,
-};
+use crate::{Daemon, Error, helper_rss, median, start_containerd_with, tempdir, unmount_under};
 
 struct Figures {
     create_start: f64,
@@ -239,11 +236,7 @@ pub async fn run(count: usize) -> Result<(), Error> {
     let (image, pause_ref) = push_busybox_and_pause(&registry)?;
 
     let crisp_dir = work.join("crisp");
-    let conf = crate::pods::conflist(&crisp_dir, "crbench2")?;
-    let crisp = start_crispd_with(
-        &crisp_dir,
-        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
-    )?;
+    let crisp = crate::pods::start_crispd_on_bridge(&crisp_dir, "crbench2")?;
     let c = measure(&crisp, &image, count, "crisp-monitor", None).await?;
     drop(crisp);
     unmount_under(&crisp_dir);

@@ -10,8 +10,7 @@ use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
 use crate::{
-    Daemon, Error, helper_rss, median, rss_kib, start_containerd_with, start_crispd_with, tempdir,
-    unmount_under,
+    Daemon, Error, helper_rss, median, rss_kib, start_containerd_with, tempdir, unmount_under,
 };
 
 #[derive(Debug)]
@@ -352,11 +351,7 @@ pub async fn run(pods: usize, seconds: u64) -> Result<(), Error> {
     let (image, pause_ref) = crate::containers::push_busybox_and_pause(&registry)?;
 
     let crisp_dir = work.join("crisp");
-    let conf = crate::pods::conflist(&crisp_dir, "crbench4")?;
-    let crisp = start_crispd_with(
-        &crisp_dir,
-        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
-    )?;
+    let crisp = crate::pods::start_crispd_on_bridge(&crisp_dir, "crbench4")?;
     let c = measure(&crisp, &image, pods, &["crisp-monitor"], None, seconds).await;
     eprintln!("density, crisp: {c:?}");
     remove_all_pods(&crisp).await;

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use cri_proto::v1 as cri;
 use critest::fixture::Registry;
 
-use crate::{
-    Daemon, Error, median, start_containerd_with, start_crispd_with, tempdir, unmount_under,
-};
+use crate::{Daemon, Error, median, start_containerd_with, tempdir, unmount_under};
 
 /// One run's figures, ms.
 #[derive(Debug, Default, Clone)]
@@ -229,11 +227,7 @@ pub(crate) async fn run(runs: usize, boots: usize) -> Result<(), Error> {
 
     // crisp, microVM pods.
     let crisp_dir = work.join("crisp");
-    let conf = crate::pods::conflist(&crisp_dir, "crbench4")?;
-    let crisp = start_crispd_with(
-        &crisp_dir,
-        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
-    )?;
+    let crisp = crate::pods::start_crispd_on_bridge(&crisp_dir, "crbench4")?;
     let mut clients = crate::serving(&crisp).await?;
     crate::containers::pull_all(&mut clients, &[&image]).await?;
     let state = crisp_dir.join("state");

@@ -7,8 +7,7 @@ use cri_proto::v1 as cri;
 use critest::fixture::{self, ImageBuilder, Registry};
 
 use crate::{
-    Daemon, Error, helper_rss, median, rss_kib, start_containerd_with, start_crispd_with, tempdir,
-    unmount_under,
+    Daemon, Error, helper_rss, median, rss_kib, start_containerd_with, tempdir, unmount_under,
 };
 
 const PAUSE: &str = "pause:bench";
@@ -28,6 +27,12 @@ pub(crate) fn conflist(dir: &Path, bridge: &str) -> Result<std::path::PathBuf, E
         ),
     )?;
     Ok(conf)
+}
+
+/// crisp started in `dir` with its pods on a bridge of their own (`bridge`).
+pub(crate) fn start_crispd_on_bridge(dir: &Path, bridge: &str) -> Result<crate::Daemon, Error> {
+    let conf = conflist(dir, bridge)?;
+    crate::start_crispd_with(dir, &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()))
 }
 
 pub(crate) fn pod(i: usize) -> cri::PodSandboxConfig {
@@ -230,11 +235,7 @@ pub async fn run(count: usize) -> Result<(), Error> {
     let pause_ref = format!("{}/{PAUSE}", registry.addr);
 
     let crisp_dir = work.join("crisp");
-    let conf = conflist(&crisp_dir, "crbench0")?;
-    let crisp = start_crispd_with(
-        &crisp_dir,
-        &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()),
-    )?;
+    let crisp = start_crispd_on_bridge(&crisp_dir, "crbench0")?;
     let c = measure(&crisp, count, &["crisp-monitor"], None).await?;
     drop(crisp);
     let _ = std::process::Command::new("ip")
