@@ -114,6 +114,21 @@ pub fn del(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // A namespace that is gone (a crash between unpinning it and saving the pod) is
+    // given as none, as the CNI spec allows on DEL: plugins then release what they hold
+    // outside it (addresses, rules) instead of failing on a path that is no namespace.
+    let unpinned;
+    let attachment = if !attachment.netns.as_os_str().is_empty()
+        && !crate::netns::is_pinned(&attachment.netns)
+    {
+        unpinned = Attachment {
+            netns: PathBuf::new(),
+            ..attachment.clone()
+        };
+        &unpinned
+    } else {
+        attachment
+    };
     let mut failures = Vec::new();
     for plugin in list.iter().rev() {
         let conf = plugin_conf(network, plugin, prev, attachment);
@@ -443,6 +458,42 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn del_of_a_namespace_that_is_gone_passes_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seen = dir.path().join("seen");
+        let plugin = dir.path().join("record");
+        std::fs::write(
+            &plugin,
+            format!(
+                "#!/bin/sh\necho \"$CNI_COMMAND [$CNI_NETNS]\" >> {}\n",
+                seen.display()
+            ),
+        )
+        .expect("plugin");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // A plain file where the pinned namespace was.
+        let pin = dir.path().join("net");
+        std::fs::write(&pin, b"").expect("pin");
+        let network = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "t", "plugins": [{"type": "record"}]
+        });
+        let attachment = Attachment {
+            container_id: "pod".into(),
+            netns: pin,
+            ifname: "eth0".into(),
+            args: Vec::new(),
+            port_mappings: Vec::new(),
+            bandwidth: None,
+            ip_ranges: Vec::new(),
+        };
+        let dirs = [dir.path().to_path_buf()];
+        del(&network, &PluginSearch { dirs: &dirs }, &attachment, None).expect("del");
+        let seen = std::fs::read_to_string(&seen).expect("the plugin ran");
+        assert_eq!(seen.trim(), "DEL []");
+    }
 
     #[test]
     fn gc_needs_spec_1_1() {
