@@ -1027,6 +1027,24 @@ fn push_files(registry: &Registry, repo: &str, files: &[(&str, Vec<u8>)]) {
     fixture::push(registry, repo, "v1", &image.build()).expect("push");
 }
 
+/// Pulls `repo:v1`, which must fail with ResourceExhausted; the status.
+async fn resource_exhausted(
+    images: &mut cri_proto::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    registry: &Registry,
+    repo: &str,
+) -> tonic::Status {
+    let err = images
+        .pull_image(pull_request(&format!("{}/{repo}:v1", registry.addr)))
+        .await
+        .expect_err("the pull must be refused");
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{repo}: {err:?}"
+    );
+    err
+}
+
 /// Bytes used on the filesystem holding `path`.
 fn used_bytes(path: &Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
@@ -1078,15 +1096,7 @@ async fn a_pull_onto_a_full_filesystem_is_resource_exhausted_and_gives_its_space
     let idle = used_bytes(&root);
 
     for name in ["big", "expands"] {
-        let err = images
-            .pull_image(pull_request(&format!("{}/{name}:v1", registry.addr)))
-            .await
-            .expect_err("does not fit");
-        assert_eq!(
-            err.code(),
-            tonic::Code::ResourceExhausted,
-            "{name}: {err:?}"
-        );
+        let err = resource_exhausted(&mut images, &registry, name).await;
         assert!(err.message().contains("full"), "{}", err.message());
         // The space is back when the answer comes: what the pull wrote is gone.
         let used = used_bytes(&root);
@@ -1134,15 +1144,7 @@ async fn layers_and_images_past_their_unpacked_limits_are_refused_and_leave_noth
         ("layer", "more than 4194304 bytes"),
         ("image", "more than 3145728 bytes"),
     ] {
-        let err = images
-            .pull_image(pull_request(&format!("{}/{name}:v1", registry.addr)))
-            .await
-            .expect_err("past the limit");
-        assert_eq!(
-            err.code(),
-            tonic::Code::ResourceExhausted,
-            "{name}: {err:?}"
-        );
+        let err = resource_exhausted(&mut images, &registry, name).await;
         assert!(err.message().contains(limit), "{name}: {}", err.message());
         assert!(
             err.message().contains("image.max_layer_unpacked_bytes"),
