@@ -78,8 +78,9 @@ pub fn load_texts(files: &[(PathBuf, String)]) -> Result<Loaded, ConfigError> {
         })?;
     for (path, text) in files {
         // Each file on its own must fit the schema, so errors point into that file.
-        let table: toml::Table = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
-        toml::from_str::<Config>(text).map_err(|e| parse_error(path, text, &e))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(path, text, &e, false))?;
+        toml::from_str::<Config>(text).map_err(|e| parse_error(path, text, &e, true))?;
         merge(&mut merged, table);
     }
     let config: Config = merged.try_into().map_err(|e: toml::de::Error| {
@@ -167,15 +168,20 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
-fn parse_error(path: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+/// The error `error` found in `text`, at its line and column and, where `text` is valid
+/// TOML (the error is the schema's), naming the key there. The key is not looked for in
+/// text that is not TOML: toml_edit 0.23 panics on some such documents (`==A\n[.`, found
+/// by the `config_toml` fuzz target).
+fn parse_error(path: &Path, text: &str, error: &toml::de::Error, is_toml: bool) -> ConfigError {
     let (line, column, key) = match error.span() {
         Some(span) => {
             let at = Located::of_offset(text, span.start);
-            (
-                at.line,
-                at.column,
-                key_at(text, span.start).unwrap_or_default(),
-            )
+            let key = if is_toml {
+                key_at(text, span.start).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (at.line, at.column, key)
         }
         None => (0, 0, String::new()),
     };
@@ -259,6 +265,12 @@ mod tests {
         );
 
         let err = load_texts(&files(&[("/f.toml", "a = = 1\n")])).expect_err("syntax");
+        assert!(err.to_string().starts_with("/f.toml:1"), "{err}");
+    }
+
+    #[test]
+    fn syntax_that_trips_toml_edit_is_an_error_not_a_panic() {
+        let err = load_texts(&files(&[("/f.toml", "==AA\n[.")])).expect_err("syntax");
         assert!(err.to_string().starts_with("/f.toml:1"), "{err}");
     }
 
