@@ -5,6 +5,7 @@
 //! An unknown, used or expired token is 404. A request is bound to its token alone; the
 //! token is 32 random bytes, so URLs cannot be guessed.
 
+pub mod channel;
 mod portforward;
 mod remotecommand;
 mod session;
@@ -320,7 +321,7 @@ where
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
         io,
         tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
+        Some(channel::ws_config()),
     )
     .await;
     let (mut sink, mut stream) = ws.split();

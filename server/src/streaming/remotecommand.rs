@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::session;
 use super::spdy::header;
+use super::{channel, session};
 use crate::container::State;
 use crate::state::Daemon;
 
@@ -231,7 +231,7 @@ where
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
         io,
         tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
+        Some(channel::ws_config()),
     )
     .await;
     let (mut sink, mut stream) = ws.split();
@@ -256,37 +256,21 @@ where
     tokio::spawn(async move {
         let mut stdin_tx = Some(stdin_tx);
         while let Some(Ok(message)) = stream.next().await {
-            let bytes: Vec<u8> = match message {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) if base64 => {
-                    let t = t.as_str();
-                    let Some(channel) = t.bytes().next().filter(u8::is_ascii_digit) else {
-                        continue;
-                    };
-                    let Ok(mut data) =
-                        base64::engine::general_purpose::STANDARD.decode(&t.as_bytes()[1..])
-                    else {
-                        continue;
-                    };
-                    data.insert(0, channel - b'0');
-                    data
-                }
-                Message::Close(_) => break,
-                _ => continue,
+            let (number, data) = match channel::ws_input(message, base64) {
+                Some(channel::WsInput::Data { channel, data }) => (channel, data),
+                Some(channel::WsInput::Close) => break,
+                None => continue,
             };
-            let Some((&channel, data)) = bytes.split_first() else {
-                continue;
-            };
-            match channel {
+            match number {
                 0 => {
                     if let Some(tx) = &stdin_tx
                         && !data.is_empty()
                     {
-                        let _ = tx.send(data.to_vec());
+                        let _ = tx.send(data);
                     }
                 }
                 4 => {
-                    let _ = resize_tx.send(data.to_vec());
+                    let _ = resize_tx.send(data);
                 }
                 255 if v5 && data.first() == Some(&0) => stdin_tx = None,
                 _ => {}
@@ -305,26 +289,6 @@ where
         Target::Exec(request) => run(daemon, &request, 5, input, output).await,
         Target::Attach(request) => attach(daemon, &request, 5, input, output).await,
     }
-}
-
-/// Sizes from a resize stream: JSON objects, possibly split across messages.
-fn sizes(pending: &mut Vec<u8>, data: &[u8]) -> Vec<(u16, u16)> {
-    pending.extend_from_slice(data);
-    let mut out = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(pending).into_iter::<serde_json::Value>();
-    let mut used = 0;
-    while let Some(Ok(size)) = stream.next() {
-        used = stream.byte_offset();
-        let dim = |k: &str| {
-            size[k]
-                .as_u64()
-                .and_then(|v| u16::try_from(v).ok())
-                .unwrap_or(0)
-        };
-        out.push((dim("Width"), dim("Height")));
-    }
-    pending.drain(..used);
-    out
 }
 
 /// Attaches to the container's stdio through its monitor until the container's output
@@ -396,9 +360,9 @@ async fn attach(
     if let Some(mut rx) = resize {
         let writer = std::sync::Arc::clone(&writer);
         tasks.push(tokio::spawn(async move {
-            let mut pending = Vec::new();
+            let mut sizes = channel::Resizes::default();
             while let Some(data) = rx.recv().await {
-                for (w, h) in sizes(&mut pending, &data) {
+                for (w, h) in sizes.push(&data) {
                     let _ = writer.lock().await.resize(w, h).await;
                 }
             }
@@ -519,9 +483,9 @@ async fn run(
     }
     if let (Some(mut rx), Some(terminal)) = (resize, session.terminal.clone()) {
         tokio::spawn(async move {
-            let mut pending = Vec::new();
+            let mut sizes = channel::Resizes::default();
             while let Some(data) = rx.recv().await {
-                for (w, h) in sizes(&mut pending, &data) {
+                for (w, h) in sizes.push(&data) {
                     terminal.resize(w, h);
                 }
             }
