@@ -32,3 +32,14 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
     echo "installing: vhost-device-vsock 0.3.0 (cargo install)"
     cargo install --quiet --locked --root /usr/local vhost-device-vsock --version 0.3.0
 fi
+
+# The fuzz targets (scripts/fuzz.sh): cargo-fuzz from crates.io, pinned, and a nightly
+# toolchain, which its sanitizer flags need.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing: cargo-fuzz 0.13.2 (cargo install)"
+    cargo install --quiet --locked --root /usr/local cargo-fuzz --version 0.13.2
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "installing: the nightly Rust toolchain (rustup)"
+    rustup toolchain install nightly --profile minimal
+fi

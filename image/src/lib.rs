@@ -26,3 +26,12 @@ pub use layout::{export_layout, import_layout};
 pub use reference::{DEFAULT_REGISTRY, DEFAULT_TAG, Reference, ReferenceError, parse};
 pub use registry::{Credentials, RegistryOptions, is_loopback};
 pub use storage::{ImageRecord, Usage};
+
+/// The parsers of manifests, indexes and image configs, for the fuzz targets in `fuzz/`
+/// (which build with `--cfg fuzzing`); pulls reach them through [`Images`].
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use crate::manifest::{
+        Descriptor, Fetched, LayoutIndex, chain_ids, parse_config, parse_manifest, select_platform,
+    };
+}
