@@ -3,7 +3,9 @@
 //! foreground: without a terminal the process gets the pipes directly; with one, the
 //! runtime passes the pty master over a console socket. The process's host pid (from
 //! `--pid-file`) is killed when the session is dropped before it ended, so a client that
-//! goes away leaves nothing running.
+//! goes away leaves nothing running. A remote session (the microVM handler's, through its
+//! agent) has streams and a cancel instead: dropping it ends the call, and the far side
+//! kills the process.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -13,24 +15,71 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::HandlerError;
 
-/// A pty master shared by the reader, the writer and resizes.
-#[derive(Debug, Clone)]
+/// How a terminal is resized.
+#[derive(Clone)]
+enum Resizer {
+    /// A pty master here, shared with the reader and the writer.
+    Pty(Arc<OwnedFd>),
+    /// A terminal elsewhere, told its size through this.
+    Remote(Arc<dyn Fn(u16, u16) + Send + Sync>),
+}
+
+/// The exec's terminal, for resizes.
+#[derive(Clone)]
 pub struct Terminal {
-    master: Arc<OwnedFd>,
+    resizer: Resizer,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.resizer {
+            Resizer::Pty(_) => "pty",
+            Resizer::Remote(_) => "remote",
+        };
+        f.debug_struct("Terminal").field("kind", &kind).finish()
+    }
 }
 
 impl Terminal {
+    /// A terminal elsewhere (in a VM), resized by calling `resize(width, height)`.
+    pub fn remote(resize: impl Fn(u16, u16) + Send + Sync + 'static) -> Self {
+        Self {
+            resizer: Resizer::Remote(Arc::new(resize)),
+        }
+    }
+
     /// Sets the terminal's size (columns, rows).
     pub fn resize(&self, width: u16, height: u16) {
-        let size = libc::winsize {
-            ws_row: height,
-            ws_col: width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid for the call.
-        unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        match &self.resizer {
+            Resizer::Pty(master) => {
+                let size = libc::winsize {
+                    ws_row: height,
+                    ws_col: width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid for
+                // the call.
+                unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+            }
+            Resizer::Remote(resize) => resize(width, height),
+        }
     }
+}
+
+/// Where the exec's process is.
+enum Proc {
+    /// A child of ours (the runtime's `exec`), its pid in `pid_file` once it runs.
+    Host {
+        child: Box<tokio::process::Child>,
+        pid_file: PathBuf,
+        spec_file: PathBuf,
+    },
+    /// Elsewhere: its exit arrives on `exit`; `cancel` ends it.
+    Remote {
+        exit: Option<tokio::sync::oneshot::Receiver<Result<i32, HandlerError>>>,
+        cancel: Option<Box<dyn FnOnce() + Send>>,
+    },
 }
 
 type Writer = Option<Box<dyn AsyncWrite + Send + Unpin>>;
@@ -46,17 +95,17 @@ pub struct ExecSession {
     pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
     /// The terminal, if there is one.
     pub terminal: Option<Terminal>,
-    child: tokio::process::Child,
-    pid_file: PathBuf,
-    spec_file: PathBuf,
+    process: Proc,
     finished: bool,
 }
 
 impl std::fmt::Debug for ExecSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecSession")
-            .field("pid_file", &self.pid_file)
-            .field("terminal", &self.terminal.is_some())
+        let mut d = f.debug_struct("ExecSession");
+        if let Proc::Host { pid_file, .. } = &self.process {
+            d.field("pid_file", pid_file);
+        }
+        d.field("terminal", &self.terminal.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +136,7 @@ impl ExecSession {
                         )))),
                         None,
                         Some(Terminal {
-                            master: Arc::new(master),
+                            resizer: Resizer::Pty(Arc::new(master)),
                         }),
                     )
                 }
@@ -112,52 +161,114 @@ impl ExecSession {
             stdout,
             stderr,
             terminal,
-            child,
-            pid_file,
-            spec_file,
+            process: Proc::Host {
+                child: Box::new(child),
+                pid_file,
+                spec_file,
+            },
             finished: false,
         })
+    }
+
+    /// A session whose process runs elsewhere: its streams, its terminal, where its exit
+    /// code comes, and what ends it (called when the session is killed or dropped).
+    pub fn remote(
+        stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+        stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+        stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
+        terminal: Option<Terminal>,
+        exit: tokio::sync::oneshot::Receiver<Result<i32, HandlerError>>,
+        cancel: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        Self {
+            stdin,
+            stdout,
+            stderr,
+            terminal,
+            process: Proc::Remote {
+                exit: Some(exit),
+                cancel: Some(Box::new(cancel)),
+            },
+            finished: false,
+        }
     }
 
     /// Waits for the process and returns its exit code (128 + signal for a signal death).
     pub async fn wait(&mut self) -> Result<i32, HandlerError> {
         use std::os::unix::process::ExitStatusExt;
-        let status = self.child.wait().await.map_err(|source| HandlerError::Io {
-            path: self.pid_file.clone(),
-            source,
-        })?;
+        let code = match &mut self.process {
+            Proc::Host {
+                child, pid_file, ..
+            } => {
+                let status = child.wait().await.map_err(|source| HandlerError::Io {
+                    path: pid_file.clone(),
+                    source,
+                })?;
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+            }
+            Proc::Remote { exit, .. } => {
+                let lost = || HandlerError::Monitor {
+                    id: "exec".to_owned(),
+                    message: "the remote exec ended without an exit code".to_owned(),
+                };
+                exit.take().ok_or_else(lost)?.await.map_err(|_| lost())??
+            }
+        };
         self.finished = true;
         self.cleanup();
-        Ok(status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        Ok(code)
     }
 
     /// Kills the process now (the client went away). Its parent (the runtime, or the
     /// monitor for a terminal) reaps it and exits; until the process has started, the
-    /// parent itself is killed.
+    /// parent itself is killed. A remote process is killed by ending its call.
     pub fn kill(&mut self) {
-        if kill_from_pid_file(&self.pid_file).is_none() {
-            let _ = self.child.start_kill();
+        match &mut self.process {
+            Proc::Host {
+                child, pid_file, ..
+            } => {
+                if kill_from_pid_file(pid_file).is_none() {
+                    let _ = child.start_kill();
+                }
+            }
+            Proc::Remote { cancel, .. } => {
+                if let Some(cancel) = cancel.take() {
+                    cancel();
+                }
+            }
         }
     }
 
     /// Kills the process, waiting (up to 2 s) for the runtime to report its pid if it has
     /// not yet: a process that just started must not survive its client.
     pub async fn terminate(&mut self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while !self.pid_file.exists() && std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
+        if let Proc::Host {
+            child, pid_file, ..
+        } = &mut self.process
+        {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !pid_file.exists() && std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.kill();
     }
 
     fn cleanup(&self) {
-        let _ = std::fs::remove_file(&self.pid_file);
-        let _ = std::fs::remove_file(&self.spec_file);
+        if let Proc::Host {
+            pid_file,
+            spec_file,
+            ..
+        } = &self.process
+        {
+            let _ = std::fs::remove_file(pid_file);
+            let _ = std::fs::remove_file(spec_file);
+        }
     }
 }
 
@@ -187,7 +298,8 @@ pub(crate) fn kill_from_pid_file(pid_file: &std::path::Path) -> Option<i32> {
 
 impl Drop for ExecSession {
     fn drop(&mut self) {
-        if !self.finished {
+        // A remote call is ended even after the exit: it holds a stream open until then.
+        if !self.finished || matches!(self.process, Proc::Remote { .. }) {
             self.kill();
             self.cleanup();
         }

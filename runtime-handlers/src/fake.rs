@@ -357,7 +357,7 @@ impl RuntimeHandler for FakeHandler {
         _sandbox: &SandboxSpec,
         _netns: Option<&Path>,
         _port: u16,
-    ) -> Result<tokio::net::TcpStream, HandlerError> {
+    ) -> Result<crate::PortStream, HandlerError> {
         Err(self.unsupported("port-forward"))
     }
 

@@ -37,6 +37,15 @@ use crate::exec::ExecSession;
 use crate::oci::{ExecOutput, ExitStatus, ResourceUpdate, RuntimeState};
 use crate::stats::ContainerStats;
 
+/// A byte stream both ways: a port-forward connection (a TCP socket for a pod on the
+/// host, a stream through its agent for a pod in a VM).
+pub trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// What [`RuntimeHandler::port_forward`] connects.
+pub type PortStream = Box<dyn Duplex>;
+
 /// What a handler can do, reported in the CRI `Status` per handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Features {
@@ -327,7 +336,7 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
         sandbox: &SandboxSpec,
         netns: Option<&Path>,
         port: u16,
-    ) -> Result<tokio::net::TcpStream, HandlerError>;
+    ) -> Result<PortStream, HandlerError>;
 
     /// Applies new resource limits to a running container.
     async fn update_container(

@@ -6,9 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::clients::{Spdy, exec_url, exit_code_of, ws_port_forward, ws_session};
 use common::workload::{self, Setup};
 use cri_proto::v1 as cri;
 use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
+use server::streaming::spdy::{FLAG_FIN, Frame};
 use tonic::transport::Channel;
 
 const GUEST: &str = "/var/lib/crisp/guest";
@@ -179,6 +181,160 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         began.elapsed() < Duration::from_secs(10),
         "the timeout was honoured"
     );
+
+    // Streaming exec through the agent, over both transports. SPDY, pipes: stdin in,
+    // stdout and stderr apart, the exit code in the v4 status.
+    let url = exec_url(
+        &mut rt,
+        &server,
+        &["sh", "-c", "read x; echo got-$x; echo oops >&2; exit 3"],
+        false,
+        true,
+    )
+    .await;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        c.data(3, b"hello\n", true);
+        c.collect()
+    })
+    .await
+    .expect("client");
+    assert_eq!(got.get(&5).map(Vec::as_slice), Some(&b"got-hello\n"[..]));
+    assert_eq!(got.get(&7).map(Vec::as_slice), Some(&b"oops\n"[..]));
+    assert_eq!(exit_code_of(got.get(&1).expect("status")), 3);
+
+    // WebSocket v5, a terminal of the size sent, and a process that exits while its
+    // output is still on its way: all of it arrives before the exit code.
+    let url = exec_url(
+        &mut rt,
+        &server,
+        &[
+            "sh",
+            "-c",
+            "stty size; i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; exit 4",
+        ],
+        true,
+        false,
+    )
+    .await;
+    let mut resize = vec![4u8];
+    resize.extend_from_slice(br#"{"Width":90,"Height":30}"#);
+    let (stdout, status) = ws_session(&url, "v5.channel.k8s.io", vec![resize], None).await;
+    let out = String::from_utf8_lossy(&stdout).into_owned();
+    assert!(out.contains("line-1999"), "all the output: {}", out.len());
+    assert_eq!(out.matches("line-").count(), 2000, "every line once");
+    assert_eq!(exit_code_of(&status), 4);
+
+    // A client that hangs up mid-exec takes its process in the guest with it.
+    let running = |rt: &mut RuntimeServiceClient<Channel>| {
+        let mut rt = rt.clone();
+        let server = server.clone();
+        async move {
+            let (_, out) = workload::exec_out(
+                &mut rt,
+                &server,
+                &["sh", "-c", "ps -o args | grep -c '^slee[p] 4242'"],
+            )
+            .await;
+            out.trim().parse::<u32>().unwrap_or(u32::MAX)
+        }
+    };
+    let url = exec_url(&mut rt, &server, &["sleep", "4242"], false, false).await;
+    let client = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdout")]);
+        c.syn(5, &[("streamtype", "stderr")]);
+        c
+    })
+    .await
+    .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(&mut rt).await != 1 {
+        assert!(Instant::now() < deadline, "the exec never ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running(&mut rt).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the process of a client that hung up is still in the guest"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Port-forward into the guest's loopback, over SPDY and WebSocket.
+    let forward_url = |rt: &mut RuntimeServiceClient<Channel>| {
+        let mut rt = rt.clone();
+        let pod = pod.clone();
+        async move {
+            rt.port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod,
+                port: vec![8080, 9],
+            })
+            .await
+            .expect("port forward")
+            .into_inner()
+            .url
+        }
+    };
+    let url = forward_url(&mut rt).await;
+    let (answer, refused) = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "portforward.k8s.io");
+        for (request, error, data, port) in [("1", 1, 3, "8080"), ("2", 5, 7, "9")] {
+            c.syn(
+                error,
+                &[
+                    ("streamtype", "error"),
+                    ("port", port),
+                    ("requestid", request),
+                ],
+            );
+            c.syn(
+                data,
+                &[
+                    ("streamtype", "data"),
+                    ("port", port),
+                    ("requestid", request),
+                ],
+            );
+        }
+        c.data(3, b"ping\n", false);
+        let mut got: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        let mut finished = std::collections::HashSet::new();
+        while finished.len() < 4 {
+            match c.next() {
+                Some(Frame::Data {
+                    stream_id,
+                    flags,
+                    data,
+                }) => {
+                    got.entry(stream_id).or_default().extend_from_slice(&data);
+                    if flags & FLAG_FIN != 0 {
+                        finished.insert(stream_id);
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let text = |id| {
+            String::from_utf8_lossy(got.get(&id).map(Vec::as_slice).unwrap_or_default())
+                .into_owned()
+        };
+        (text(3), text(5))
+    })
+    .await
+    .expect("client");
+    assert_eq!(answer, "pong\n");
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    let answer = ws_port_forward(&forward_url(&mut rt).await).await;
+    assert!(answer.contains("pong"), "{answer}");
 
     // The server answers on the pod IP, from the host.
     let ip = pod_ip(&mut rt, &pod).await;

@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Stdio as Std};
 
 use agent_proto::Process;
 
@@ -27,11 +27,58 @@ pub enum Root {
     Join { pid: u32 },
 }
 
-/// A started process: its pid and the read ends of its stdout and stderr.
+/// How a process's stdio is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// Pipes for stdout and stderr; stdin a pipe too if asked for, else /dev/null.
+    Pipes { stdin: bool },
+    /// A new terminal for all three, the process its session's controlling terminal.
+    Terminal,
+}
+
+/// A started process: its pid and the agent's ends of its stdio.
 pub struct Started {
     pub pid: i32,
+    /// The write end of its stdin pipe (`Pipes { stdin: true }`).
+    pub stdin: Option<OwnedFd>,
+    /// The read end of its stdout; with a terminal, the terminal's master (read and
+    /// write: the process's output and input, and its size).
     pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    /// The read end of its stderr (pipes only).
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A new pseudo-terminal: (master, slave), the master close-on-exec and non-blocking.
+fn open_terminal() -> Result<(OwnedFd, OwnedFd), String> {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors to the pointers, which are valid; the name
+    // and attribute pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "open a terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: openpty succeeded: both are fresh descriptors owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(slave.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        let flags = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok((master, slave))
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -69,9 +116,8 @@ fn c(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"))
 }
 
-/// Starts `process` under `root`, its stdin from /dev/null and its stdout and stderr on
-/// pipes.
-pub fn spawn(process: &Process, root: Root) -> Result<Started, String> {
+/// Starts `process` under `root`, its stdio as `stdio` says.
+pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, String> {
     let cwd = if process.cwd.is_empty() {
         "/".to_owned()
     } else {
@@ -101,10 +147,22 @@ pub fn spawn(process: &Process, root: Root) -> Result<Started, String> {
     cmd.arg0(&name)
         .args(process.args.iter().skip(1))
         .env_clear()
-        .envs(process.env.iter().filter_map(|e| e.split_once('=')))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(process.env.iter().filter_map(|e| e.split_once('=')));
+    let master = match stdio {
+        Stdio::Pipes { stdin } => {
+            cmd.stdin(if stdin { Std::piped() } else { Std::null() })
+                .stdout(Std::piped())
+                .stderr(Std::piped());
+            None
+        }
+        Stdio::Terminal => {
+            let (master, slave) = open_terminal()?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("terminal: {e}"));
+            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+            Some(master)
+        }
+    };
+    let terminal = master.is_some();
 
     let new = match root {
         Root::New {
@@ -134,6 +192,10 @@ pub fn spawn(process: &Process, root: Root) -> Result<Started, String> {
                 }
             };
             check(if libc::setsid() < 0 { -1 } else { 0 })?;
+            if terminal {
+                // Stdio is in place by now: the terminal on 0 becomes the session's.
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
             for fd in &joined {
                 check(libc::setns(fd.as_raw_fd(), 0))?;
             }
@@ -186,14 +248,26 @@ pub fn spawn(process: &Process, root: Root) -> Result<Started, String> {
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("start {program:?}: {e}"))?;
+    // Our copies of the terminal's slave go with the command.
+    drop(cmd);
+    // The reaper collects its status; dropping a std Child does not wait.
+    let pid = child.id() as i32;
+    if let Some(master) = master {
+        return Ok(Started {
+            pid,
+            stdin: None,
+            stdout: master,
+            stderr: None,
+        });
+    }
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err("the process has no output pipes".to_owned());
     };
-    // The reaper collects its status; dropping a std Child does not wait.
     Ok(Started {
-        pid: child.id() as i32,
+        pid,
+        stdin: child.stdin.take().map(OwnedFd::from),
         stdout: out.into(),
-        stderr: err.into(),
+        stderr: Some(err.into()),
     })
 }
 

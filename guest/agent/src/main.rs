@@ -14,6 +14,7 @@ mod init;
 mod mounts;
 mod reaper;
 mod service;
+mod stream;
 
 use std::path::PathBuf;
 

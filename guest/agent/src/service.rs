@@ -7,19 +7,21 @@ use std::time::Duration;
 
 use agent_proto::agent_server::Agent;
 use agent_proto::{
-    ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecSyncRequest,
-    ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse, KillRequest, ReopenLogRequest,
-    SetupSandboxRequest, StartContainerResponse, container_status_response::State,
+    ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput, ExecOutput,
+    ExecSyncRequest, ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse, KillRequest,
+    PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
+    container_status_response::State, exec_input,
 };
 use crilog::LogWriter;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::container::{self, Root};
+use crate::container::{self, Root, Stdio};
 use crate::mounts;
 use crate::reaper::Reaper;
+use crate::stream;
 
 /// How long output may still drain after a container's process has exited, before the
 /// exit is reported anyway (a child it left may hold its stdout open).
@@ -320,6 +322,7 @@ impl Agent for AgentService {
                     hostname: req.hostname.clone(),
                     readonly: req.readonly_rootfs,
                 },
+                Stdio::Pipes { stdin: false },
             )
         });
         let started = match started {
@@ -339,13 +342,17 @@ impl Agent for AgentService {
         }
         tokio::spawn(async move {
             let out = tokio::spawn(pump(started.stdout, "stdout", Arc::clone(&log)));
-            let err = tokio::spawn(pump(started.stderr, "stderr", log));
+            let err = started
+                .stderr
+                .map(|fd| tokio::spawn(pump(fd, "stderr", log)));
             let code = Reaper::wait(status).await;
             let finished = now_nanos();
             // Report the exit once the output is in the log (or the drain gave up).
             let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
                 let _ = out.await;
-                let _ = err.await;
+                if let Some(err) = err {
+                    let _ = err.await;
+                }
             })
             .await;
             let _ = exit_tx.send(Some(ExitInfo {
@@ -456,8 +463,12 @@ impl Agent for AgentService {
         let r = request.into_inner();
         let pid = self.running_pid(&r.id)?;
         let process = r.process.unwrap_or_default();
-        let started = container::spawn(&process, Root::Join { pid: pid as u32 })
-            .map_err(Status::failed_precondition)?;
+        let started = container::spawn(
+            &process,
+            Root::Join { pid: pid as u32 },
+            Stdio::Pipes { stdin: false },
+        )
+        .map_err(Status::failed_precondition)?;
         let child = started.pid;
         let status = self.reaper.watch(child);
         let (out_buf, err_buf) = (
@@ -465,7 +476,9 @@ impl Agent for AgentService {
             Arc::new(Mutex::new(Vec::new())),
         );
         let out = tokio::spawn(collect_into(started.stdout, Arc::clone(&out_buf)));
-        let err = tokio::spawn(collect_into(started.stderr, Arc::clone(&err_buf)));
+        let err = started
+            .stderr
+            .map(|fd| tokio::spawn(collect_into(fd, Arc::clone(&err_buf))));
         let limit = if r.timeout_ms == 0 {
             Duration::MAX
         } else {
@@ -484,7 +497,9 @@ impl Agent for AgentService {
         // a little longer.
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
             let _ = out.await;
-            let _ = err.await;
+            if let Some(err) = err {
+                let _ = err.await;
+            }
         })
         .await;
         let stdout = std::mem::take(&mut *lock(&out_buf));
@@ -495,6 +510,47 @@ impl Agent for AgentService {
             stderr,
             timed_out,
         }))
+    }
+
+    type ExecStream = stream::Outbound<ExecOutput>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut inbound = request.into_inner();
+        let start = match inbound.message().await? {
+            Some(ExecInput {
+                input: Some(exec_input::Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an exec call must begin with the process to start",
+                ));
+            }
+        };
+        let pid = self.running_pid(&start.id)?;
+        let process = start.process.unwrap_or_default();
+        let stdio = if start.tty {
+            Stdio::Terminal
+        } else {
+            Stdio::Pipes { stdin: start.stdin }
+        };
+        let started = container::spawn(&process, Root::Join { pid: pid as u32 }, stdio)
+            .map_err(Status::failed_precondition)?;
+        let status = self.reaper.watch(started.pid);
+        Ok(Response::new(stream::exec(started, status, inbound)))
+    }
+
+    type PortForwardStream = stream::Outbound<PortData>;
+
+    async fn port_forward(
+        &self,
+        request: Request<Streaming<PortData>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        Ok(Response::new(
+            stream::port_forward(request.into_inner()).await?,
+        ))
     }
 
     async fn reopen_log(

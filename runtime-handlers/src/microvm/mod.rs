@@ -12,6 +12,7 @@
 //! pidfd whatever the guest is doing.
 
 mod net;
+mod stream;
 mod transport;
 mod vm;
 
@@ -1267,11 +1268,40 @@ impl RuntimeHandler for MicroVm {
 
     async fn exec_streaming(
         &self,
-        _c: &ContainerRef<'_>,
-        _process: &Process,
-        _stdin: bool,
+        c: &ContainerRef<'_>,
+        process: &Process,
+        stdin: bool,
     ) -> Result<ExecSession, HandlerError> {
-        Err(self.unsupported("streaming exec yet (ExecSync works)"))
+        let tty = process.terminal().unwrap_or(false);
+        let start = agent_proto::ExecInput {
+            input: Some(agent_proto::exec_input::Input::Start(
+                agent_proto::ExecStart {
+                    id: c.id.to_owned(),
+                    process: Some(process_of(Some(process))),
+                    tty,
+                    stdin,
+                },
+            )),
+        };
+        let (input, requests) = stream::input(start);
+        let outbound = self
+            .call(
+                c.sandbox_id,
+                "exec",
+                c.id,
+                CALL_DEADLINE,
+                |mut a| async move { a.exec(requests).await },
+            )
+            .await?;
+        let (handler, id) = (self.config.name.clone(), c.id.to_owned());
+        let failed = move |message: String| HandlerError::Agent {
+            handler: handler.clone(),
+            operation: "exec".to_owned(),
+            id: id.clone(),
+            code: tonic::Code::Unavailable,
+            message,
+        };
+        Ok(stream::exec_session(outbound, input, tty, stdin, failed))
     }
 
     async fn attach(
@@ -1283,11 +1313,25 @@ impl RuntimeHandler for MicroVm {
 
     async fn port_forward(
         &self,
-        _sandbox: &SandboxSpec,
+        sandbox: &SandboxSpec,
         _netns: Option<&Path>,
-        _port: u16,
-    ) -> Result<tokio::net::TcpStream, HandlerError> {
-        Err(self.unsupported("port-forward yet"))
+        port: u16,
+    ) -> Result<crate::PortStream, HandlerError> {
+        let first = agent_proto::PortData {
+            port: u32::from(port),
+            ..agent_proto::PortData::default()
+        };
+        let (input, requests) = stream::input(first);
+        let outbound = self
+            .call(
+                &sandbox.id,
+                "port-forward",
+                &sandbox.id,
+                CALL_DEADLINE,
+                |mut a| async move { a.port_forward(requests).await },
+            )
+            .await?;
+        Ok(stream::port_stream(outbound, input))
     }
 
     async fn update_container(

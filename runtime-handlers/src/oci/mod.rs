@@ -399,14 +399,15 @@ impl RuntimeHandler for OciRuntime {
         _sandbox: &SandboxSpec,
         netns: Option<&Path>,
         port: u16,
-    ) -> Result<tokio::net::TcpStream, HandlerError> {
+    ) -> Result<crate::PortStream, HandlerError> {
         let path = netns.map(Path::to_path_buf);
-        crate::netns::connect_loopback(path.clone(), port)
+        let tcp = crate::netns::connect_loopback(path.clone(), port)
             .await
             .map_err(|source| HandlerError::Io {
                 path: path.unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")),
                 source,
-            })
+            })?;
+        Ok(Box::new(tcp))
     }
 
     fn pid_namespace(&self, c: &ContainerRef<'_>) -> Option<PathBuf> {

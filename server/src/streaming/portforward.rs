@@ -39,8 +39,8 @@ async fn forward(
         .handler
         .port_forward(&target.sandbox, target.netns.as_deref(), port)
         .await;
-    let tcp = match connected {
-        Ok(tcp) => tcp,
+    let stream = match connected {
+        Ok(stream) => stream,
         Err(e) => {
             let message = format!(
                 "an error occurred forwarding {port} -> {port}: connecting to localhost:{port} in pod {pod}: {e}"
@@ -51,7 +51,7 @@ async fn forward(
             return;
         }
     };
-    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let (mut from_pod, mut to_pod) = tokio::io::split(stream);
     let data_id = data.id;
     let upstream = tokio::spawn(async move {
         while let Some(bytes) = data.data.recv().await {

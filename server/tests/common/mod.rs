@@ -12,6 +12,7 @@ use cri_proto::v1::image_service_client::ImageServiceClient;
 use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+pub mod clients;
 pub mod workload;
 
 /// Every pod sandbox the daemon lists.

@@ -1,0 +1,306 @@
+//! The streaming calls: an exec whose stdio the host drives, and a port-forward
+//! connection. Each lives exactly as long as its call: when the host ends or drops it,
+//! the exec's process group is killed and the connection closed.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use agent_proto::{ExecInput, ExecOutput, PortData, exec_input, exec_output};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::container::Started;
+use crate::reaper::{Reaper, Status as ExitCode};
+
+/// How long an exec's output may still drain after its process has exited, before the
+/// exit is reported anyway (a child it left may hold the output open).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Output messages in flight to the host per call; a slow reader slows the process.
+const OUTPUT_QUEUE: usize = 16;
+
+/// Bytes read from a process or a connection per message.
+const CHUNK: usize = 32 * 1024;
+
+/// What a streaming call answers with.
+pub type Outbound<T> = ReceiverStream<Result<T, Status>>;
+
+/// A terminal's master side, non-blocking.
+struct Terminal {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Terminal {
+    fn new(master: OwnedFd) -> std::io::Result<Self> {
+        // SAFETY: the master is a valid descriptor this struct owns and never replaces or
+        // closes while registered.
+        let fd = unsafe { AsyncFd::register(master) }.map_err(std::io::Error::from)?;
+        Ok(Self { fd })
+    }
+
+    /// Reads output; 0 once the process side is closed (the kernel answers EIO).
+    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let done = ready.try_io(|fd| {
+                // SAFETY: read writes at most buf.len() bytes into buf.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match done {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let mut ready = self.fd.writable().await?;
+            let done = ready.try_io(|fd| {
+                // SAFETY: write reads at most data.len() bytes from data.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            if let Ok(r) = done {
+                data = &data[r?..];
+            }
+        }
+        Ok(())
+    }
+
+    fn resize(&self, width: u16, height: u16) {
+        let size = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, valid for the call.
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    }
+}
+
+fn output(o: exec_output::Output) -> Result<ExecOutput, Status> {
+    Ok(ExecOutput { output: Some(o) })
+}
+
+/// Sends what `fd` (a pipe) yields as `wrap` messages until its end.
+async fn pump_pipe(
+    fd: OwnedFd,
+    wrap: fn(Vec<u8>) -> exec_output::Output,
+    tx: mpsc::Sender<Result<ExecOutput, Status>>,
+) {
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(output(wrap(buf[..n].to_vec()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// SIGKILLs the process group `pgid` unless its leader has already been reaped (its
+/// number could then be another's).
+fn kill_group(pgid: i32, status: &watch::Receiver<Option<ExitCode>>) {
+    if status.borrow().is_none() {
+        // SAFETY: kill takes no pointers.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// Drives a started exec: its output and exit to the host, the host's input to it. The
+/// first message out is its pid, the last its exit code once its output is drained.
+pub fn exec(
+    started: Started,
+    status: watch::Receiver<Option<ExitCode>>,
+    mut inbound: Streaming<ExecInput>,
+) -> Outbound<ExecOutput> {
+    let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+    let pid = started.pid;
+    let Started {
+        stdin,
+        stdout,
+        stderr,
+        ..
+    } = started;
+    let (terminal, pipes) = match stderr {
+        None => (Terminal::new(stdout).ok().map(std::sync::Arc::new), None),
+        Some(stderr) => (None, Some((stdout, stderr))),
+    };
+    let mut pumps = Vec::new();
+    match (&terminal, pipes) {
+        (Some(t), _) => {
+            let (t, tx) = (std::sync::Arc::clone(t), tx.clone());
+            pumps.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match t.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let message = output(exec_output::Output::Stdout(buf[..n].to_vec()));
+                            if tx.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        (None, Some((stdout, stderr))) => {
+            pumps.push(tokio::spawn(pump_pipe(
+                stdout,
+                exec_output::Output::Stdout,
+                tx.clone(),
+            )));
+            pumps.push(tokio::spawn(pump_pipe(
+                stderr,
+                exec_output::Output::Stderr,
+                tx.clone(),
+            )));
+        }
+        (None, None) => {}
+    }
+    // The host's input: stdin, its end, terminal sizes. The call's end is a hang-up.
+    let input_status = status.clone();
+    let input_terminal = terminal.clone();
+    tokio::spawn(async move {
+        let mut stdin = stdin.and_then(|fd| pipe::Sender::from_owned_fd(fd).ok());
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => break,
+            };
+            match message.input {
+                Some(exec_input::Input::Stdin(data)) => {
+                    if let Some(t) = &input_terminal {
+                        let _ = t.write_all(&data).await;
+                    } else if let Some(w) = &mut stdin
+                        && w.write_all(&data).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                Some(exec_input::Input::CloseStdin(_)) => stdin = None,
+                Some(exec_input::Input::Resize(size)) => {
+                    if let Some(t) = &input_terminal {
+                        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                        t.resize(clamp(size.width), clamp(size.height));
+                    }
+                }
+                Some(exec_input::Input::Start(_)) | None => {}
+            }
+        }
+        kill_group(pid, &input_status);
+    });
+    // The exit, after the output; or the host hanging up first.
+    tokio::spawn(async move {
+        let started = output(exec_output::Output::StartedPid(pid as u32));
+        if tx.send(started).await.is_err() {
+            kill_group(pid, &status);
+            return;
+        }
+        let code = tokio::select! {
+            code = Reaper::wait(status.clone()) => code,
+            () = tx.closed() => {
+                kill_group(pid, &status);
+                return;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            for pump in pumps {
+                let _ = pump.await;
+            }
+        })
+        .await;
+        drop(terminal);
+        let _ = tx.send(output(exec_output::Output::ExitCode(code))).await;
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Connects to `port` on the guest's loopback and streams the connection both ways.
+pub async fn port_forward(mut inbound: Streaming<PortData>) -> Result<Outbound<PortData>, Status> {
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("the port-forward call named no port"))?;
+    let port = u16::try_from(first.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Status::invalid_argument(format!("{} is not a TCP port", first.port)))?;
+    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(tcp) => tcp,
+        Err(v4) => tokio::net::TcpStream::connect(("::1", port))
+            .await
+            .map_err(|_| {
+                Status::failed_precondition(format!("connect to localhost:{port}: {v4}"))
+            })?,
+    };
+    let (mut from_port, mut to_port) = tcp.into_split();
+    let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+    let reader = tokio::spawn(async move {
+        let mut message = first;
+        loop {
+            if !message.data.is_empty() && to_port.write_all(&message.data).await.is_err() {
+                return;
+            }
+            if message.eof {
+                let _ = to_port.shutdown().await;
+                return;
+            }
+            message = match inbound.message().await {
+                Ok(Some(m)) => m,
+                // The host ended or dropped the call: no more data either way.
+                Ok(None) | Err(_) => return,
+            };
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = tokio::select! {
+                n = from_port.read(&mut buf) => n,
+                () = tx.closed() => break,
+            };
+            let message = match n {
+                Ok(0) | Err(_) => PortData {
+                    eof: true,
+                    ..PortData::default()
+                },
+                Ok(n) => PortData {
+                    data: buf[..n].to_vec(),
+                    ..PortData::default()
+                },
+            };
+            let last = message.eof;
+            if tx.send(Ok(message)).await.is_err() || last {
+                break;
+            }
+        }
+        // The host is gone or the port closed its side: wait for the host's side (it
+        // ends its call), then the connection closes as both halves drop.
+        let _ = reader.await;
+    });
+    Ok(ReceiverStream::new(rx))
+}
