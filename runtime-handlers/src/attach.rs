@@ -1,12 +1,14 @@
 //! Attaching to a running container's stdio through its monitor's `attach` socket (see
-//! the monitor's `attach` module for the frame format). Several attachers may be
-//! connected at once; detaching never stops the container.
+//! the monitor's `attach` module for the frame format), or, for a container in a VM,
+//! through a call to its agent. Several attachers may be connected at once; detaching
+//! never stops the container.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 
 /// Output kinds a reader yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +22,52 @@ pub enum AttachStream {
 /// Reads the container's output.
 #[derive(Debug)]
 pub struct AttachReader {
-    half: OwnedReadHalf,
+    from: ReadFrom,
+}
+
+#[derive(Debug)]
+enum ReadFrom {
+    Monitor(OwnedReadHalf),
+    Remote(mpsc::Receiver<(AttachStream, Vec<u8>)>),
+}
+
+/// What a writer to a remote container does with input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteInput {
+    /// Bytes for its stdin.
+    Stdin(Vec<u8>),
+    /// Close its stdin.
+    CloseStdin,
+    /// Resize its terminal (width, height).
+    Resize(u16, u16),
 }
 
 /// Writes to the container's stdin and terminal.
 #[derive(Debug)]
 pub struct AttachWriter {
-    half: OwnedWriteHalf,
+    to: WriteTo,
+}
+
+#[derive(Debug)]
+enum WriteTo {
+    Monitor(OwnedWriteHalf),
+    Remote(mpsc::Sender<RemoteInput>),
+}
+
+/// An attachment elsewhere (a VM's agent): output arrives on `output` until it closes;
+/// input goes to `input`. Whoever feeds them ends the attachment when both are dropped.
+pub fn remote(
+    output: mpsc::Receiver<(AttachStream, Vec<u8>)>,
+    input: mpsc::Sender<RemoteInput>,
+) -> (AttachReader, AttachWriter) {
+    (
+        AttachReader {
+            from: ReadFrom::Remote(output),
+        },
+        AttachWriter {
+            to: WriteTo::Remote(input),
+        },
+    )
 }
 
 /// Connects to the monitor of the container whose bundle is `bundle`. The socket is
@@ -37,21 +78,32 @@ pub async fn connect(bundle: &Path) -> std::io::Result<(AttachReader, AttachWrit
     let stream = tokio::net::UnixStream::connect(&path).await?;
     drop(dir);
     let (read, write) = stream.into_split();
-    Ok((AttachReader { half: read }, AttachWriter { half: write }))
+    Ok((
+        AttachReader {
+            from: ReadFrom::Monitor(read),
+        },
+        AttachWriter {
+            to: WriteTo::Monitor(write),
+        },
+    ))
 }
 
 impl AttachReader {
     /// The next piece of output; `None` once the container's streams closed.
     pub async fn next(&mut self) -> Option<(AttachStream, Vec<u8>)> {
+        let half = match &mut self.from {
+            ReadFrom::Monitor(half) => half,
+            ReadFrom::Remote(rx) => return rx.recv().await,
+        };
         loop {
             let mut head = [0u8; 5];
-            self.half.read_exact(&mut head).await.ok()?;
+            half.read_exact(&mut head).await.ok()?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if len > 1 << 24 {
                 return None;
             }
             let mut data = vec![0u8; len];
-            self.half.read_exact(&mut data).await.ok()?;
+            half.read_exact(&mut data).await.ok()?;
             match head[0] {
                 1 => return Some((AttachStream::Stdout, data)),
                 2 => return Some((AttachStream::Stderr, data)),
@@ -63,11 +115,31 @@ impl AttachReader {
 
 impl AttachWriter {
     async fn frame(&mut self, kind: u8, data: &[u8]) -> std::io::Result<()> {
+        let half = match &mut self.to {
+            WriteTo::Monitor(half) => half,
+            WriteTo::Remote(tx) => {
+                let input = match kind {
+                    0 => RemoteInput::Stdin(data.to_vec()),
+                    3 => RemoteInput::CloseStdin,
+                    _ => match data {
+                        [w0, w1, h0, h1] => RemoteInput::Resize(
+                            u16::from_be_bytes([*w0, *w1]),
+                            u16::from_be_bytes([*h0, *h1]),
+                        ),
+                        _ => return Ok(()),
+                    },
+                };
+                return tx
+                    .send(input)
+                    .await
+                    .map_err(|_| std::io::ErrorKind::BrokenPipe.into());
+            }
+        };
         let mut frame = Vec::with_capacity(data.len() + 5);
         frame.push(kind);
         frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
         frame.extend_from_slice(data);
-        self.half.write_all(&frame).await
+        half.write_all(&frame).await
     }
 
     /// Sends input to the container's stdin.

@@ -336,6 +336,93 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let answer = ws_port_forward(&forward_url(&mut rt).await).await;
     assert!(answer.contains("pong"), "{answer}");
 
+    // Attach through the agent: a container reading stdin over SPDY (output on both
+    // streams; detaching leaves it running), and one with a terminal over WebSocket.
+    let attach_url = |rt: &mut RuntimeServiceClient<Channel>, id: &str, tty: bool| {
+        let mut rt = rt.clone();
+        let id = id.to_owned();
+        async move {
+            rt.attach(cri::AttachRequest {
+                container_id: id,
+                stdin: true,
+                tty,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .expect("attach")
+            .into_inner()
+            .url
+        }
+    };
+    let mut config = workload::container(
+        &s,
+        "echo",
+        "while read line; do echo echo-$line; echo err-$line >&2; done",
+    );
+    config.stdin = true;
+    let echo = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &echo).await;
+    let url = attach_url(&mut rt, &echo, false).await;
+    let (out, err) = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        std::thread::sleep(Duration::from_millis(500));
+        c.data(3, b"one\n", false);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while !(out.ends_with(b"echo-one\n") && err.ends_with(b"err-one\n")) {
+            match c.next() {
+                Some(Frame::Data {
+                    stream_id, data, ..
+                }) => match stream_id {
+                    5 => out.extend_from_slice(&data),
+                    7 => err.extend_from_slice(&data),
+                    _ => {}
+                },
+                Some(_) => {}
+                None => break,
+            }
+        }
+        (out, err)
+    })
+    .await
+    .expect("attach client");
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"echo-one\n"[..], &b"err-one\n"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        workload::status(&mut rt, &echo).await.state,
+        i32::from(cri::ContainerState::ContainerRunning),
+        "detaching leaves the container running"
+    );
+    let mut config = workload::container(
+        &s,
+        "tty",
+        "while read line; do echo tty-$line; stty size; done",
+    );
+    config.stdin = true;
+    config.tty = true;
+    let tty = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &tty).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = attach_url(&mut rt, &tty, true).await;
+    let mut resize = vec![4u8];
+    resize.extend_from_slice(br#"{"Width":70,"Height":20}"#);
+    let (stdout, _) = ws_session(
+        &url,
+        "v5.channel.k8s.io",
+        vec![resize, b"\x00two\n".to_vec()],
+        Some(b"20 70"),
+    )
+    .await;
+    let out = String::from_utf8_lossy(&stdout).into_owned();
+    assert!(out.contains("tty-two") && out.contains("20 70"), "{out:?}");
+
     // The server answers on the pod IP, from the host.
     let ip = pod_ip(&mut rt, &pod).await;
     let deadline = Instant::now() + Duration::from_secs(20);

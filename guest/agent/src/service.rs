@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use agent_proto::agent_server::Agent;
 use agent_proto::{
-    ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput, ExecOutput,
-    ExecSyncRequest, ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse, KillRequest,
-    PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
-    container_status_response::State, exec_input,
+    AttachInput, ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput,
+    ExecOutput, ExecSyncRequest, ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse,
+    KillRequest, PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
+    attach_input, container_status_response::State, exec_input,
 };
 use crilog::LogWriter;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::container::{self, Root, Stdio};
@@ -36,7 +36,16 @@ struct Container {
     exit: watch::Receiver<Option<ExitInfo>>,
     exit_tx: Option<watch::Sender<Option<ExitInfo>>>,
     log: Arc<Mutex<LogWriter>>,
+    /// Its output as it is logged, for attachers: (is stderr, bytes).
+    output: broadcast::Sender<(bool, Vec<u8>)>,
+    /// Its stdin for attachers, once started with one.
+    stdin: Arc<tokio::sync::Mutex<Option<stream::Sink>>>,
+    /// Its terminal, if it has one.
+    terminal: Option<Arc<stream::Terminal>>,
 }
+
+/// Output chunks kept for attachers that fall behind; a slower one skips ahead.
+const ATTACH_BACKLOG: usize = 256;
 
 /// The agent's state.
 pub struct AgentService {
@@ -57,17 +66,24 @@ fn now_nanos() -> i64 {
     s * 1_000_000_000 + i64::from(n)
 }
 
-/// Reads `fd` to its end into the log as `stream`.
-async fn pump(fd: std::os::fd::OwnedFd, stream: &'static str, log: Arc<Mutex<LogWriter>>) {
-    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
-        return;
-    };
+/// Reads `source` to its end into the log as `stream`, and to the attachers.
+async fn pump(
+    mut source: stream::Source,
+    stream: &'static str,
+    log: Arc<Mutex<LogWriter>>,
+    attachers: broadcast::Sender<(bool, Vec<u8>)>,
+) {
     let mut partial = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        match rx.read(&mut buf).await {
+        match source.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => crilog::emit(&mut lock(&log), stream, &mut partial, &buf[..n]),
+            Ok(n) => {
+                crilog::emit(&mut lock(&log), stream, &mut partial, &buf[..n]);
+                if attachers.receiver_count() > 0 {
+                    let _ = attachers.send((stream == "stderr", buf[..n].to_vec()));
+                }
+            }
         }
     }
     crilog::flush(&mut lock(&log), stream, &mut partial);
@@ -284,6 +300,9 @@ impl Agent for AgentService {
                 exit: rx,
                 exit_tx: Some(tx),
                 log: Arc::new(Mutex::new(log)),
+                output: broadcast::channel(ATTACH_BACKLOG).0,
+                stdin: Arc::default(),
+                terminal: None,
             },
         );
         Ok(Response::new(Empty {}))
@@ -311,6 +330,11 @@ impl Agent for AgentService {
             };
             (c.request.clone(), Arc::clone(&c.log), tx)
         };
+        let stdio = if req.tty {
+            Stdio::Terminal
+        } else {
+            Stdio::Pipes { stdin: req.stdin }
+        };
         let rootfs = mounts::under(&self.shared, &req.rootfs).map_err(Status::invalid_argument)?;
         let process = req.process.clone().unwrap_or_default();
         let started = mounts::plan(&rootfs, &self.shared, &req.mounts).and_then(|steps| {
@@ -322,7 +346,7 @@ impl Agent for AgentService {
                     hostname: req.hostname.clone(),
                     readonly: req.readonly_rootfs,
                 },
-                Stdio::Pipes { stdin: false },
+                stdio,
             )
         });
         let started = match started {
@@ -337,14 +361,51 @@ impl Agent for AgentService {
         };
         let pid = started.pid;
         let status = self.reaper.watch(pid);
-        if let Some(c) = lock(&self.containers).get_mut(&id) {
+        let (out, err, sink, terminal) = match started.stderr {
+            None => {
+                let terminal = match stream::Terminal::new(started.stdout) {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => {
+                        // SAFETY: kill takes no pointers; the child is ours, not reaped.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        return Err(Status::internal(format!("the container's terminal: {e}")));
+                    }
+                };
+                let sink = req
+                    .stdin
+                    .then(|| stream::Sink::Terminal(Arc::clone(&terminal)));
+                (
+                    stream::Source::Terminal(Arc::clone(&terminal)),
+                    None,
+                    sink,
+                    Some(terminal),
+                )
+            }
+            Some(stderr) => (
+                stream::Source::pipe(started.stdout),
+                Some(stream::Source::pipe(stderr)),
+                started
+                    .stdin
+                    .and_then(|fd| pipe::Sender::from_owned_fd(fd).ok())
+                    .map(stream::Sink::Pipe),
+                None,
+            ),
+        };
+        let attachers = {
+            let mut containers = lock(&self.containers);
+            let Some(c) = containers.get_mut(&id) else {
+                return Err(Status::not_found(format!("container {id} was deleted")));
+            };
             c.pid = Some(pid);
-        }
+            c.terminal = terminal;
+            if let Ok(mut slot) = c.stdin.try_lock() {
+                *slot = sink;
+            }
+            c.output.clone()
+        };
         tokio::spawn(async move {
-            let out = tokio::spawn(pump(started.stdout, "stdout", Arc::clone(&log)));
-            let err = started
-                .stderr
-                .map(|fd| tokio::spawn(pump(fd, "stderr", log)));
+            let out = tokio::spawn(pump(out, "stdout", Arc::clone(&log), attachers.clone()));
+            let err = err.map(|e| tokio::spawn(pump(e, "stderr", log, attachers)));
             let code = Reaper::wait(status).await;
             let finished = now_nanos();
             // Report the exit once the output is in the log (or the drain gave up).
@@ -540,6 +601,37 @@ impl Agent for AgentService {
             .map_err(Status::failed_precondition)?;
         let status = self.reaper.watch(started.pid);
         Ok(Response::new(stream::exec(started, status, inbound)))
+    }
+
+    type AttachStream = stream::Outbound<ExecOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let id = match inbound.message().await? {
+            Some(AttachInput {
+                input: Some(attach_input::Input::Id(id)),
+            }) => id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an attach call must begin with the container's id",
+                ));
+            }
+        };
+        self.running_pid(&id)?;
+        let containers = lock(&self.containers);
+        let c = containers
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        let attached = stream::Attached {
+            output: c.output.subscribe(),
+            exit: c.exit.clone(),
+            stdin: Arc::clone(&c.stdin),
+            terminal: c.terminal.clone(),
+        };
+        Ok(Response::new(stream::attach(attached, inbound)))
     }
 
     type PortForwardStream = stream::Outbound<PortData>;

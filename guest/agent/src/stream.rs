@@ -3,13 +3,16 @@
 //! the exec's process group is killed and the connection closed.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
-use agent_proto::{ExecInput, ExecOutput, PortData, exec_input, exec_output};
+use agent_proto::{
+    AttachInput, ExecInput, ExecOutput, ExitInfo, PortData, attach_input, exec_input, exec_output,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -30,12 +33,13 @@ const CHUNK: usize = 32 * 1024;
 pub type Outbound<T> = ReceiverStream<Result<T, Status>>;
 
 /// A terminal's master side, non-blocking.
-struct Terminal {
+pub struct Terminal {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl Terminal {
-    fn new(master: OwnedFd) -> std::io::Result<Self> {
+    /// Takes the master of a terminal (already non-blocking).
+    pub fn new(master: OwnedFd) -> std::io::Result<Self> {
         // SAFETY: the master is a valid descriptor this struct owns and never replaces or
         // closes while registered.
         let fd = unsafe { AsyncFd::register(master) }.map_err(std::io::Error::from)?;
@@ -43,7 +47,7 @@ impl Terminal {
     }
 
     /// Reads output; 0 once the process side is closed (the kernel answers EIO).
-    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    pub async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut ready = self.fd.readable().await?;
             let done = ready.try_io(|fd| {
@@ -63,7 +67,8 @@ impl Terminal {
         }
     }
 
-    async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+    /// Writes input.
+    pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut ready = self.fd.writable().await?;
             let done = ready.try_io(|fd| {
@@ -82,7 +87,8 @@ impl Terminal {
         Ok(())
     }
 
-    fn resize(&self, width: u16, height: u16) {
+    /// Sets its size.
+    pub fn resize(&self, width: u16, height: u16) {
         let size = libc::winsize {
             ws_row: height,
             ws_col: width,
@@ -94,7 +100,121 @@ impl Terminal {
     }
 }
 
-fn output(o: exec_output::Output) -> Result<ExecOutput, Status> {
+/// Where a container's output is read from.
+pub enum Source {
+    /// A pipe.
+    Pipe(Option<pipe::Receiver>),
+    /// Its terminal.
+    Terminal(Arc<Terminal>),
+}
+
+impl Source {
+    /// The read end of a pipe.
+    pub fn pipe(fd: OwnedFd) -> Self {
+        Self::Pipe(pipe::Receiver::from_owned_fd(fd).ok())
+    }
+
+    /// Reads output; 0 at its end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Pipe(Some(rx)) => rx.read(buf).await,
+            Self::Pipe(None) => Ok(0),
+            Self::Terminal(t) => t.read(buf).await,
+        }
+    }
+}
+
+/// Where a container's input goes.
+pub enum Sink {
+    /// Its stdin pipe.
+    Pipe(pipe::Sender),
+    /// Its terminal.
+    Terminal(Arc<Terminal>),
+}
+
+/// What an attacher is connected to.
+pub struct Attached {
+    /// The container's output from now on.
+    pub output: broadcast::Receiver<(bool, Vec<u8>)>,
+    /// Its exit, once it has one (its output is then all sent).
+    pub exit: watch::Receiver<Option<ExitInfo>>,
+    /// Its stdin, if it has one.
+    pub stdin: Arc<tokio::sync::Mutex<Option<Sink>>>,
+    /// Its terminal, if it has one.
+    pub terminal: Option<Arc<Terminal>>,
+}
+
+/// Drives an attach: the container's output out until its end, the attacher's input in.
+/// Leaving (ending or dropping the call) never touches the container.
+pub fn attach(attached: Attached, mut inbound: Streaming<AttachInput>) -> Outbound<ExecOutput> {
+    let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+    let Attached {
+        mut output,
+        mut exit,
+        stdin,
+        terminal,
+    } = attached;
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = inbound.message().await {
+            match message.input {
+                Some(attach_input::Input::Stdin(data)) => {
+                    let mut sink = stdin.lock().await;
+                    let failed = match sink.as_mut() {
+                        Some(Sink::Pipe(p)) => p.write_all(&data).await.is_err(),
+                        Some(Sink::Terminal(t)) => t.write_all(&data).await.is_err(),
+                        None => false,
+                    };
+                    if failed {
+                        *sink = None;
+                    }
+                }
+                Some(attach_input::Input::CloseStdin(_)) => *stdin.lock().await = None,
+                Some(attach_input::Input::Resize(size)) => {
+                    if let Some(t) = &terminal {
+                        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                        t.resize(clamp(size.width), clamp(size.height));
+                    }
+                }
+                Some(attach_input::Input::Id(_)) | None => {}
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let wrap = |(is_stderr, data): (bool, Vec<u8>)| {
+            output_of(if is_stderr {
+                exec_output::Output::Stderr(data)
+            } else {
+                exec_output::Output::Stdout(data)
+            })
+        };
+        loop {
+            tokio::select! {
+                chunk = output.recv() => match chunk {
+                    Ok(chunk) => {
+                        if tx.send(wrap(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = async { exit.wait_for(Option::is_some).await.is_ok() } => {
+                    // The exit is reported after the output is drained: send what is left.
+                    while let Ok(chunk) = output.try_recv() {
+                        if tx.send(wrap(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn output_of(o: exec_output::Output) -> Result<ExecOutput, Status> {
     Ok(ExecOutput { output: Some(o) })
 }
 
@@ -112,7 +232,7 @@ async fn pump_pipe(
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send(output(wrap(buf[..n].to_vec()))).await.is_err() {
+                if tx.send(output_of(wrap(buf[..n].to_vec()))).await.is_err() {
                     return;
                 }
             }
@@ -158,7 +278,7 @@ pub fn exec(
                     match t.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => {
-                            let message = output(exec_output::Output::Stdout(buf[..n].to_vec()));
+                            let message = output_of(exec_output::Output::Stdout(buf[..n].to_vec()));
                             if tx.send(message).await.is_err() {
                                 return;
                             }
@@ -215,7 +335,7 @@ pub fn exec(
     });
     // The exit, after the output; or the host hanging up first.
     tokio::spawn(async move {
-        let started = output(exec_output::Output::StartedPid(pid as u32));
+        let started = output_of(exec_output::Output::StartedPid(pid as u32));
         if tx.send(started).await.is_err() {
             kill_group(pid, &status);
             return;
@@ -234,7 +354,9 @@ pub fn exec(
         })
         .await;
         drop(terminal);
-        let _ = tx.send(output(exec_output::Output::ExitCode(code))).await;
+        let _ = tx
+            .send(output_of(exec_output::Output::ExitCode(code)))
+            .await;
     });
     ReceiverStream::new(rx)
 }

@@ -1066,6 +1066,14 @@ impl RuntimeHandler for MicroVm {
                     .as_ref()
                     .and_then(|r| r.readonly())
                     .unwrap_or(false),
+                stdin: c.stdin,
+                stdin_once: c.stdin_once,
+                tty: c
+                    .spec
+                    .process()
+                    .as_ref()
+                    .and_then(|p| p.terminal())
+                    .unwrap_or(false),
             };
             self.call(
                 c.sandbox_id,
@@ -1306,9 +1314,22 @@ impl RuntimeHandler for MicroVm {
 
     async fn attach(
         &self,
-        _c: &ContainerRef<'_>,
+        c: &ContainerRef<'_>,
     ) -> Result<(AttachReader, AttachWriter), HandlerError> {
-        Err(self.unsupported("attach yet"))
+        let first = agent_proto::AttachInput {
+            input: Some(agent_proto::attach_input::Input::Id(c.id.to_owned())),
+        };
+        let (input, requests) = stream::input(first);
+        let outbound = self
+            .call(
+                c.sandbox_id,
+                "attach",
+                c.id,
+                CALL_DEADLINE,
+                |mut a| async move { a.attach(requests).await },
+            )
+            .await?;
+        Ok(stream::attachment(outbound, input))
     }
 
     async fn port_forward(

@@ -5,11 +5,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use agent_proto::{ExecInput, ExecOutput, PortData, TerminalSize, exec_input, exec_output};
+use agent_proto::{
+    AttachInput, ExecInput, ExecOutput, PortData, TerminalSize, attach_input, exec_input,
+    exec_output,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Streaming;
 
+use crate::attach::{AttachReader, AttachStream, AttachWriter, RemoteInput};
 use crate::error::HandlerError;
 use crate::exec::{ExecSession, Terminal};
 use crate::handler::PortStream;
@@ -196,4 +200,52 @@ pub(super) fn port_stream(mut outbound: Streaming<PortData>, input: Input<PortDa
         to_guest.abort();
     });
     Box::new(ours)
+}
+
+/// An attachment over an `Attach` call whose first message (the container) has been sent.
+/// It ends when the container's output does, or when both halves are dropped.
+pub(super) fn attachment(
+    mut outbound: Streaming<ExecOutput>,
+    input: Input<AttachInput>,
+) -> (AttachReader, AttachWriter) {
+    let (out_tx, out_rx) = mpsc::channel(INPUT_QUEUE);
+    let (in_tx, mut in_rx) = mpsc::channel(INPUT_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            // A reader that went away ends the call, even with no output coming.
+            let message = tokio::select! {
+                m = outbound.message() => m,
+                () = out_tx.closed() => return,
+            };
+            let Ok(Some(message)) = message else { return };
+            let chunk = match message.output {
+                Some(exec_output::Output::Stdout(data)) => (AttachStream::Stdout, data),
+                Some(exec_output::Output::Stderr(data)) => (AttachStream::Stderr, data),
+                _ => continue,
+            };
+            if out_tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(message) = in_rx.recv().await {
+            let message = match message {
+                RemoteInput::Stdin(data) => attach_input::Input::Stdin(data),
+                RemoteInput::CloseStdin => attach_input::Input::CloseStdin(true),
+                RemoteInput::Resize(width, height) => attach_input::Input::Resize(TerminalSize {
+                    width: u32::from(width),
+                    height: u32::from(height),
+                }),
+            };
+            let Some(tx) = sender(&input) else { return };
+            let message = AttachInput {
+                input: Some(message),
+            };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    crate::attach::remote(out_rx, in_tx)
 }
