@@ -20,6 +20,8 @@ fi
 
 cd fuzz
 cargo +nightly fuzz build
+# The binaries run directly: `cargo fuzz run` would rebuild from a tree that may change.
+bin="target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 status=0
 for target in $targets; do
     mkdir -p "corpus/$target"
@@ -28,8 +30,9 @@ for target in $targets; do
     # The configuration target starts from the shipped example.
     [ "$target" = config_toml ] && seeds="../conf"
     log="$(mktemp)"
-    if cargo +nightly fuzz run "$target" "corpus/$target" $seeds -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    mkdir -p "artifacts/$target"
+    if "$bin/$target" -artifact_prefix="artifacts/$target/" -max_total_time="$seconds" \
+        -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "corpus/$target" $seeds \
         >"$log" 2>&1; then
         runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
         echo "fuzz: $target: ${runs:-?} runs in ${seconds}s, no crash"
