@@ -417,6 +417,19 @@ pub fn flags(profile: &LinuxSeccomp) -> u32 {
         .fold(0, |a, b| a | b)
 }
 
+/// `program` as bytes: its `sock_filter` entries in host byte order, 8 bytes each (how a
+/// filter travels to a microVM's agent).
+pub fn to_bytes(program: &[Instruction]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(program.len() * 8);
+    for i in program {
+        out.extend_from_slice(&i.code.to_ne_bytes());
+        out.push(i.jt);
+        out.push(i.jf);
+        out.extend_from_slice(&i.k.to_ne_bytes());
+    }
+    out
+}
+
 /// Installs `program` on the calling thread (seccomp(2), SECCOMP_SET_MODE_FILTER). The
 /// caller has no_new_privs set or CAP_SYS_ADMIN.
 pub fn install(program: &[Instruction], flags: u32) -> std::io::Result<()> {

@@ -423,6 +423,81 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let out = String::from_utf8_lossy(&stdout).into_owned();
     assert!(out.contains("tty-two") && out.contains("20 70"), "{out:?}");
 
+    // The security context applies inside the guest as under runc: capabilities, no new
+    // privileges, the runtime's default seccomp profile, masked and read-only paths; execs
+    // get the same.
+    let mut config = workload::container(
+        &s,
+        "confined",
+        "cat /proc/self/status > /tmp/status; exec sleep 1000",
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                ..Default::default()
+            }),
+            no_new_privs: true,
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: i32::from(cri::security_profile::ProfileType::RuntimeDefault),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let confined = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &confined).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (code, status) = workload::exec_out(
+            &mut rt,
+            &confined,
+            &["cat", "/tmp/status", "/proc/self/status"],
+        )
+        .await;
+        if code == 0 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the init never wrote its status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    for (name, want) in [
+        ("CapEff:", "0000000000000400"),
+        ("CapBnd:", "0000000000000400"),
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+        ("CapPrm:", "0000000000000400"),
+    ] {
+        let got = field(name);
+        assert!(
+            got.len() == 2 && got.iter().all(|g| g == want),
+            "{name} of the container's init and of an exec: {got:?}, want {want}"
+        );
+    }
+    let (_, kcore) = workload::exec_out(
+        &mut rt,
+        &confined,
+        &["sh", "-c", "head -c 16 /proc/kcore | wc -c"],
+    )
+    .await;
+    assert_eq!(kcore.trim(), "0", "/proc/kcore is masked");
+    let (_, mounts) = workload::exec_out(&mut rt, &confined, &["cat", "/proc/mounts"]).await;
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/proc/sys") && l.contains(" ro,")),
+        "/proc/sys is read-only: {mounts}"
+    );
+
     // The server answers on the pod IP, from the host.
     let ip = pod_ip(&mut rt, &pod).await;
     let deadline = Instant::now() + Duration::from_secs(20);

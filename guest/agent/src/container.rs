@@ -22,6 +22,11 @@ pub enum Root {
         steps: Vec<Step>,
         hostname: String,
         readonly: bool,
+        /// Paths to mask and to make read-only, inside the container.
+        masked: Vec<String>,
+        readonly_paths: Vec<String>,
+        /// Namespaced sysctls (key with dots, value).
+        sysctls: Vec<(String, String)>,
     },
     /// A running container whose init has this pid: the child joins its namespaces.
     Join { pid: u32 },
@@ -46,6 +51,165 @@ pub struct Started {
     pub stdout: OwnedFd,
     /// The read end of its stderr (pipes only).
     pub stderr: Option<OwnedFd>,
+}
+
+/// A seccomp filter: a classic BPF program and seccomp(2) flags.
+#[derive(Clone, Default)]
+pub struct Filter {
+    program: Vec<libc::sock_filter>,
+    flags: u32,
+}
+
+impl Filter {
+    /// The filter in `bytes` (8-byte `sock_filter` entries in host order); `None` when
+    /// empty.
+    pub fn parse(bytes: &[u8], flags: u32) -> Result<Option<Self>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if !bytes.len().is_multiple_of(8) || bytes.len() / 8 > usize::from(u16::MAX) {
+            return Err(format!(
+                "a seccomp filter of {} bytes is not a BPF program",
+                bytes.len()
+            ));
+        }
+        let program = bytes
+            .chunks_exact(8)
+            .map(|i| libc::sock_filter {
+                code: u16::from_ne_bytes([i[0], i[1]]),
+                jt: i[2],
+                jf: i[3],
+                k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+            })
+            .collect();
+        Ok(Some(Self { program, flags }))
+    }
+}
+
+/// The security of a process, ready for the child: capability masks and no_new_privs.
+#[derive(Clone, Copy)]
+struct Caps {
+    bounding: u64,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    no_new_privs: bool,
+}
+
+/// The highest capability the kernel knows.
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Installs `filter` on the calling thread.
+///
+/// # Safety
+/// Called in the child between fork and exec; makes one system call.
+unsafe fn install(filter: &Filter) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.program.len() as u16,
+        filter: filter.program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at the program, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            filter.flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mounts over `path` so that it cannot be read: an empty read-only tmpfs over a
+/// directory, /dev/null over anything else. A path that does not exist is skipped, as
+/// runc does.
+///
+/// # Safety
+/// Called in the child between fork and exec, inside the container's root.
+unsafe fn mask(
+    path: &std::ffi::CStr,
+    null: &std::ffi::CStr,
+    tmpfs: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    // SAFETY: stat writes into `st`; the paths are NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } != 0 {
+        return Ok(());
+    }
+    let rc = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        // SAFETY: as above.
+        unsafe {
+            libc::mount(
+                tmpfs.as_ptr(),
+                path.as_ptr(),
+                tmpfs.as_ptr(),
+                libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            libc::mount(
+                null.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        }
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `path` read-only (skipped if it does not exist).
+///
+/// # Safety
+/// Called in the child between fork and exec, inside the container's root.
+unsafe fn make_readonly(path: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: the path is NUL-terminated; the other pointers may be null.
+    let bound = unsafe {
+        libc::mount(
+            path.as_ptr(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if bound != 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A new pseudo-terminal: (master, slave), the master close-on-exec and non-blocking.
@@ -116,8 +280,14 @@ fn c(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"))
 }
 
-/// Starts `process` under `root`, its stdio as `stdio` says.
-pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, String> {
+/// Starts `process` under `root`, its stdio as `stdio` says, confined by its security and
+/// by the container's seccomp `filter`.
+pub fn spawn(
+    process: &Process,
+    root: Root,
+    stdio: Stdio,
+    filter: Option<&Filter>,
+) -> Result<Started, String> {
     let cwd = if process.cwd.is_empty() {
         "/".to_owned()
     } else {
@@ -170,16 +340,52 @@ pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, Str
             steps,
             hostname,
             readonly,
-        } => Some((
-            c(&rootfs.to_string_lossy())?,
-            steps,
-            hostname.into_bytes(),
-            readonly,
-        )),
+            masked,
+            readonly_paths,
+            sysctls,
+        } => {
+            let sysctls = sysctls
+                .iter()
+                .map(|(k, v)| {
+                    if k.contains('/') || k.split('.').any(|p| p.is_empty() || p == "..") {
+                        return Err(format!("{k:?} is not a sysctl"));
+                    }
+                    Ok((c(&format!("/proc/sys/{}", k.replace('.', "/")))?, v.clone()))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Some((
+                c(&rootfs.to_string_lossy())?,
+                steps,
+                hostname.into_bytes(),
+                readonly,
+                masked.iter().map(|p| c(p)).collect::<Result<Vec<_>, _>>()?,
+                readonly_paths
+                    .iter()
+                    .map(|p| c(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+                sysctls,
+            ))
+        }
         Root::Join { .. } => None,
     };
+    let caps = process.security.as_ref().map(|s| Caps {
+        bounding: s.bounding,
+        effective: s.effective,
+        permitted: s.permitted,
+        inheritable: s.inheritable,
+        no_new_privs: s.no_new_privileges,
+    });
+    let ambient: Vec<u32> = process
+        .security
+        .as_ref()
+        .map(|s| s.ambient.clone())
+        .unwrap_or_default();
+    let last_cap = last_capability();
+    let filter = filter.cloned();
     let dot = c(".")?;
     let slash = c("/")?;
+    let dev_null = c("/dev/null")?;
+    let tmpfs = c("tmpfs")?;
     // SAFETY: the closure runs in the child between fork and exec and only makes system
     // calls on data prepared above, which it owns.
     unsafe {
@@ -199,7 +405,8 @@ pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, Str
             for fd in &joined {
                 check(libc::setns(fd.as_raw_fd(), 0))?;
             }
-            if let Some((rootfs, steps, hostname, readonly)) = &new {
+            if let Some((rootfs, steps, hostname, readonly, masked, readonly_paths, sysctls)) = &new
+            {
                 check(libc::unshare(
                     libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
                 ))?;
@@ -221,6 +428,20 @@ pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, Str
                 if !hostname.is_empty() {
                     check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
                 }
+                // Through the guest's /proc, from inside the new namespaces: namespaced
+                // keys take the container's values.
+                for (path, value) in sysctls {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, value.as_ptr().cast(), value.len());
+                    let e = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n < 0 {
+                        return Err(e);
+                    }
+                }
                 check(libc::chdir(rootfs.as_ptr()))?;
                 check(libc::mount(
                     dot.as_ptr(),
@@ -230,6 +451,12 @@ pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, Str
                     std::ptr::null(),
                 ))?;
                 check(libc::chroot(dot.as_ptr()))?;
+                for path in readonly_paths {
+                    make_readonly(path)?;
+                }
+                for path in masked {
+                    mask(path, &dev_null, &tmpfs)?;
+                }
                 if *readonly {
                     check(libc::mount(
                         std::ptr::null(),
@@ -241,9 +468,75 @@ pub fn spawn(process: &Process, root: Root, stdio: Stdio) -> Result<Started, Str
                 }
             }
             check(libc::chdir(cwd_c.as_ptr()))?;
+            // runc's order: no_new_privs; without it the filter goes on while still
+            // privileged; the bounding set; the IDs, keeping capabilities across them;
+            // the capability sets; with no_new_privs the filter last.
+            let nnp = caps.is_some_and(|c| c.no_new_privs);
+            if nnp {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
+            if !nnp && let Some(f) = &filter {
+                install(f)?;
+            }
+            if let Some(caps) = caps {
+                for cap in 0..=last_cap {
+                    if caps.bounding & (1 << cap) == 0 {
+                        check(libc::prctl(
+                            libc::PR_CAPBSET_DROP,
+                            cap as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        ))?;
+                    }
+                }
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+            }
             check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-            check(libc::setgid(gid))?;
-            check(libc::setuid(uid))?;
+            check(libc::setresgid(gid, gid, gid))?;
+            check(libc::setresuid(uid, uid, uid))?;
+            if let Some(caps) = caps {
+                #[repr(C)]
+                struct Header {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                #[derive(Clone, Copy)]
+                struct Data {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                let header = Header {
+                    version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                    pid: 0,
+                };
+                let word = |m: u64, i: u32| (m >> (32 * i)) as u32;
+                let data = [0, 1].map(|i| Data {
+                    effective: word(caps.effective, i),
+                    permitted: word(caps.permitted, i),
+                    inheritable: word(caps.inheritable, i),
+                });
+                if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+                // Best effort, as runc: an ambient capability that is not also
+                // inheritable is refused, and the process goes on without it.
+                for &cap in &ambient {
+                    libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                        cap as libc::c_ulong,
+                        0,
+                        0,
+                    );
+                }
+            }
+            if nnp && let Some(f) = &filter {
+                install(f)?;
+            }
             Ok(())
         });
     }

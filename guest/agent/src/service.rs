@@ -18,7 +18,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::container::{self, Root, Stdio};
+use crate::container::{self, Filter, Root, Stdio};
 use crate::mounts;
 use crate::reaper::Reaper;
 use crate::stream;
@@ -42,6 +42,8 @@ struct Container {
     stdin: Arc<tokio::sync::Mutex<Option<stream::Sink>>>,
     /// Its terminal, if it has one.
     terminal: Option<Arc<stream::Terminal>>,
+    /// The seccomp filter of its processes.
+    filter: Option<Filter>,
 }
 
 /// Output chunks kept for attachers that fall behind; a slower one skips ahead.
@@ -153,6 +155,13 @@ impl AgentService {
             return Ok(PathBuf::new());
         }
         mounts::under(&self.shared, relative).map_err(Status::invalid_argument)
+    }
+
+    /// The seccomp filter of container `id`'s processes.
+    fn filter_of(&self, id: &str) -> Option<Filter> {
+        lock(&self.containers)
+            .get(id)
+            .and_then(|c| c.filter.clone())
     }
 
     fn running_pid(&self, id: &str) -> Result<i32, Status> {
@@ -286,6 +295,8 @@ impl Agent for AgentService {
                 r.rootfs
             )));
         }
+        let filter =
+            Filter::parse(&r.seccomp_filter, r.seccomp_flags).map_err(Status::invalid_argument)?;
         let log = LogWriter::open(&self.log_file(&r.log_path)?);
         let (tx, rx) = watch::channel(None);
         let mut containers = lock(&self.containers);
@@ -303,6 +314,7 @@ impl Agent for AgentService {
                 output: broadcast::channel(ATTACH_BACKLOG).0,
                 stdin: Arc::default(),
                 terminal: None,
+                filter,
             },
         );
         Ok(Response::new(Empty {}))
@@ -313,7 +325,7 @@ impl Agent for AgentService {
         request: Request<ContainerId>,
     ) -> Result<Response<StartContainerResponse>, Status> {
         let id = request.into_inner().id;
-        let (req, log, exit_tx) = {
+        let (req, log, exit_tx, filter) = {
             let mut containers = lock(&self.containers);
             let c = containers
                 .get_mut(&id)
@@ -328,7 +340,7 @@ impl Agent for AgentService {
                     "container {id} is starting"
                 )));
             };
-            (c.request.clone(), Arc::clone(&c.log), tx)
+            (c.request.clone(), Arc::clone(&c.log), tx, c.filter.clone())
         };
         let stdio = if req.tty {
             Stdio::Terminal
@@ -345,8 +357,16 @@ impl Agent for AgentService {
                     steps,
                     hostname: req.hostname.clone(),
                     readonly: req.readonly_rootfs,
+                    masked: req.masked_paths.clone(),
+                    readonly_paths: req.readonly_paths.clone(),
+                    sysctls: req
+                        .sysctls
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 },
                 stdio,
+                filter.as_ref(),
             )
         });
         let started = match started {
@@ -528,6 +548,7 @@ impl Agent for AgentService {
             &process,
             Root::Join { pid: pid as u32 },
             Stdio::Pipes { stdin: false },
+            self.filter_of(&r.id).as_ref(),
         )
         .map_err(Status::failed_precondition)?;
         let child = started.pid;
@@ -597,8 +618,14 @@ impl Agent for AgentService {
         } else {
             Stdio::Pipes { stdin: start.stdin }
         };
-        let started = container::spawn(&process, Root::Join { pid: pid as u32 }, stdio)
-            .map_err(Status::failed_precondition)?;
+        let filter = self.filter_of(&start.id);
+        let started = container::spawn(
+            &process,
+            Root::Join { pid: pid as u32 },
+            stdio,
+            filter.as_ref(),
+        )
+        .map_err(Status::failed_precondition)?;
         let status = self.reaper.watch(started.pid);
         Ok(Response::new(stream::exec(started, status, inbound)))
     }

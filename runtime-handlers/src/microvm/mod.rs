@@ -743,6 +743,27 @@ fn process_of(process: Option<&Process>) -> agent_proto::Process {
     let Some(p) = process else {
         return agent_proto::Process::default();
     };
+    let mask = |set: Option<&std::collections::HashSet<oci_spec::runtime::Capability>>| {
+        set.into_iter()
+            .flatten()
+            .filter_map(|c| crate::capability_number(&c.to_string()))
+            .fold(0u64, |m, n| m | (1u64 << n))
+    };
+    // Without capabilities in the spec the process is unconfined, as under runc.
+    let security = p.capabilities().as_ref().map(|c| agent_proto::Security {
+        bounding: mask(c.bounding().as_ref()),
+        effective: mask(c.effective().as_ref()),
+        permitted: mask(c.permitted().as_ref()),
+        inheritable: mask(c.inheritable().as_ref()),
+        ambient: c
+            .ambient()
+            .as_ref()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| crate::capability_number(&c.to_string()))
+            .collect(),
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+    });
     agent_proto::Process {
         args: p.args().clone().unwrap_or_default(),
         env: p.env().clone().unwrap_or_default(),
@@ -750,6 +771,7 @@ fn process_of(process: Option<&Process>) -> agent_proto::Process {
         uid: p.user().uid(),
         gid: p.user().gid(),
         additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        security,
     }
 }
 
@@ -1053,6 +1075,24 @@ impl RuntimeHandler for MicroVm {
                 .map_err(|e| io(e.to_string()))?;
                 log_path = format!("{}/log.0", c.id);
             }
+            let linux = c.spec.linux().as_ref();
+            let (seccomp_filter, seccomp_flags) = match linux.and_then(|l| l.seccomp().as_ref()) {
+                Some(profile) => {
+                    let program = crate::seccomp::compile(profile).map_err(|e| {
+                        HandlerError::Precondition {
+                            handler: self.config.name.clone(),
+                            message: format!(
+                                "the container's seccomp profile cannot be applied in the VM: {e}"
+                            ),
+                        }
+                    })?;
+                    (
+                        crate::seccomp::to_bytes(&program),
+                        crate::seccomp::flags(profile),
+                    )
+                }
+                None => (Vec::new(), 0),
+            };
             let request = agent_proto::CreateContainerRequest {
                 id: c.id.to_owned(),
                 rootfs: format!("{}/rootfs", c.id),
@@ -1066,6 +1106,19 @@ impl RuntimeHandler for MicroVm {
                     .as_ref()
                     .and_then(|r| r.readonly())
                     .unwrap_or(false),
+                masked_paths: linux
+                    .and_then(|l| l.masked_paths().clone())
+                    .unwrap_or_default(),
+                readonly_paths: linux
+                    .and_then(|l| l.readonly_paths().clone())
+                    .unwrap_or_default(),
+                sysctls: linux
+                    .and_then(|l| l.sysctl().clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                seccomp_filter,
+                seccomp_flags,
                 stdin: c.stdin,
                 stdin_once: c.stdin_once,
                 tty: c
