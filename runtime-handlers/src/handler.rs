@@ -82,6 +82,9 @@ pub struct SandboxSpec {
     /// The cgroup for what the handler runs for the pod as a whole (a gVisor sandbox, a
     /// VMM): a cgroupfs path or a systemd `slice:prefix:name`, as containers' are given.
     pub cgroups_path: String,
+    /// The pod's namespaced sysctls. `server` sets them in the namespaces it pins; a
+    /// handler whose pod has namespaces of its own (a VM's guest) sets them there.
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 /// One contiguous range of IDs: `size` IDs from `container` in the pod are the host's

@@ -1,5 +1,6 @@
-//! Starting processes in containers: a container's init in new mount, UTS and IPC
-//! namespaces rooted at its rootfs; an exec joining a running container's namespaces.
+//! Starting processes in containers: a container's init in new mount and UTS namespaces
+//! rooted at its rootfs (the guest's IPC namespace is the pod's); an exec joining a
+//! running container's namespaces.
 //! Everything the child needs is prepared before `fork`; the child only makes system
 //! calls.
 
@@ -407,9 +408,8 @@ pub fn spawn(
             }
             if let Some((rootfs, steps, hostname, readonly, masked, readonly_paths, sysctls)) = &new
             {
-                check(libc::unshare(
-                    libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
-                ))?;
+                // The guest's IPC namespace is the pod's, shared by its containers.
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
                 check(libc::mount(
                     std::ptr::null(),
                     slash.as_ptr(),

@@ -224,6 +224,15 @@ impl Agent for AgentService {
                 )));
             }
         }
+        // The guest's network and IPC namespaces are the pod's: its sysctls go there.
+        for (key, value) in &r.sysctls {
+            if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+                return Err(Status::invalid_argument(format!("{key:?} is not a sysctl")));
+            }
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value)
+                .map_err(|e| Status::invalid_argument(format!("sysctl {key}={value:?}: {e}")))?;
+        }
         let mut first_nic = None;
         for nic in &r.interfaces {
             let name = std::fs::read_dir("/sys/class/net")

@@ -557,6 +557,7 @@ impl MicroVm {
         record.guest_init_ms = hello.init_ms;
         let (secs, nanos) = crilog::now();
         let setup = agent_proto::SetupSandboxRequest {
+            sysctls: sandbox.sysctls.clone().into_iter().collect(),
             hostname: sandbox.hostname.clone(),
             time_unix_nanos: secs * 1_000_000_000 + i64::from(nanos),
             interfaces: vec![agent_proto::Interface {

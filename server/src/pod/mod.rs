@@ -154,6 +154,9 @@ pub struct SandboxRecord {
     /// The cgroup the handler runs the pod's own processes in (a gVisor sandbox, a VMM).
     #[serde(default)]
     pub cgroups_path: String,
+    /// The pod's namespaced sysctls (a VM-per-pod handler sets them in the guest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl SandboxRecord {
@@ -176,6 +179,7 @@ impl SandboxRecord {
             netns: self.netns(),
             hostname: self.hostname.clone(),
             cgroups_path: self.cgroups_path.clone(),
+            sysctls: self.sysctls.clone(),
         }
     }
 
@@ -672,6 +676,7 @@ mod tests {
             handler_state: Some(handler_state),
             userns: None,
             cgroups_path: String::new(),
+            sysctls: BTreeMap::new(),
         }
     }
 
@@ -693,6 +698,7 @@ mod tests {
             netns: None,
             hostname: String::new(),
             cgroups_path: String::new(),
+            sysctls: Default::default(),
         };
         // "whole" runs at the handler; "gone" lost its part while crispd was away.
         let whole = fake.start_sandbox(&spec("whole")).await.expect("start");

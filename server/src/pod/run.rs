@@ -134,6 +134,7 @@ pub async fn run(
             &linux.cgroup_parent,
             &id,
         ),
+        sysctls: linux.sysctls.clone().into_iter().collect(),
     };
     let mut record = record;
     let ports: Vec<network::PortMapping> = pod_config
