@@ -67,6 +67,10 @@ pub struct SandboxSpec {
     pub state_dir: PathBuf,
     /// The pod's containers share one PID namespace, which needs a living init.
     pub share_pid: bool,
+    /// The pod shares the host's PID namespace (hostPID).
+    pub host_pid: bool,
+    /// The pod shares the host's IPC namespace (hostIPC).
+    pub host_ipc: bool,
     /// Where `server` pins that PID namespace once the init is up; the handler checks a
     /// process against it before it kills what it believes is the init.
     pub pid_pin: PathBuf,

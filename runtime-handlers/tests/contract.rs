@@ -439,6 +439,8 @@ async fn a_sandbox_is_started_recovered_and_stopped(kind: Kind) {
             id: format!("crisp-{}-pod-{share_pid}", kind.name()),
             state_dir: dir.path().join(format!("pod-{share_pid}")),
             share_pid,
+            host_pid: false,
+            host_ipc: false,
             pid_pin: dir.path().join(format!("pod-{share_pid}/ns/pid")),
             userns: None,
             netns: None,

@@ -429,7 +429,7 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let mut config = workload::container(
         &s,
         "confined",
-        "cat /proc/self/status > /tmp/status; exec sleep 1000",
+        "cat /proc/self/status > /tmp/s; mv /tmp/s /tmp/status; exec sleep 1000",
     );
     config.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -795,6 +795,32 @@ async fn a_vm_that_cannot_boot_fails_in_time_and_leaves_nothing() {
         .expect_err("a host-network pod cannot be a VM");
     assert_eq!(host.code(), tonic::Code::InvalidArgument, "{host:?}");
     assert!(host.message().contains("hostNetwork"), "{}", host.message());
+    for (ipc, pid) in [
+        (cri::NamespaceMode::Node, cri::NamespaceMode::Pod),
+        (cri::NamespaceMode::Pod, cri::NamespaceMode::Node),
+    ] {
+        let mut shared = workload::named_pod(&s, "host-ipc-or-pid");
+        shared.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    ipc: i32::from(ipc),
+                    pid: i32::from(pid),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let refused = run_vm_pod(&mut rt, shared, "microvm")
+            .await
+            .expect_err("a pod sharing the host's IPC or PID namespace cannot be a VM");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("hostIPC, hostPID"),
+            "{}",
+            refused.message()
+        );
+    }
 
     assert!(
         common::list_pods(&mut rt).await.is_empty(),

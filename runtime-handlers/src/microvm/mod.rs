@@ -888,6 +888,11 @@ impl RuntimeHandler for MicroVm {
                 "host-network pods (hostNetwork: true): a VM pod has its own kernel and network stack; run the pod with an OCI runtime class",
             ));
         }
+        if sandbox.host_ipc || sandbox.host_pid {
+            return Err(self.unsupported(
+                "pods sharing the host's IPC or PID namespace (hostIPC, hostPID): a VM pod has its own kernel; run the pod with an OCI runtime class",
+            ));
+        }
         if sandbox.userns.is_some() {
             return Err(self.unsupported("user namespaces (the VM is the pod's boundary)"));
         }

@@ -171,6 +171,8 @@ impl SandboxRecord {
             id: self.id.clone(),
             state_dir: self.state_dir.clone(),
             share_pid: self.pid_mode == NsMode::Pod,
+            host_pid: self.pid_mode == NsMode::Node,
+            host_ipc: self.ipc_mode == NsMode::Node,
             pid_pin: network::pin_path(&self.state_dir, network::NamespaceKind::Pid),
             userns: self.userns.map(|u| runtime_handlers::UserNamespace {
                 uids: UsernsRecord::handler_ranges(u.uid),
@@ -693,6 +695,8 @@ mod tests {
             id: id.to_owned(),
             state_dir: config.state.join("pods").join(id),
             share_pid: false,
+            host_pid: false,
+            host_ipc: false,
             pid_pin: config.state.join("pods").join(id).join("ns/pid"),
             userns: None,
             netns: None,
