@@ -1,8 +1,9 @@
 #!/bin/sh
 # Builds the fuzz targets in fuzz/ (cargo fuzz, nightly toolchain) and runs each for
 # SECONDS (default 10): `make test` runs them briefly, an operator longer with
-# `sh scripts/fuzz.sh 600`. A crash stops the script with the input that caused it under
-# fuzz/artifacts/<target>/; reproduce it with `cd fuzz && cargo +nightly fuzz run <target> <file>`.
+# `sh scripts/fuzz.sh 600`. A crash fails the script (after the other targets have run),
+# leaving the input that caused it under fuzz/artifacts/<target>/; reproduce it with
+# `cd fuzz && cargo +nightly fuzz run <target> <file>`.
 # The corpus grows under fuzz/corpus/ (not in git); fuzz/seeds/ holds starting inputs.
 set -eu
 cd "$(dirname "$0")/.."
@@ -44,5 +45,5 @@ for target in $targets; do
     rm -f "$log"
 done
 # The layer target unpacks into a work directory of its own per process.
-rm -rf /tmp/crisp-fuzz-layer-*
+rm -rf "${TMPDIR:-/tmp}"/crisp-fuzz-layer-*
 exit "$status"

@@ -170,7 +170,7 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 
 /// The error `error` found in `text`, at its line and column and, where `text` is valid
 /// TOML (the error is the schema's), naming the key there. The key is not looked for in
-/// text that is not TOML: toml_edit 0.23 panics on some such documents (`==A\n[.`, found
+/// text that is not TOML: toml_edit 0.23 panics on some such documents (`==AA\n[.`, found
 /// by the `config_toml` fuzz target).
 fn parse_error(path: &Path, text: &str, error: &toml::de::Error, is_toml: bool) -> ConfigError {
     let (line, column, key) = match error.span() {

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 14 {
+    match which % 20 {
         0 => check::<proto::HelloResponse>(bytes),
         1 => check::<proto::StartContainerResponse>(bytes),
         2 => check::<proto::ExitInfo>(bytes),
@@ -33,6 +33,13 @@ fuzz_target!(|data: &[u8]| {
         10 => check::<proto::ExecSyncRequest>(bytes),
         11 => check::<proto::ReopenLogRequest>(bytes),
         12 => check::<proto::HelloRequest>(bytes),
-        _ => check::<proto::Process>(bytes),
+        13 => check::<proto::Process>(bytes),
+        // The streaming calls: what the host decodes from the guest, then the rest.
+        14 => check::<proto::ExecOutput>(bytes),
+        15 => check::<proto::PortData>(bytes),
+        16 => check::<proto::ExecInput>(bytes),
+        17 => check::<proto::AttachInput>(bytes),
+        18 => check::<proto::Security>(bytes),
+        _ => check::<proto::TerminalSize>(bytes),
     }
 });

@@ -27,10 +27,13 @@ const COMPONENTS: &[&str] = &[
     ".wh.crisp-fz-a",
     ".wh..wh..opq",
     "crisp-fz-l",
+    "sentinel",
 ];
 
-/// Where an escape would land: the work directory's parent and the filesystem root.
-const ESCAPES: &[&str] = &["/tmp", "/"];
+/// A file beside the destination, which the layer may name (`../sentinel`) but must
+/// never change, overwrite or link to.
+const SENTINEL: &str = "sentinel";
+const SENTINEL_TEXT: &[u8] = b"crisp fuzz sentinel";
 
 #[derive(Arbitrary, Debug)]
 struct Entry {
@@ -113,17 +116,41 @@ fn work() -> &'static Path {
     WORK.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("crisp-fuzz-layer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("work directory");
+        std::fs::write(dir.join(SENTINEL), SENTINEL_TEXT).expect("sentinel");
         dir
     })
 }
 
 fn check_nothing_outside(root: &Path) {
-    let names: Vec<_> = std::fs::read_dir(root)
+    use std::os::unix::fs::MetadataExt;
+    let mut names: Vec<_> = std::fs::read_dir(root)
         .expect("work directory")
         .map(|e| e.expect("work directory entry").file_name())
         .collect();
-    assert_eq!(names, ["dest"], "the layer wrote beside its destination");
-    for escape in ESCAPES {
+    names.sort();
+    assert_eq!(
+        names,
+        ["dest", SENTINEL],
+        "the layer wrote beside its destination"
+    );
+    let sentinel = root.join(SENTINEL);
+    assert_eq!(
+        std::fs::read(&sentinel).expect("sentinel"),
+        SENTINEL_TEXT,
+        "the layer changed a file outside its destination"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(&sentinel)
+            .expect("sentinel")
+            .nlink(),
+        1,
+        "the layer linked to a file outside its destination"
+    );
+    let parent = root
+        .parent()
+        .expect("the work directory has a parent")
+        .to_path_buf();
+    for escape in [parent.as_path(), Path::new("/")] {
         for name in COMPONENTS.iter().filter(|c| c.starts_with("crisp-fz-")) {
             let path = Path::new(escape).join(name);
             assert!(

@@ -69,7 +69,10 @@ async fn serve(unix: Option<PathBuf>, shared: PathBuf) -> i32 {
         }
     };
     let service = service::AgentService::new(shared, reaper);
-    let router = tonic::transport::Server::builder().add_service(AgentServer::new(service));
+    let router = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(agent_proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(agent_proto::CONNECTION_WINDOW))
+        .add_service(AgentServer::new(service));
     let served = match unix {
         Some(path) => {
             let _ = std::fs::remove_file(&path);

@@ -397,6 +397,10 @@ impl Agent for AgentService {
                     Err(e) => {
                         // SAFETY: kill takes no pointers; the child is ours, not reaped.
                         unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        // Give the sender back so a later start may try again.
+                        if let Some(c) = lock(&self.containers).get_mut(&id) {
+                            c.exit_tx = Some(exit_tx);
+                        }
                         return Err(Status::internal(format!("the container's terminal: {e}")));
                     }
                 };

@@ -347,12 +347,18 @@ pub fn exec(
                 return;
             }
         };
+        // A child the process left may hold its output open: drain a little, then stop
+        // reading (the descriptors close with the tasks).
+        let aborts: Vec<_> = pumps.iter().map(|p| p.abort_handle()).collect();
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
             for pump in pumps {
                 let _ = pump.await;
             }
         })
         .await;
+        for abort in aborts {
+            abort.abort();
+        }
         drop(terminal);
         let _ = tx
             .send(output_of(exec_output::Output::ExitCode(code)))
@@ -420,9 +426,14 @@ pub async fn port_forward(mut inbound: Streaming<PortData>) -> Result<Outbound<P
                 break;
             }
         }
-        // The host is gone or the port closed its side: wait for the host's side (it
-        // ends its call), then the connection closes as both halves drop.
-        let _ = reader.await;
+        // The port closed its side: the host's side may still send until it ends its
+        // call. The host gone (the call dropped): the reader goes too, even if it is stuck
+        // writing to a port that does not read, and the connection closes with it.
+        let abort = reader.abort_handle();
+        tokio::select! {
+            _ = reader => {}
+            () = tx.closed() => abort.abort(),
+        }
     });
     Ok(ReceiverStream::new(rx))
 }

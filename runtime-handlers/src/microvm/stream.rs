@@ -159,8 +159,58 @@ pub(super) fn exec_session(
     )
 }
 
+/// A port-forward connection as `server` sees it: the bytes, and the call's tasks, which
+/// end with it.
+struct PortConnection {
+    stream: DuplexStream,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for PortConnection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for PortConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PortConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// A byte stream over a `PortForward` call whose first message (the port) has been sent.
-/// Dropping the stream ends the call.
+/// Dropping the stream ends the call (the agent then closes the connection), whatever the
+/// guest's side is doing.
 pub(super) fn port_stream(mut outbound: Streaming<PortData>, input: Input<PortData>) -> PortStream {
     let (ours, theirs) = tokio::io::duplex(BUFFER);
     let (mut from_server, mut to_server) = tokio::io::split(theirs);
@@ -185,7 +235,8 @@ pub(super) fn port_stream(mut outbound: Streaming<PortData>, input: Input<PortDa
             }
         }
     });
-    tokio::spawn(async move {
+    let to_guest_abort = to_guest.abort_handle();
+    let from_guest = tokio::spawn(async move {
         while let Ok(Some(m)) = outbound.message().await {
             if !m.data.is_empty() && to_server.write_all(&m.data).await.is_err() {
                 break;
@@ -199,7 +250,10 @@ pub(super) fn port_stream(mut outbound: Streaming<PortData>, input: Input<PortDa
         }
         to_guest.abort();
     });
-    Box::new(ours)
+    Box::new(PortConnection {
+        stream: ours,
+        tasks: vec![to_guest_abort, from_guest.abort_handle()],
+    })
 }
 
 /// An attachment over an `Attach` call whose first message (the container) has been sent.

@@ -128,8 +128,12 @@ impl Transport {
     /// passed since it began.
     pub async fn channel(&self, port: u32, patience: Duration) -> std::io::Result<Channel> {
         let transport = self.clone();
-        // The URI is required by tonic but unused: the connector dials the guest.
+        // The URI is required by tonic but unused: the connector dials the guest. Every
+        // call shares the connection: a stream whose reader stalls (an exec's stdin that
+        // is not read) may hold only its own small window, never the whole connection's.
         Endpoint::from_static("http://agent.invalid")
+            .initial_stream_window_size(Some(agent_proto::STREAM_WINDOW))
+            .initial_connection_window_size(Some(agent_proto::CONNECTION_WINDOW))
             .connect_with_connector(tower::service_fn(move |_| {
                 let transport = transport.clone();
                 async move {
