@@ -38,8 +38,8 @@ struct Container {
     log: Arc<Mutex<LogWriter>>,
     /// Its output as it is logged, for attachers: (is stderr, bytes).
     output: broadcast::Sender<(bool, Vec<u8>)>,
-    /// Its stdin for attachers, once started with one.
-    stdin: Arc<tokio::sync::Mutex<Option<stream::Sink>>>,
+    /// The writer of its stdin for attachers, once started with one.
+    stdin: Option<tokio::sync::mpsc::Sender<stream::StdinOp>>,
     /// Its terminal, if it has one.
     terminal: Option<Arc<stream::Terminal>>,
     /// The seccomp filter of its processes.
@@ -321,7 +321,7 @@ impl Agent for AgentService {
                 exit_tx: Some(tx),
                 log: Arc::new(Mutex::new(log)),
                 output: broadcast::channel(ATTACH_BACKLOG).0,
-                stdin: Arc::default(),
+                stdin: None,
                 terminal: None,
                 filter,
             },
@@ -431,9 +431,7 @@ impl Agent for AgentService {
             };
             c.pid = Some(pid);
             c.terminal = terminal;
-            if let Ok(mut slot) = c.stdin.try_lock() {
-                *slot = sink;
-            }
+            c.stdin = sink.map(stream::stdin_writer);
             c.output.clone()
         };
         tokio::spawn(async move {
@@ -668,7 +666,7 @@ impl Agent for AgentService {
         let attached = stream::Attached {
             output: c.output.subscribe(),
             exit: c.exit.clone(),
-            stdin: Arc::clone(&c.stdin),
+            stdin: c.stdin.clone(),
             terminal: c.terminal.clone(),
         };
         Ok(Response::new(stream::attach(attached, inbound)))

@@ -132,14 +132,48 @@ pub enum Sink {
     Terminal(Arc<Terminal>),
 }
 
+/// Input for a container's stdin.
+#[derive(Debug)]
+pub enum StdinOp {
+    /// Bytes to write.
+    Data(Vec<u8>),
+    /// Close it.
+    Close,
+}
+
+/// Input queued per container before attachers wait for the container to read.
+const STDIN_QUEUE: usize = 64;
+
+/// The writer of a container's stdin: one task owns `sink` and writes what attachers
+/// send, so no attacher holds anything while the container is slow to read.
+pub fn stdin_writer(mut sink: Sink) -> mpsc::Sender<StdinOp> {
+    let (tx, mut rx) = mpsc::channel(STDIN_QUEUE);
+    tokio::spawn(async move {
+        while let Some(op) = rx.recv().await {
+            let data = match op {
+                StdinOp::Data(data) => data,
+                StdinOp::Close => return,
+            };
+            let written = match &mut sink {
+                Sink::Pipe(p) => p.write_all(&data).await,
+                Sink::Terminal(t) => t.write_all(&data).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
 /// What an attacher is connected to.
 pub struct Attached {
     /// The container's output from now on.
     pub output: broadcast::Receiver<(bool, Vec<u8>)>,
     /// Its exit, once it has one (its output is then all sent).
     pub exit: watch::Receiver<Option<ExitInfo>>,
-    /// Its stdin, if it has one.
-    pub stdin: Arc<tokio::sync::Mutex<Option<Sink>>>,
+    /// Its stdin's writer, if it has one.
+    pub stdin: Option<mpsc::Sender<StdinOp>>,
     /// Its terminal, if it has one.
     pub terminal: Option<Arc<Terminal>>,
 }
@@ -154,28 +188,33 @@ pub fn attach(attached: Attached, mut inbound: Streaming<AttachInput>) -> Outbou
         stdin,
         terminal,
     } = attached;
+    // The attacher's input, until its call ends (noticed also while the container is
+    // slow to take its stdin).
+    let gone = tx.clone();
     tokio::spawn(async move {
-        while let Ok(Some(message)) = inbound.message().await {
-            match message.input {
-                Some(attach_input::Input::Stdin(data)) => {
-                    let mut sink = stdin.lock().await;
-                    let failed = match sink.as_mut() {
-                        Some(Sink::Pipe(p)) => p.write_all(&data).await.is_err(),
-                        Some(Sink::Terminal(t)) => t.write_all(&data).await.is_err(),
-                        None => false,
-                    };
-                    if failed {
-                        *sink = None;
-                    }
-                }
-                Some(attach_input::Input::CloseStdin(_)) => *stdin.lock().await = None,
+        loop {
+            let message = tokio::select! {
+                m = inbound.message() => m,
+                () = gone.closed() => return,
+            };
+            let Ok(Some(message)) = message else { return };
+            let op = match message.input {
+                Some(attach_input::Input::Stdin(data)) => StdinOp::Data(data),
+                Some(attach_input::Input::CloseStdin(_)) => StdinOp::Close,
                 Some(attach_input::Input::Resize(size)) => {
                     if let Some(t) = &terminal {
                         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
                         t.resize(clamp(size.width), clamp(size.height));
                     }
+                    continue;
                 }
-                Some(attach_input::Input::Id(_)) | None => {}
+                Some(attach_input::Input::Id(_)) | None => continue,
+            };
+            if let Some(stdin) = &stdin {
+                tokio::select! {
+                    _ = stdin.send(op) => {}
+                    () = gone.closed() => return,
+                }
             }
         }
     });
