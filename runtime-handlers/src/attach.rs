@@ -31,7 +31,7 @@ enum ReadFrom {
     Remote(mpsc::Receiver<(AttachStream, Vec<u8>)>),
 }
 
-/// What a writer to a remote container does with input.
+/// Input for an attached container (what a remote writer passes on as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteInput {
     /// Bytes for its stdin.
@@ -114,51 +114,48 @@ impl AttachReader {
 }
 
 impl AttachWriter {
-    async fn frame(&mut self, kind: u8, data: &[u8]) -> std::io::Result<()> {
+    /// Sends `input`: a frame to the monitor, or a message to the remote container.
+    async fn send(&mut self, input: RemoteInput) -> std::io::Result<()> {
         let half = match &mut self.to {
-            WriteTo::Monitor(half) => half,
             WriteTo::Remote(tx) => {
-                let input = match kind {
-                    0 => RemoteInput::Stdin(data.to_vec()),
-                    3 => RemoteInput::CloseStdin,
-                    _ => match data {
-                        [w0, w1, h0, h1] => RemoteInput::Resize(
-                            u16::from_be_bytes([*w0, *w1]),
-                            u16::from_be_bytes([*h0, *h1]),
-                        ),
-                        _ => return Ok(()),
-                    },
-                };
                 return tx
                     .send(input)
                     .await
                     .map_err(|_| std::io::ErrorKind::BrokenPipe.into());
             }
+            WriteTo::Monitor(half) => half,
+        };
+        let (kind, data) = match input {
+            RemoteInput::Stdin(data) => (0, data),
+            RemoteInput::CloseStdin => (3, Vec::new()),
+            RemoteInput::Resize(width, height) => {
+                let mut size = width.to_be_bytes().to_vec();
+                size.extend_from_slice(&height.to_be_bytes());
+                (4, size)
+            }
         };
         let mut frame = Vec::with_capacity(data.len() + 5);
         frame.push(kind);
         frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        frame.extend_from_slice(data);
+        frame.extend_from_slice(&data);
         half.write_all(&frame).await
     }
 
     /// Sends input to the container's stdin.
     pub async fn stdin(&mut self, data: &[u8]) -> std::io::Result<()> {
         for chunk in data.chunks(64 * 1024) {
-            self.frame(0, chunk).await?;
+            self.send(RemoteInput::Stdin(chunk.to_vec())).await?;
         }
         Ok(())
     }
 
     /// Closes the container's stdin.
     pub async fn close_stdin(&mut self) -> std::io::Result<()> {
-        self.frame(3, &[]).await
+        self.send(RemoteInput::CloseStdin).await
     }
 
     /// Resizes the container's terminal.
     pub async fn resize(&mut self, width: u16, height: u16) -> std::io::Result<()> {
-        let mut size = width.to_be_bytes().to_vec();
-        size.extend_from_slice(&height.to_be_bytes());
-        self.frame(4, &size).await
+        self.send(RemoteInput::Resize(width, height)).await
     }
 }

@@ -41,25 +41,25 @@ pub enum WsInput {
 /// a base64 protocol, text messages carry it as an ASCII digit before base64 data. Other
 /// messages (pings, empty or malformed ones) carry nothing: `None`.
 pub fn ws_input(message: Message, base64: bool) -> Option<WsInput> {
-    let bytes: Vec<u8> = match message {
-        Message::Binary(b) => b.to_vec(),
+    let (channel, data) = match message {
+        Message::Binary(b) => {
+            let (&channel, data) = b.split_first()?;
+            (channel, data.to_vec())
+        }
         Message::Text(t) if base64 => {
-            let t = t.as_bytes();
-            let channel = t.first().copied().filter(u8::is_ascii_digit)?;
-            let mut data = base64::engine::general_purpose::STANDARD
-                .decode(&t[1..])
+            let (&digit, encoded) = t.as_bytes().split_first()?;
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
                 .ok()?;
-            data.insert(0, channel - b'0');
-            data
+            (digit - b'0', data)
         }
         Message::Close(_) => return Some(WsInput::Close),
         _ => return None,
     };
-    let (&channel, data) = bytes.split_first()?;
-    Some(WsInput::Data {
-        channel,
-        data: data.to_vec(),
-    })
+    Some(WsInput::Data { channel, data })
 }
 
 /// Terminal sizes out of a resize stream: JSON objects `{"Width":w,"Height":h}`, possibly
