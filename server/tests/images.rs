@@ -588,18 +588,14 @@ async fn hostile_layers_are_refused_and_touch_nothing_outside() {
     for (name, layer) in hostile {
         let image = ImageBuilder::new().layer(layer).build();
         fixture::push(&registry, &format!("hostile/{name}"), "v1", &image).expect("push");
-        let err = images
-            .pull_image(pull_request(&format!(
-                "{}/hostile/{name}:v1",
-                registry.addr
-            )))
-            .await
-            .expect_err("hostile layer");
-        assert_eq!(
-            err.code(),
+        let repo = format!("hostile/{name}");
+        let err = pull_refused(
+            &mut images,
+            &registry,
+            &repo,
             tonic::Code::FailedPrecondition,
-            "{name}: {err:?}"
-        );
+        )
+        .await;
         assert!(
             err.message().contains("refused"),
             "{name}: {}",
@@ -1027,21 +1023,18 @@ fn push_files(registry: &Registry, repo: &str, files: &[(&str, Vec<u8>)]) {
     fixture::push(registry, repo, "v1", &image.build()).expect("push");
 }
 
-/// Pulls `repo:v1`, which must fail with ResourceExhausted; the status.
-async fn resource_exhausted(
+/// Pulls `repo:v1`, which must fail with `code`; the status.
+async fn pull_refused(
     images: &mut cri_proto::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
     registry: &Registry,
     repo: &str,
+    code: tonic::Code,
 ) -> tonic::Status {
     let err = images
         .pull_image(pull_request(&format!("{}/{repo}:v1", registry.addr)))
         .await
         .expect_err("the pull must be refused");
-    assert_eq!(
-        err.code(),
-        tonic::Code::ResourceExhausted,
-        "{repo}: {err:?}"
-    );
+    assert_eq!(err.code(), code, "{repo}: {err:?}");
     err
 }
 
@@ -1096,7 +1089,7 @@ async fn a_pull_onto_a_full_filesystem_is_resource_exhausted_and_gives_its_space
     let idle = used_bytes(&root);
 
     for name in ["big", "expands"] {
-        let err = resource_exhausted(&mut images, &registry, name).await;
+        let err = pull_refused(&mut images, &registry, name, tonic::Code::ResourceExhausted).await;
         assert!(err.message().contains("full"), "{}", err.message());
         // The space is back when the answer comes: what the pull wrote is gone.
         let used = used_bytes(&root);
@@ -1144,7 +1137,7 @@ async fn layers_and_images_past_their_unpacked_limits_are_refused_and_leave_noth
         ("layer", "more than 4194304 bytes"),
         ("image", "more than 3145728 bytes"),
     ] {
-        let err = resource_exhausted(&mut images, &registry, name).await;
+        let err = pull_refused(&mut images, &registry, name, tonic::Code::ResourceExhausted).await;
         assert!(err.message().contains(limit), "{name}: {}", err.message());
         assert!(
             err.message().contains("image.max_layer_unpacked_bytes"),

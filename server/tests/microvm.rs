@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::clients::{Spdy, exec_url, exit_code_of, ws_port_forward, ws_session};
+use common::clients::{Spdy, exec_url, exit_code_of, spdy_exec, ws_port_forward, ws_session};
 use common::workload::{self, Setup};
 use cri_proto::v1 as cri;
 use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
@@ -192,20 +192,16 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         true,
     )
     .await;
-    let got = tokio::task::spawn_blocking(move || {
-        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
-        c.syn(1, &[("streamtype", "error")]);
-        c.syn(3, &[("streamtype", "stdin")]);
-        c.syn(5, &[("streamtype", "stdout")]);
-        c.syn(7, &[("streamtype", "stderr")]);
-        c.data(3, b"hello\n", true);
-        c.collect()
-    })
-    .await
-    .expect("client");
+    let got = spdy_exec(&url, b"hello\n").await;
     assert_eq!(got.get(&5).map(Vec::as_slice), Some(&b"got-hello\n"[..]));
     assert_eq!(got.get(&7).map(Vec::as_slice), Some(&b"oops\n"[..]));
     assert_eq!(exit_code_of(got.get(&1).expect("status")), 3);
+    // A command the image lacks: the agent's refusal reaches the client's error stream.
+    let url = exec_url(&mut rt, &server, &["no-such-command"], false, true).await;
+    let got = spdy_exec(&url, b"").await;
+    let status =
+        String::from_utf8_lossy(got.get(&1).map(Vec::as_slice).unwrap_or_default()).into_owned();
+    assert!(status.contains("executable file not found"), "{status}");
 
     // WebSocket v5, a terminal of the size sent, and a process that exits while its
     // output is still on its way: all of it arrives before the exit code.

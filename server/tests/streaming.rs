@@ -46,17 +46,7 @@ async fn exec_over_spdy_and_websocket_with_and_without_a_terminal() {
         true,
     )
     .await;
-    let got = tokio::task::spawn_blocking(move || {
-        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
-        c.syn(1, &[("streamtype", "error")]);
-        c.syn(3, &[("streamtype", "stdin")]);
-        c.syn(5, &[("streamtype", "stdout")]);
-        c.syn(7, &[("streamtype", "stderr")]);
-        c.data(3, b"hello\n", true);
-        c.collect()
-    })
-    .await
-    .expect("client");
+    let got = spdy_exec(&url, b"hello\n").await;
     assert_eq!(got.get(&5).map(Vec::as_slice), Some(&b"got-hello\n"[..]));
     assert_eq!(got.get(&7).map(Vec::as_slice), Some(&b"oops\n"[..]));
     assert_eq!(exit_code_of(got.get(&1).expect("status")), 3);
@@ -364,21 +354,8 @@ async fn attach_gets_output_and_sends_input_and_detaching_keeps_the_container() 
         typist.syn(7, &[("streamtype", "stderr")]);
         std::thread::sleep(Duration::from_millis(300));
         typist.data(3, b"one\n", false);
-        let read_until = |c: &mut Spdy, stream: u32, want: &[u8]| {
-            let mut got = Vec::new();
-            while !got.windows(want.len()).any(|w| w == want) {
-                match c.next() {
-                    Some(Frame::Data {
-                        stream_id, data, ..
-                    }) if stream_id == stream => got.extend_from_slice(&data),
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-            got
-        };
-        let a = read_until(&mut typist, 5, b"echo-one");
-        let b = read_until(&mut watcher, 3, b"echo-one");
+        let a = typist.collect_until(5, b"echo-one");
+        let b = watcher.collect_until(3, b"echo-one");
         (a, b)
     })
     .await

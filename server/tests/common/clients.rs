@@ -169,6 +169,23 @@ impl Spdy {
     }
 }
 
+/// Runs an exec over SPDY (v4) with every stream: sends `stdin` and closes it, and returns
+/// what arrived per stream (1 error, 5 stdout, 7 stderr) once the server closes.
+pub async fn spdy_exec(url: &str, stdin: &[u8]) -> std::collections::HashMap<u32, Vec<u8>> {
+    let (url, stdin) = (url.to_owned(), stdin.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        c.data(3, &stdin, true);
+        c.collect()
+    })
+    .await
+    .expect("client")
+}
+
 pub async fn exec_url(
     rt: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
     id: &str,
