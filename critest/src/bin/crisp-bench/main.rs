@@ -15,9 +15,10 @@
 //!   container adds in helper processes (crisp-monitor vs containerd's shim).
 //!
 //! - `crisp-bench microvm [--runs N] [--boots N]`: VM pods (crisp's microvm handler)
-//!   against containerd's runc pods: RunPodSandbox, container start and first output,
-//!   the boot's split, host memory of QEMU and each helper (RSS, PSS), and N consecutive
-//!   boots with none hung.
+//!   beside runc pods (crisp's and containerd's) in one run: RunPodSandbox, container
+//!   start and first output, ExecSync, stop+remove, host memory per pod (PSS), five pods
+//!   of each kind started at once, the boot's split, host memory of QEMU and each helper,
+//!   and N consecutive boots with none hung.
 //!
 //! - `crisp-bench density [--pods N] [--seconds S]`: N kubelet-style pods (default 110,
 //!   a node's default maximum) of one `sleep` container each: the time to start them
@@ -66,8 +67,9 @@ enum Bench {
         #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
     },
-    /// VM pods (the microvm handler): RunPodSandbox, container start, host memory per
-    /// VM and its split, and consecutive boots, against containerd's runc pods.
+    /// VM pods (the microvm handler) beside runc pods (crisp's and containerd's):
+    /// RunPodSandbox, container start, ExecSync, stop+remove, host memory per pod, five
+    /// pods at once, and consecutive boots.
     Microvm {
         /// Measured runs (pod + container each).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
