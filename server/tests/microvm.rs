@@ -359,6 +359,15 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     config.stdin = true;
     let echo = workload::create(&mut rt, &s, &pod, config).await;
     workload::start(&mut rt, &echo).await;
+    // PID mode POD (kubelet's shareProcessNamespace): the containers share one PID
+    // namespace in the guest, whose PID 1 is the pod's pause process.
+    let (_, init) = workload::exec_out(&mut rt, &server, &["cat", "/proc/1/cmdline"]).await;
+    assert!(init.starts_with("/pause"), "PID 1 of the pod: {init:?}");
+    let (_, ps) = workload::exec_out(&mut rt, &server, &["ps", "-o", "args"]).await;
+    assert!(
+        ps.contains("while read line"),
+        "another container's process is visible: {ps}"
+    );
     let url = attach_url(&mut rt, &echo, false).await;
     let (out, err) = tokio::task::spawn_blocking(move || {
         let mut c = Spdy::open(&url, "v4.channel.k8s.io");
@@ -613,9 +622,21 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
 
     // A VM that dies by itself: the pod turns NotReady, its container exited, the
     // helpers that served the guest end at once, and stop and remove leave nothing.
-    let doomed = run_vm_pod(&mut rt, workload::named_pod(&s, "doomed"), "microvm")
-        .await
-        .expect("a second microvm pod runs");
+    // PID mode CONTAINER (kubelet's default): each container is PID 1 of a namespace of
+    // its own, and one in mode TARGET joins another's.
+    let doomed = run_vm_pod(
+        &mut rt,
+        workload::with_namespaces(
+            workload::named_pod(&s, "doomed"),
+            cri::NamespaceOption {
+                pid: i32::from(cri::NamespaceMode::Container),
+                ..Default::default()
+            },
+        ),
+        "microvm",
+    )
+    .await
+    .expect("a second microvm pod runs");
     let sleeper = workload::create(
         &mut rt,
         &s,
@@ -624,6 +645,35 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     )
     .await;
     workload::start(&mut rt, &sleeper).await;
+    let (_, init) = workload::exec_out(&mut rt, &sleeper, &["cat", "/proc/1/cmdline"]).await;
+    assert_eq!(
+        init, "sleep\u{0}1000\u{0}",
+        "the container's init is its PID 1"
+    );
+    let (_, ps) = workload::exec_out(&mut rt, &sleeper, &["ps", "-o", "pid,args"]).await;
+    assert!(
+        !ps.contains("pause") && ps.lines().count() == 3,
+        "only the container's own processes (and ps): {ps}"
+    );
+    let mut config = workload::container(&s, "debug", "exec sleep 1001");
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: i32::from(cri::NamespaceMode::Target),
+                target_id: sleeper.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let debug = workload::create(&mut rt, &s, &doomed, config).await;
+    workload::start(&mut rt, &debug).await;
+    let (_, init) = workload::exec_out(&mut rt, &debug, &["cat", "/proc/1/cmdline"]).await;
+    assert_eq!(
+        init, "sleep\u{0}1000\u{0}",
+        "TARGET joins the target's namespace"
+    );
     let qemu: Vec<i32> = vm_processes(&vm_dir)
         .into_iter()
         .filter(|pid| {

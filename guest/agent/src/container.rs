@@ -1,6 +1,6 @@
 //! Starting processes in containers: a container's init in new mount and UTS namespaces
-//! rooted at its rootfs (the guest's IPC namespace is the pod's); an exec joining a
-//! running container's namespaces.
+//! rooted at its rootfs (the guest's IPC namespace is the pod's) and in the PID
+//! namespace its PID mode asks for; an exec joining a running container's namespaces.
 //! Everything the child needs is prepared before `fork`; the child only makes system
 //! calls.
 
@@ -28,9 +28,125 @@ pub enum Root {
         readonly_paths: Vec<String>,
         /// Namespaced sysctls (key with dots, value).
         sysctls: Vec<(String, String)>,
+        /// Its PID namespace.
+        pid_ns: PidNs,
     },
     /// A running container whose init has this pid: the child joins its namespaces.
     Join { pid: u32 },
+}
+
+/// The PID namespace a process starts in.
+pub enum PidNs {
+    /// A new one, whose PID 1 the process is: the others in it die with it.
+    New,
+    /// An existing one, named by a descriptor of its `/proc/<pid>/ns/pid`.
+    Join(OwnedFd),
+}
+
+impl PidNs {
+    fn try_clone(&self) -> Result<Self, String> {
+        match self {
+            PidNs::New => Ok(PidNs::New),
+            PidNs::Join(fd) => fd
+                .try_clone()
+                .map(PidNs::Join)
+                .map_err(|e| format!("PID namespace: {e}")),
+        }
+    }
+
+    /// The PID namespace of process `pid`.
+    pub fn of(pid: i32) -> Result<Self, String> {
+        std::fs::File::open(format!("/proc/{pid}/ns/pid"))
+            .map(|f| PidNs::Join(f.into()))
+            .map_err(|e| format!("the PID namespace of process {pid}: {e}"))
+    }
+}
+
+/// Makes the process `cmd` spawns start in PID namespace `ns`. A process cannot move
+/// itself into a PID namespace, only its children: the child `cmd` forks enters (or
+/// creates) the namespace, forks the real process and exits at once, so the process is
+/// the agent's (PID 1's) to reap, as every orphan is. Its pid, as the agent sees it, comes
+/// back through the pipe whose read end this returns; read it with [`read_pid`] once
+/// `spawn` has returned. Register this closure before any other `pre_exec`: the rest
+/// runs in the real process.
+fn into_pid_namespace(cmd: &mut Command, ns: PidNs) -> Result<OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors owned here.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the closure runs in the child between fork and exec and only makes system
+    // calls (fork and _exit are async-signal-safe) on descriptors it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let entered = match &ns {
+                PidNs::New => libc::unshare(libc::CLONE_NEWPID),
+                PidNs::Join(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID),
+            };
+            if entered != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let child = libc::fork();
+            if child < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if child > 0 {
+                let bytes = child.to_ne_bytes();
+                libc::write(write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0);
+            }
+            Ok(())
+        });
+    }
+    Ok(read)
+}
+
+/// The pid [`into_pid_namespace`]'s intermediate child sent through `read`.
+fn read_pid(read: OwnedFd) -> Result<i32, String> {
+    let mut bytes = [0u8; 4];
+    let mut file = std::fs::File::from(read);
+    std::io::Read::read_exact(&mut file, &mut bytes)
+        .map_err(|e| format!("the process's pid never came: {e}"))?;
+    Ok(i32::from_ne_bytes(bytes))
+}
+
+/// Starts the PID 1 of a pod's shared PID namespace (mode POD): the agent's own binary
+/// with `--pause`, which reaps the orphans of the pod's containers. Returns its pid.
+pub fn spawn_pause() -> Result<i32, String> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("/pause")
+        .arg("--pause")
+        .env_clear()
+        .stdin(Std::null())
+        .stdout(Std::null())
+        .stderr(Std::null());
+    let pid = into_pid_namespace(&mut cmd, PidNs::New)?;
+    // SAFETY: setsid takes no arguments; the child only makes this system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| format!("start the pod's PID namespace: {e}"))?;
+    drop(cmd);
+    read_pid(pid)
+}
+
+/// The pause process's life: reap, forever. As PID 1 of its namespace it ignores every
+/// signal it has no handler for; it ends when the agent kills it or the VM stops.
+pub fn pause() -> ! {
+    loop {
+        let mut status = 0;
+        // SAFETY: wait writes only the status integer.
+        if unsafe { libc::wait(&mut status) } < 0 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
 }
 
 /// How a process's stdio is connected.
@@ -298,8 +414,8 @@ pub fn spawn(
         process.cwd.clone()
     };
     let name = process.args.first().cloned().unwrap_or_default();
-    let (view, joined) = match &root {
-        Root::New { rootfs, .. } => (rootfs.clone(), Vec::new()),
+    let (view, joined, pid_ns) = match &root {
+        Root::New { rootfs, pid_ns, .. } => (rootfs.clone(), Vec::new(), pid_ns.try_clone()?),
         Root::Join { pid } => {
             let mut fds = Vec::new();
             // The mount namespace last: the others are named through /proc, which
@@ -309,7 +425,9 @@ pub fn spawn(
                     .map_err(|e| format!("the container's process is gone ({ns}: {e})"))?;
                 fds.push(OwnedFd::from(f));
             }
-            (PathBuf::from(format!("/proc/{pid}/root")), fds)
+            let pid_ns = PidNs::of(*pid as i32)
+                .map_err(|e| format!("the container's process is gone ({e})"))?;
+            (PathBuf::from(format!("/proc/{pid}/root")), fds, pid_ns)
         }
     };
     let program = resolve(&view, &name, &process.env, &cwd)?;
@@ -318,6 +436,7 @@ pub fn spawn(
     let (uid, gid) = (process.uid, process.gid);
 
     let mut cmd = Command::new(&program);
+    let pid_pipe = into_pid_namespace(&mut cmd, pid_ns)?;
     cmd.arg0(&name)
         .args(process.args.iter().skip(1))
         .env_clear()
@@ -347,6 +466,7 @@ pub fn spawn(
             masked,
             readonly_paths,
             sysctls,
+            pid_ns: _,
         } => {
             let sysctls = sysctls
                 .iter()
@@ -546,8 +666,9 @@ pub fn spawn(
     let mut child = cmd.spawn().map_err(|e| format!("start {program:?}: {e}"))?;
     // Our copies of the terminal's slave go with the command.
     drop(cmd);
-    // The reaper collects its status; dropping a std Child does not wait.
-    let pid = child.id() as i32;
+    // The reaper collects the statuses of both the intermediate child and the process;
+    // dropping a std Child does not wait.
+    let pid = read_pid(pid_pipe)?;
     if let Some(master) = master {
         return Ok(Started {
             pid,

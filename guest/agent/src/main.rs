@@ -27,7 +27,17 @@ pub static INIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 pub const SHARED: &str = "/run/crisp/shared";
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--pause") {
+        // PID 1 of a pod's shared PID namespace, started by the agent.
+        container::pause();
+    }
     let pid1 = std::process::id() == 1;
+    if !pid1 {
+        // Outside a VM: the containers' processes, whose parents exit right after
+        // starting them in their PID namespaces, must still be ours to reap.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
     let mut unix: Option<PathBuf> = None;
     let mut shared = PathBuf::from(SHARED);
     let mut args = std::env::args().skip(1);

@@ -9,7 +9,7 @@ use agent_proto::agent_server::Agent;
 use agent_proto::{
     AttachInput, ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput,
     ExecOutput, ExecSyncRequest, ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse,
-    KillRequest, PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
+    KillRequest, PidMode, PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
     attach_input, container_status_response::State, exec_input,
 };
 use crilog::LogWriter;
@@ -18,7 +18,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::container::{self, Filter, Root, Stdio};
+use crate::container::{self, Filter, PidNs, Root, Stdio};
 use crate::mounts;
 use crate::reaper::Reaper;
 use crate::stream;
@@ -54,6 +54,8 @@ pub struct AgentService {
     shared: PathBuf,
     reaper: Reaper,
     containers: Arc<Mutex<HashMap<String, Container>>>,
+    /// The PID 1 of the pod's shared PID namespace, once a container asked for it.
+    pause: Mutex<Option<i32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -147,6 +149,39 @@ impl AgentService {
             shared,
             reaper,
             containers: Arc::new(Mutex::new(HashMap::new())),
+            pause: Mutex::new(None),
+        }
+    }
+
+    /// The PID namespace a new container of `request` starts in.
+    fn pid_namespace(&self, request: &CreateContainerRequest) -> Result<PidNs, Status> {
+        match PidMode::try_from(request.pid_mode) {
+            Ok(PidMode::Container) => Ok(PidNs::New),
+            Ok(PidMode::Pod) => {
+                let mut pause = lock(&self.pause);
+                // SAFETY: kill with signal 0 only checks that the process exists.
+                if let Some(pid) = *pause
+                    && unsafe { libc::kill(pid, 0) } == 0
+                {
+                    return PidNs::of(pid).map_err(Status::internal);
+                }
+                let pid = container::spawn_pause().map_err(Status::internal)?;
+                *pause = Some(pid);
+                PidNs::of(pid).map_err(Status::internal)
+            }
+            Ok(PidMode::Target) => {
+                let pid = self.running_pid(&request.pid_target).map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "the target of the PID namespace: {}",
+                        e.message()
+                    ))
+                })?;
+                PidNs::of(pid).map_err(Status::failed_precondition)
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "PID mode {} is not one this agent knows",
+                request.pid_mode
+            ))),
         }
     }
 
@@ -358,6 +393,16 @@ impl Agent for AgentService {
         };
         let rootfs = mounts::under(&self.shared, &req.rootfs).map_err(Status::invalid_argument)?;
         let process = req.process.clone().unwrap_or_default();
+        let pid_ns = match self.pid_namespace(&req) {
+            Ok(ns) => ns,
+            Err(e) => {
+                // Give the sender back so a later start may try again.
+                if let Some(c) = lock(&self.containers).get_mut(&id) {
+                    c.exit_tx = Some(exit_tx);
+                }
+                return Err(e);
+            }
+        };
         let started = mounts::plan(&rootfs, &self.shared, &req.mounts).and_then(|steps| {
             container::spawn(
                 &process,
@@ -373,6 +418,7 @@ impl Agent for AgentService {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    pid_ns,
                 },
                 stdio,
                 filter.as_ref(),

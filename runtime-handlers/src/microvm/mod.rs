@@ -242,6 +242,35 @@ fn share(source: &Path, target: &Path, recursive: bool, read_only: bool) -> Resu
 
 /// Stops what a record names: the helpers, the network plumbing, the cgroup, the
 /// directory.
+/// What [`MicroVm::pid_namespace`] names a container's PID namespace by: this, then the
+/// container's ID.
+const TARGET_PID_NAMESPACE: &str = "microvm-container:";
+
+/// The PID mode of a container of `spec` in the guest, and the container whose
+/// namespace it joins: a `pid` namespace without a path is its own (CONTAINER), one
+/// naming a container is that container's (TARGET), any other path is the pod's (POD).
+/// Without one it would share the node's, which a VM cannot give.
+fn pid_mode(spec: &oci_spec::runtime::Spec) -> Result<(agent_proto::PidMode, String), String> {
+    let pid = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|n| {
+            n.iter()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        });
+    let Some(pid) = pid else {
+        return Err("a container of a VM pod cannot share the node's PID namespace".to_owned());
+    };
+    Ok(match pid.path().as_ref().map(|p| p.to_string_lossy()) {
+        None => (agent_proto::PidMode::Container, String::new()),
+        Some(p) => match p.strip_prefix(TARGET_PID_NAMESPACE) {
+            Some(target) => (agent_proto::PidMode::Target, target.to_owned()),
+            None => (agent_proto::PidMode::Pod, String::new()),
+        },
+    })
+}
+
 async fn teardown(record: &VmRecord) -> Result<(), String> {
     // QEMU first: the guest stops touching the share and the tap before the daemons go.
     let mut order: Vec<&vm::Helper> = record.helpers.iter().collect();
@@ -1081,6 +1110,11 @@ impl RuntimeHandler for MicroVm {
                 .map_err(|e| io(e.to_string()))?;
                 log_path = format!("{}/log.0", c.id);
             }
+            let (pid_mode, pid_target) =
+                pid_mode(c.spec).map_err(|message| HandlerError::Precondition {
+                    handler: self.config.name.clone(),
+                    message,
+                })?;
             let linux = c.spec.linux().as_ref();
             let (seccomp_filter, seccomp_flags) = match linux.and_then(|l| l.seccomp().as_ref()) {
                 Some(profile) => {
@@ -1133,6 +1167,8 @@ impl RuntimeHandler for MicroVm {
                     .as_ref()
                     .and_then(|p| p.terminal())
                     .unwrap_or(false),
+                pid_mode: pid_mode.into(),
+                pid_target,
             };
             self.call(
                 c.sandbox_id,
@@ -1257,8 +1293,10 @@ impl RuntimeHandler for MicroVm {
         });
     }
 
-    fn pid_namespace(&self, _c: &ContainerRef<'_>) -> Option<PathBuf> {
-        None
+    fn pid_namespace(&self, c: &ContainerRef<'_>) -> Option<PathBuf> {
+        // Not a path on the host: the container's namespace is in the guest, and
+        // [`pid_mode`] reads this back when a container of the pod names it.
+        Some(PathBuf::from(format!("{TARGET_PID_NAMESPACE}{}", c.id)))
     }
 
     async fn recover_container(&self, c: &ContainerRef<'_>) -> Result<Recovered, HandlerError> {

@@ -53,8 +53,6 @@ struct Run {
     /// The pod's host processes, summed.
     rss: u64,
     pss: u64,
-    /// The guest agent's RSS (PID 1 of the guest); 0 for a non-VM pod.
-    agent_rss: u64,
 }
 
 /// RSS and PSS of one process, KiB.
@@ -324,23 +322,6 @@ async fn one_run(
         execs.push(ms(t));
     }
     let exec = median(&mut execs);
-    let mut agent_rss = 0;
-    if kind == Kind::Vm {
-        // No PID namespace per container in the guest yet: /proc/1 is the agent.
-        let out = rt
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["grep".into(), "VmRSS".into(), "/proc/1/status".into()],
-                timeout: 10,
-            })
-            .await?
-            .into_inner();
-        agent_rss = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-    }
     // Let the pod settle (the container's first page-ins) before reading memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let memory = pod_memory(kind, state, &pod, &id);
@@ -358,7 +339,6 @@ async fn one_run(
             stop_remove,
             rss,
             pss,
-            agent_rss,
         },
         memory,
         rec,
@@ -585,7 +565,7 @@ pub(crate) async fn run(runs: usize, boot_count: usize) -> Result<(), Error> {
         burst: ctd_burst,
     };
     report(&vm, &runc, &ctd, runs, accel);
-    report_vm(&vm.runs, &memory, &splits, runs);
+    report_vm(&memory, &splits, runs);
     let (med, lo, hi) = stats(&boot_times);
     println!(
         "{boot_count} consecutive VM boots (RunPodSandbox, then stop and remove): {} ok, {} failed or hung; RunPodSandbox median {med:.0} ms (min {lo:.0}, max {hi:.0})",
@@ -688,7 +668,7 @@ fn report(vm: &Figures, runc: &Figures, ctd: &Figures, runs: usize, accel: &str)
 }
 
 /// The VM's own figures: the boot's split and where its host memory goes.
-fn report_vm(runs: &[Run], memory: &[Memory], splits: &[(f64, f64, f64)], n: usize) {
+fn report_vm(memory: &[Memory], splits: &[(f64, f64, f64)], n: usize) {
     println!("microVM boot, split (median of {n}, ms):");
     println!(
         "| QEMU start to agent answering (host) | guest kernel start to agent answering | of which PID 1 bring-up (mounts, 11 modules, share) |"
@@ -740,11 +720,6 @@ fn report_vm(runs: &[Run], memory: &[Memory], splits: &[(f64, f64, f64)], n: usi
         median(&mut helpers_rss),
         median(&mut helpers_pss),
         median(&mut helpers_ram)
-    );
-    let mut agent: Vec<f64> = runs.iter().map(|r| r.agent_rss as f64 / 1024.0).collect();
-    println!(
-        "| (inside the guest) crisp-agent, PID 1 | {:.1} | | |",
-        median(&mut agent)
     );
     println!();
 }
