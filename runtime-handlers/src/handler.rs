@@ -362,4 +362,12 @@ pub trait RuntimeHandler: Send + Sync + std::fmt::Debug {
         container: &ContainerRef<'_>,
         detail: bool,
     ) -> Result<ContainerStats, HandlerError>;
+
+    /// What sandbox `sandbox_id` costs the host as a whole, where that is more than its
+    /// containers' usage (a VM: QEMU and its helpers, the guest's kernel and page cache);
+    /// `None` where the pod's usage is its containers'. The pod's CPU and memory figures
+    /// are then these, so kubelet's eviction sees what the node pays.
+    async fn sandbox_stats(&self, _sandbox_id: &str) -> Option<ContainerStats> {
+        None
+    }
 }

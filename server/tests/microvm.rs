@@ -503,6 +503,113 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         "/proc/sys is read-only: {mounts}"
     );
 
+    // Resources: each container has a cgroup of its own in the guest, with the limits
+    // asked for, seen as its cgroup namespace's root; UpdateContainerResources changes
+    // them live; its stats are its own, the pod's are what the VM costs the host.
+    let mut config = workload::container(&s, "limited", "exec sleep 1000");
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let limited = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &limited).await;
+    let (code, out) = workload::exec_out(
+        &mut rt,
+        &limited,
+        &[
+            "cat",
+            "/proc/self/cgroup",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/cpu.max",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "0::/\n67108864\n50000 100000\n"),
+        "the container's own cgroup with its limits"
+    );
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: limited.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            cpu_quota: 20_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("update the container's resources");
+    let (_, out) = workload::exec_out(
+        &mut rt,
+        &limited,
+        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+    )
+    .await;
+    assert_eq!(
+        out, "100663296\n20000 100000\n",
+        "the limits after the update"
+    );
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: limited.clone(),
+        })
+        .await
+        .expect("container stats")
+        .into_inner()
+        .stats
+        .unwrap_or_default();
+    let container_memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    let pod_stats = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("pod stats")
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .unwrap_or_default();
+    let pod_memory = pod_stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    assert!(
+        container_memory > 0 && container_memory < 16 << 20,
+        "a sleeping container's own working set: {container_memory}"
+    );
+    assert!(
+        pod_memory > 64 << 20,
+        "the pod's working set is the VM's on the host (guest RAM touched, QEMU): {pod_memory}"
+    );
+    // A container that outgrows its memory limit: the guest's OOM killer ends it, and
+    // its status says so.
+    let mut config = workload::container(
+        &s,
+        "hog",
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &hog).await;
+    let ended = workload::wait_exited(&mut rt, &hog).await;
+    assert_eq!(ended.reason, "OOMKilled", "{ended:?}");
+
     // The server answers on the pod IP, from the host.
     let ip = pod_ip(&mut rt, &pod).await;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -401,12 +401,13 @@ fn c(s: &str) -> Result<CString, String> {
 }
 
 /// Starts `process` under `root`, its stdio as `stdio` says, confined by its security and
-/// by the container's seccomp `filter`.
+/// by the container's seccomp `filter`, in the cgroup whose `cgroup.procs` is `cgroup`.
 pub fn spawn(
     process: &Process,
     root: Root,
     stdio: Stdio,
     filter: Option<&Filter>,
+    cgroup: Option<OwnedFd>,
 ) -> Result<Started, String> {
     let cwd = if process.cwd.is_empty() {
         "/".to_owned()
@@ -420,7 +421,7 @@ pub fn spawn(
             let mut fds = Vec::new();
             // The mount namespace last: the others are named through /proc, which
             // entering it would hide.
-            for ns in ["ipc", "uts", "mnt"] {
+            for ns in ["ipc", "uts", "cgroup", "mnt"] {
                 let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
                     .map_err(|e| format!("the container's process is gone ({ns}: {e})"))?;
                 fds.push(OwnedFd::from(f));
@@ -435,6 +436,7 @@ pub fn spawn(
     let groups: Vec<libc::gid_t> = process.additional_gids.clone();
     let (uid, gid) = (process.uid, process.gid);
 
+    let in_cgroup = cgroup.is_some();
     let mut cmd = Command::new(&program);
     let pid_pipe = into_pid_namespace(&mut cmd, pid_ns)?;
     cmd.arg0(&name)
@@ -521,6 +523,12 @@ pub fn spawn(
                     Ok(())
                 }
             };
+            if let Some(procs) = &cgroup {
+                // "0" moves the writer.
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             check(if libc::setsid() < 0 { -1 } else { 0 })?;
             if terminal {
                 // Stdio is in place by now: the terminal on 0 becomes the session's.
@@ -531,8 +539,12 @@ pub fn spawn(
             }
             if let Some((rootfs, steps, hostname, readonly, masked, readonly_paths, sysctls)) = &new
             {
-                // The guest's IPC namespace is the pod's, shared by its containers.
-                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
+                // The guest's IPC namespace is the pod's, shared by its containers. In
+                // its cgroup by now, the process takes it as its cgroup namespace's root.
+                let cgroupns = if in_cgroup { libc::CLONE_NEWCGROUP } else { 0 };
+                check(libc::unshare(
+                    libc::CLONE_NEWNS | libc::CLONE_NEWUTS | cgroupns,
+                ))?;
                 check(libc::mount(
                     std::ptr::null(),
                     slash.as_ptr(),

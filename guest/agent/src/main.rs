@@ -9,6 +9,7 @@
 //! Outside a VM (`--unix <socket> --shared <dir>`) it serves on a unix socket instead,
 //! which the tests use to drive it on the host.
 
+mod cgroup;
 mod container;
 mod init;
 mod mounts;
@@ -57,7 +58,7 @@ fn main() {
         .enable_all()
         .build();
     let code = match runtime {
-        Ok(rt) => rt.block_on(serve(unix, shared)),
+        Ok(rt) => rt.block_on(serve(unix, shared, pid1)),
         Err(e) => {
             eprintln!("crisp-agent: runtime: {e}");
             1
@@ -70,7 +71,7 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn serve(unix: Option<PathBuf>, shared: PathBuf) -> i32 {
+async fn serve(unix: Option<PathBuf>, shared: PathBuf, pid1: bool) -> i32 {
     let reaper = match reaper::Reaper::start() {
         Ok(r) => r,
         Err(e) => {
@@ -78,7 +79,9 @@ async fn serve(unix: Option<PathBuf>, shared: PathBuf) -> i32 {
             return 1;
         }
     };
-    let service = service::AgentService::new(shared, reaper);
+    // In a VM the containers' cgroups are the guest's; outside one there are none.
+    let cgroups = cgroup::Cgroups::new(pid1.then(|| PathBuf::from("/sys/fs/cgroup")));
+    let service = service::AgentService::new(shared, reaper, cgroups);
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(agent_proto::STREAM_WINDOW))
         .initial_connection_window_size(Some(agent_proto::CONNECTION_WINDOW))

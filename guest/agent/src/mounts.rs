@@ -172,20 +172,19 @@ pub fn plan(rootfs: &Path, shared: &Path, mounts: &[Mount]) -> Result<Vec<Step>,
                 }
             }
             "cgroup" | "cgroup2" => {
-                // The guest has one cgroup2 hierarchy: the container sees it read-only.
+                // The guest has one cgroup2 hierarchy. Mounted from inside the
+                // container's cgroup namespace, it shows the container's own cgroup as
+                // its root, as under runc.
                 mkdir_all(rootfs, &target, &mut steps)?;
+                let ro = if read_only { libc::MS_RDONLY } else { 0 };
                 steps.push(Step::Mount {
-                    source: c("/sys/fs/cgroup")?,
+                    source: c("cgroup2")?,
                     target: cpath(&target)?,
-                    fstype: c("")?,
-                    flags: libc::MS_BIND | libc::MS_REC,
+                    fstype: c("cgroup2")?,
+                    flags: flags | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | ro,
                     data: c("")?,
                     optional: true,
                 });
-                steps.push(Step::Remount(
-                    cpath(&target)?,
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-                ));
             }
             fstype => {
                 mkdir_all(rootfs, &target, &mut steps)?;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use agent_proto::agent_server::Agent;
 use agent_proto::{
-    AttachInput, ContainerId, ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput,
-    ExecOutput, ExecSyncRequest, ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse,
-    KillRequest, PidMode, PortData, ReopenLogRequest, SetupSandboxRequest, StartContainerResponse,
-    attach_input, container_status_response::State, exec_input,
+    AttachInput, ContainerId, ContainerStatsResponse, ContainerStatusResponse,
+    CreateContainerRequest, Empty, ExecInput, ExecOutput, ExecSyncRequest, ExecSyncResponse,
+    ExitInfo, HelloRequest, HelloResponse, KillRequest, PidMode, PortData, ReopenLogRequest,
+    SetupSandboxRequest, StartContainerResponse, UpdateContainerRequest, attach_input,
+    container_status_response::State, exec_input,
 };
 use crilog::LogWriter;
 use tokio::io::AsyncReadExt;
@@ -18,6 +19,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cgroup::Cgroups;
 use crate::container::{self, Filter, PidNs, Root, Stdio};
 use crate::mounts;
 use crate::reaper::Reaper;
@@ -56,6 +58,7 @@ pub struct AgentService {
     containers: Arc<Mutex<HashMap<String, Container>>>,
     /// The PID 1 of the pod's shared PID namespace, once a container asked for it.
     pause: Mutex<Option<i32>>,
+    cgroups: Arc<Cgroups>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,7 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     let (s, n) = crilog::now();
     s * 1_000_000_000 + i64::from(n)
 }
@@ -144,8 +147,9 @@ async fn run_tool(reaper: &Reaper, args: &[&str]) -> Result<(), String> {
 
 impl AgentService {
     /// A service whose containers' files are under `shared`.
-    pub fn new(shared: PathBuf, reaper: Reaper) -> Self {
+    pub fn new(shared: PathBuf, reaper: Reaper, cgroups: Cgroups) -> Self {
         Self {
+            cgroups: Arc::new(cgroups),
             shared,
             reaper,
             containers: Arc::new(Mutex::new(HashMap::new())),
@@ -347,6 +351,9 @@ impl Agent for AgentService {
         if containers.contains_key(&r.id) {
             return Err(Status::already_exists(format!("container {} exists", r.id)));
         }
+        self.cgroups
+            .create(&r.id, r.resources.as_ref())
+            .map_err(Status::failed_precondition)?;
         containers.insert(
             r.id.clone(),
             Container {
@@ -403,7 +410,9 @@ impl Agent for AgentService {
                 return Err(e);
             }
         };
-        let started = mounts::plan(&rootfs, &self.shared, &req.mounts).and_then(|steps| {
+        let cgroup = self.cgroups.procs(&id);
+        let started = cgroup.and_then(|cgroup| {
+            let steps = mounts::plan(&rootfs, &self.shared, &req.mounts)?;
             container::spawn(
                 &process,
                 Root::New {
@@ -422,6 +431,7 @@ impl Agent for AgentService {
                 },
                 stdio,
                 filter.as_ref(),
+                cgroup,
             )
         });
         let started = match started {
@@ -480,6 +490,7 @@ impl Agent for AgentService {
             c.stdin = sink.map(stream::stdin_writer);
             c.output.clone()
         };
+        let cgroups = Arc::clone(&self.cgroups);
         tokio::spawn(async move {
             let out = tokio::spawn(pump(out, "stdout", Arc::clone(&log), attachers.clone()));
             let err = err.map(|e| tokio::spawn(pump(e, "stderr", log, attachers)));
@@ -496,6 +507,7 @@ impl Agent for AgentService {
             let _ = exit_tx.send(Some(ExitInfo {
                 exit_code: code,
                 finished_at_unix_nanos: finished,
+                oom_killed: cgroups.oom_kills(&id) > 0,
             }));
         });
         Ok(Response::new(StartContainerResponse { pid: pid as u32 }))
@@ -564,6 +576,7 @@ impl Agent for AgentService {
                     let _ = tx.send(Some(ExitInfo {
                         exit_code: 128 + r.signal,
                         finished_at_unix_nanos: now_nanos(),
+                        oom_killed: false,
                     }));
                 }
                 return Ok(Response::new(Empty {}));
@@ -575,6 +588,11 @@ impl Agent for AgentService {
             let target = if r.all { -pid } else { pid };
             // SAFETY: kill takes no pointers.
             unsafe { libc::kill(target, r.signal) };
+            if r.all && r.signal == libc::SIGKILL {
+                // Processes that left the group (or, in the pod's PID namespace,
+                // outlived their parent) are still in the cgroup.
+                self.cgroups.kill_all(&r.id);
+            }
         }
         Ok(Response::new(Empty {}))
     }
@@ -584,12 +602,16 @@ impl Agent for AgentService {
         request: Request<ContainerId>,
     ) -> Result<Response<Empty>, Status> {
         let id = request.into_inner().id;
-        if let Some(c) = lock(&self.containers).remove(&id)
+        let removed = lock(&self.containers).remove(&id);
+        if let Some(c) = &removed
             && let Some(pid) = c.pid
             && c.exit.borrow().is_none()
         {
             // SAFETY: kill takes no pointers.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        if removed.is_some() {
+            self.cgroups.remove(&id).await;
         }
         Ok(Response::new(Empty {}))
     }
@@ -606,6 +628,9 @@ impl Agent for AgentService {
             Root::Join { pid: pid as u32 },
             Stdio::Pipes { stdin: false },
             self.filter_of(&r.id).as_ref(),
+            self.cgroups
+                .procs(&r.id)
+                .map_err(Status::failed_precondition)?,
         )
         .map_err(Status::failed_precondition)?;
         let child = started.pid;
@@ -681,6 +706,9 @@ impl Agent for AgentService {
             Root::Join { pid: pid as u32 },
             stdio,
             filter.as_ref(),
+            self.cgroups
+                .procs(&start.id)
+                .map_err(Status::failed_precondition)?,
         )
         .map_err(Status::failed_precondition)?;
         let status = self.reaper.watch(started.pid);
@@ -727,6 +755,35 @@ impl Agent for AgentService {
         Ok(Response::new(
             stream::port_forward(request.into_inner()).await?,
         ))
+    }
+
+    async fn update_container(
+        &self,
+        request: Request<UpdateContainerRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.running_pid(&r.id)?;
+        let resources = r.resources.unwrap_or_default();
+        self.cgroups
+            .apply(&r.id, &resources)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerId>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().id;
+        if !lock(&self.containers).contains_key(&id) {
+            return Err(Status::not_found(format!(
+                "container {id} is not in this VM"
+            )));
+        }
+        self.cgroups
+            .stats(&id)
+            .map(Response::new)
+            .map_err(Status::unavailable)
     }
 
     async fn reopen_log(

@@ -271,6 +271,22 @@ fn pid_mode(spec: &oci_spec::runtime::Spec) -> Result<(agent_proto::PidMode, Str
     })
 }
 
+/// The cgroup limits of a container's OCI resources, for its cgroup in the guest.
+fn resources_of(r: &oci_spec::runtime::LinuxResources) -> agent_proto::Resources {
+    let cpu = r.cpu().as_ref();
+    let memory = r.memory().as_ref();
+    agent_proto::Resources {
+        memory_limit: memory.and_then(|m| m.limit()),
+        memory_swap: memory.and_then(|m| m.swap()),
+        cpu_quota: cpu.and_then(|c| c.quota()),
+        cpu_period: cpu.and_then(|c| c.period()),
+        cpu_shares: cpu.and_then(|c| c.shares()),
+        pids_limit: r.pids().as_ref().map(|p| p.limit()),
+        cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
+        cpuset_mems: cpu.and_then(|c| c.mems().clone()),
+    }
+}
+
 async fn teardown(record: &VmRecord) -> Result<(), String> {
     // QEMU first: the guest stops touching the share and the tap before the daemons go.
     let mut order: Vec<&vm::Helper> = record.helpers.iter().collect();
@@ -1169,6 +1185,7 @@ impl RuntimeHandler for MicroVm {
                     .unwrap_or(false),
                 pid_mode: pid_mode.into(),
                 pid_target,
+                resources: linux.and_then(|l| l.resources().as_ref()).map(resources_of),
             };
             self.call(
                 c.sandbox_id,
@@ -1312,7 +1329,7 @@ impl RuntimeHandler for MicroVm {
                 (State::Exited, Some(e)) => Recovered::Exited(ExitStatus {
                     code: e.exit_code,
                     finished_at: e.finished_at_unix_nanos,
-                    oom_killed: false,
+                    oom_killed: e.oom_killed,
                 }),
                 (State::Exited | State::Unknown, _) => lost("the agent lost the container"),
                 _ => Recovered::Running,
@@ -1337,7 +1354,7 @@ impl RuntimeHandler for MicroVm {
         Ok(ExitStatus {
             code: exit.exit_code,
             finished_at: exit.finished_at_unix_nanos,
-            oom_killed: false,
+            oom_killed: exit.oom_killed,
         })
     }
 
@@ -1454,10 +1471,31 @@ impl RuntimeHandler for MicroVm {
 
     async fn update_container(
         &self,
-        _c: &ContainerRef<'_>,
-        _update: &ResourceUpdate,
+        c: &ContainerRef<'_>,
+        update: &ResourceUpdate,
     ) -> Result<(), HandlerError> {
-        Err(self.unsupported("resource updates yet"))
+        let request = agent_proto::UpdateContainerRequest {
+            id: c.id.to_owned(),
+            resources: Some(agent_proto::Resources {
+                memory_limit: update.memory,
+                memory_swap: update.memory_swap,
+                cpu_quota: update.cpu_quota,
+                cpu_period: update.cpu_period,
+                cpu_shares: update.cpu_shares,
+                pids_limit: None,
+                cpuset_cpus: update.cpuset_cpus.clone(),
+                cpuset_mems: update.cpuset_mems.clone(),
+            }),
+        };
+        self.call(
+            c.sandbox_id,
+            "update",
+            c.id,
+            CALL_DEADLINE,
+            |mut a| async move { a.update_container(request).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn reopen_log(&self, c: &ContainerRef<'_>) -> Result<(), HandlerError> {
@@ -1500,24 +1538,49 @@ impl RuntimeHandler for MicroVm {
         Ok(())
     }
 
+    async fn sandbox_stats(&self, sandbox_id: &str) -> Option<ContainerStats> {
+        // The VM's cgroup on the host holds QEMU and every helper.
+        let vm = self.vm(sandbox_id).ok()?;
+        let pid = vm.record.helper("qemu").map(|h| h.pid).unwrap_or(0);
+        if pid <= 0 || !vm.alive() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || crate::stats::cgroup_stats(pid as u32, false).ok())
+            .await
+            .ok()
+            .flatten()
+    }
+
     async fn container_stats(
         &self,
         c: &ContainerRef<'_>,
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
-        // The VM's cgroup: the whole pod's figures, the same for each of its containers.
-        let vm = self.vm(c.sandbox_id)?;
-        let pid = vm.record.helper("qemu").map(|h| h.pid).unwrap_or(0);
-        if pid <= 0 || !vm.alive() {
-            return Err(self.vm_error(c.sandbox_id, "the pod's VM has stopped", false));
-        }
-        let mut stats =
-            crate::stats::cgroup_stats(pid as u32, detail).map_err(|source| HandlerError::Io {
-                path: PathBuf::from(format!("/proc/{pid}/cgroup")),
-                source,
-            })?;
-        stats.sandbox_wide = true;
-        Ok(stats)
+        // The container's cgroup in the guest: what its processes use there.
+        let _ = detail;
+        let id = c.id.to_owned();
+        let s = self
+            .call(
+                c.sandbox_id,
+                "stats",
+                c.id,
+                CALL_DEADLINE,
+                |mut a| async move { a.container_stats(agent_proto::ContainerId { id }).await },
+            )
+            .await?;
+        Ok(ContainerStats {
+            timestamp: s.timestamp_unix_nanos,
+            cpu_usage_ns: s.cpu_usage_usec.saturating_mul(1000),
+            memory_usage: s.memory_current,
+            working_set: s.memory_current.saturating_sub(s.inactive_file),
+            rss: s.anon,
+            page_faults: s.page_faults,
+            major_page_faults: s.major_page_faults,
+            swap: s.swap,
+            pids: s.pids,
+            detail: None,
+            sandbox_wide: false,
+        })
     }
 }
 

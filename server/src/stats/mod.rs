@@ -70,6 +70,8 @@ struct Refreshed {
 #[derive(Default)]
 pub struct StatsCache {
     containers: Mutex<HashMap<String, Sample>>,
+    /// Whole-sandbox samples of the pods whose handler has them (a VM's host cost).
+    sandboxes: Mutex<HashMap<String, Sample>>,
     pods: Mutex<HashMap<String, PodNetwork>>,
     /// Held while a refresh runs, so concurrent calls wait for it instead of repeating it.
     refreshed: tokio::sync::Mutex<Refreshed>,
@@ -85,8 +87,12 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl StatsCache {
     /// Stores a new sample; a sample without detail keeps the detail of the last one
     /// that had it.
-    fn record(&self, id: &str, mut stats: ContainerStats) {
-        let mut map = guard(&self.containers);
+    fn record(&self, id: &str, stats: ContainerStats) {
+        Self::record_in(&self.containers, id, stats);
+    }
+
+    fn record_in(map: &Mutex<HashMap<String, Sample>>, id: &str, mut stats: ContainerStats) {
+        let mut map = guard(map);
         let entry = map.entry(id.to_owned()).or_default();
         let mut previous = std::mem::take(&mut entry.latest);
         if stats.detail.is_none() {
@@ -128,7 +134,7 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     let mut running = Vec::new();
     for c in daemon.containers.all() {
         let record = c.snapshot();
-        if record.state() == State::Running && record.pid > 0 {
+        if record.state() == State::Running {
             running.push(record);
         }
     }
@@ -149,6 +155,23 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             measured_pods.insert(record.pod_id.clone());
         }
     }
+    // The whole-sandbox figures of pods whose handler has them.
+    let mut sandboxes = std::collections::HashSet::new();
+    for (_, pod) in daemon
+        .pods
+        .snapshots_where(|p| measured_pods.contains(&p.id))
+    {
+        let Ok(runtime) = daemon.handlers.get(&pod.handler) else {
+            continue;
+        };
+        if let Ok(Some(stats)) =
+            tokio::time::timeout(SAMPLE_TIMEOUT, runtime.sandbox_stats(&pod.id)).await
+        {
+            StatsCache::record_in(&daemon.stats.sandboxes, &pod.id, stats);
+            sandboxes.insert(pod.id.clone());
+        }
+    }
+    guard(&daemon.stats.sandboxes).retain(|id, _| sandboxes.contains(id));
     let store = daemon.images.store();
     let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
     // The network of every pod with a running container, from its pinned namespace.
@@ -429,6 +452,7 @@ fn pod_stats(
     containers: Vec<cri::ContainerStats>,
     processes: u64,
     sandbox_wide: bool,
+    sandbox: Option<&Sample>,
 ) -> cri::PodSandboxStats {
     let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> u64 {
         containers.iter().filter_map(f).sum()
@@ -469,6 +493,31 @@ fn pod_stats(
         page_faults: mem(&|m| m.page_faults.as_ref().map(|v| v.value)),
         major_page_faults: mem(&|m| m.major_page_faults.as_ref().map(|v| v.value)),
         psi: None,
+    };
+    // What the whole sandbox costs the host, where the handler knows it, is the pod's.
+    let (cpu, memory) = match sandbox {
+        Some(sample) => {
+            let s = &sample.latest;
+            (
+                cri::CpuUsage {
+                    timestamp: s.timestamp,
+                    usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
+                    usage_nano_cores: u64_value(nano_cores(sample)),
+                    psi: None,
+                },
+                cri::MemoryUsage {
+                    timestamp: s.timestamp,
+                    working_set_bytes: u64_value(s.working_set),
+                    available_bytes: None,
+                    usage_bytes: u64_value(s.memory_usage),
+                    rss_bytes: u64_value(s.rss),
+                    page_faults: u64_value(s.page_faults),
+                    major_page_faults: u64_value(s.major_page_faults),
+                    psi: None,
+                },
+            )
+        }
+        None => (cpu, memory),
     };
     let network = network.map(|n| {
         let to_cri = |i: &Interface| cri::NetworkInterfaceUsage {
@@ -538,7 +587,39 @@ async fn pod(daemon: &Daemon, pod: &crate::pod::SandboxRecord) -> cri::PodSandbo
             containers.push(container_stats(daemon, &record, Some(&sample)));
         }
     }
-    pod_stats(pod, network, containers, processes, sandbox_wide)
+    let sandbox = sandbox_sample_of(daemon, pod, !containers.is_empty()).await;
+    pod_stats(
+        pod,
+        network,
+        containers,
+        processes,
+        sandbox_wide,
+        sandbox.as_ref(),
+    )
+}
+
+/// The whole-sandbox sample of a pod with running containers, taken now unless the
+/// cache has one under `FRESH` old; `None` if its handler has none.
+async fn sandbox_sample_of(
+    daemon: &Daemon,
+    pod: &crate::pod::SandboxRecord,
+    running: bool,
+) -> Option<Sample> {
+    if !running {
+        return None;
+    }
+    let cached = guard(&daemon.stats.sandboxes).get(&pod.id).cloned();
+    if let Some(s) = cached
+        && crate::pod::now_ns().saturating_sub(s.latest.timestamp) < FRESH.as_nanos() as i64
+    {
+        return Some(s);
+    }
+    let runtime = daemon.handlers.get(&pod.handler).ok()?;
+    let stats = tokio::time::timeout(SAMPLE_TIMEOUT, runtime.sandbox_stats(&pod.id))
+        .await
+        .ok()??;
+    StatsCache::record_in(&daemon.stats.sandboxes, &pod.id, stats);
+    guard(&daemon.stats.sandboxes).get(&pod.id).cloned()
 }
 
 /// PodSandboxStats of one pod; NotFound for an unknown ID.
