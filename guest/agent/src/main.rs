@@ -27,6 +27,15 @@ pub static INIT_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 /// Where the host's shared directory (virtio-fs tag `crisp`) is mounted in the guest.
 pub const SHARED: &str = "/run/crisp/shared";
 
+/// Time since the guest's kernel started, ms.
+pub fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64)
+        .unwrap_or(0)
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--pause") {
         // PID 1 of a pod's shared PID namespace, started by the agent.
@@ -105,7 +114,16 @@ async fn serve(unix: Option<PathBuf>, shared: PathBuf, pid1: bool) -> i32 {
             let addr =
                 tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, agent_proto::AGENT_PORT);
             match tokio_vsock::VsockListener::bind(addr) {
-                Ok(l) => router.serve_with_incoming(l.incoming()).await,
+                Ok(l) => {
+                    // One line on the console (each byte costs an emulated exit): a boot
+                    // that times out then says whether the guest got this far.
+                    eprintln!(
+                        "crisp-agent: listening on vsock port {} ({} ms after boot)",
+                        addr.port(),
+                        uptime_ms()
+                    );
+                    router.serve_with_incoming(l.incoming()).await
+                }
                 Err(e) => {
                     eprintln!("crisp-agent: listen on vsock port {}: {e}", addr.port());
                     return 1;

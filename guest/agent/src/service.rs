@@ -226,15 +226,10 @@ impl Agent for AgentService {
         let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let uptime_ms = std::fs::read_to_string("/proc/uptime")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .map(|s| (s * 1000.0) as u64)
-            .unwrap_or(0);
         Ok(Response::new(HelloResponse {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release,
-            uptime_ms,
+            uptime_ms: crate::uptime_ms(),
             init_ms: crate::INIT_MS.get().copied().unwrap_or(0),
         }))
     }
