@@ -89,6 +89,13 @@ pub enum HandlerError {
         /// What the agent said.
         message: String,
     },
+    /// The host has too little of something for the request (a pod's VM that would not
+    /// fit in its memory).
+    #[error("not enough {what}")]
+    Exhausted {
+        /// What is short, with the figures.
+        what: String,
+    },
     /// A pod's VM failed to boot, stopped, or its agent did not answer.
     #[error("{handler} VM of pod {id}: {message}")]
     Vm {

@@ -89,6 +89,25 @@ pub struct SandboxSpec {
     /// The pod's namespaced sysctls. `server` sets them in the namespaces it pins; a
     /// handler whose pod has namespaces of its own (a VM's guest) sets them there.
     pub sysctls: std::collections::BTreeMap<String, String>,
+    /// What kubelet says the pod needs: its containers' limits summed, and its
+    /// RuntimeClass's overhead. A VM-per-pod handler sizes the VM by them.
+    pub resources: PodResources,
+}
+
+/// A pod's resources as kubelet sends them with RunPodSandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PodResources {
+    /// The containers' memory limits summed, bytes; 0 when one has none.
+    #[serde(default)]
+    pub memory_limit: u64,
+    /// The containers' CPU limits summed, thousandths of a CPU; 0 when one has none.
+    #[serde(default)]
+    pub cpu_millis: u64,
+    /// The RuntimeClass's overhead: memory (bytes) and CPU (thousandths).
+    #[serde(default)]
+    pub overhead_memory: u64,
+    #[serde(default)]
+    pub overhead_cpu_millis: u64,
 }
 
 /// One contiguous range of IDs: `size` IDs from `container` in the pod are the host's

@@ -35,8 +35,8 @@ pub use console::receive_console;
 pub use error::HandlerError;
 pub use exec::{ExecSession, Terminal, cloexec_pipe};
 pub use handler::{
-    ContainerRef, ContainerSpec, Duplex, Features, IdRange, PortStream, Recovered, RuntimeHandler,
-    SandboxSpec, SandboxState, StartedSandbox, UserNamespace,
+    ContainerRef, ContainerSpec, Duplex, Features, IdRange, PodResources, PortStream, Recovered,
+    RuntimeHandler, SandboxSpec, SandboxState, StartedSandbox, UserNamespace,
 };
 pub use host_check::{CheckLevel, HostCheck};
 pub use microvm::{Accelerator, MicroVm, MicroVmConfig};

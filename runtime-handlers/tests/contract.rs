@@ -447,6 +447,7 @@ async fn a_sandbox_is_started_recovered_and_stopped(kind: Kind) {
             hostname: String::new(),
             cgroups_path: String::new(),
             sysctls: Default::default(),
+            resources: Default::default(),
         };
         let started = rt.start_sandbox(&sandbox).await.expect("start sandbox");
         // Its state survives a round trip through the pod's record.

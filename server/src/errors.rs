@@ -141,6 +141,7 @@ pub fn handler_status(error: HandlerError) -> Status {
         E::Runtime { .. } | E::Monitor { .. } => Status::unknown(message),
         E::Spawn { .. } | E::Io { .. } => Status::internal(message),
         E::Precondition { .. } => Status::failed_precondition(message),
+        E::Exhausted { .. } => Status::resource_exhausted(message),
         // A code the agent chose (or its connection's: Unavailable, Cancelled); never OK.
         E::Agent {
             code: tonic::Code::Ok,

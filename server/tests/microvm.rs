@@ -729,21 +729,48 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
 
     // A VM that dies by itself: the pod turns NotReady, its container exited, the
     // helpers that served the guest end at once, and stop and remove leave nothing.
+    // A pod whose limits could not fit in this host's memory is refused before any VM
+    // starts.
+    let mut huge = workload::named_pod(&s, "huge");
+    huge.linux = Some(cri::LinuxPodSandboxConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 50,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let refused = run_vm_pod(&mut rt, huge, "microvm")
+        .await
+        .expect_err("a pod that cannot fit");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("MiB"), "{refused:?}");
+    assert!(vm_processes(&vm_dir).is_empty(), "no VM for a refused pod");
+
     // PID mode CONTAINER (kubelet's default): each container is PID 1 of a namespace of
-    // its own, and one in mode TARGET joins another's.
-    let doomed = run_vm_pod(
-        &mut rt,
-        workload::with_namespaces(
-            workload::named_pod(&s, "doomed"),
-            cri::NamespaceOption {
-                pid: i32::from(cri::NamespaceMode::Container),
-                ..Default::default()
-            },
-        ),
-        "microvm",
-    )
-    .await
-    .expect("a second microvm pod runs");
+    // its own, and one in mode TARGET joins another's. The VM is sized by the pod's
+    // limits: the configured 256 MiB and 1 vCPU, plus 128 MiB and 1 CPU.
+    let mut config = workload::with_namespaces(
+        workload::named_pod(&s, "doomed"),
+        cri::NamespaceOption {
+            pid: i32::from(cri::NamespaceMode::Container),
+            ..Default::default()
+        },
+    );
+    if let Some(linux) = config.linux.as_mut() {
+        linux.resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 128 << 20,
+            cpu_quota: 100_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        });
+    }
+    let doomed = run_vm_pod(&mut rt, config, "microvm")
+        .await
+        .expect("a second microvm pod runs");
     let sleeper = workload::create(
         &mut rt,
         &s,
@@ -752,6 +779,22 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     )
     .await;
     workload::start(&mut rt, &sleeper).await;
+    let (_, size) = workload::exec_out(
+        &mut rt,
+        &sleeper,
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+    )
+    .await;
+    let mut lines = size.lines();
+    assert_eq!(lines.next(), Some("2"), "vCPUs: {size}");
+    let total_kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        total_kib > 300 << 10 && total_kib <= 384 << 10,
+        "the guest's memory, 384 MiB less the kernel's: {size}"
+    );
     let (_, init) = workload::exec_out(&mut rt, &sleeper, &["cat", "/proc/1/cmdline"]).await;
     assert_eq!(
         init, "sleep\u{0}1000\u{0}",

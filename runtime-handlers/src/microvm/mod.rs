@@ -287,6 +287,50 @@ fn resources_of(r: &oci_spec::runtime::LinuxResources) -> agent_proto::Resources
     }
 }
 
+/// The memory (MiB) and vCPUs of the VM of a pod with `resources`, from the configured
+/// base (the guest's kernel, agent and page cache) plus the pod's limits, as Kata sizes
+/// its VMs; the overhead is the host's cost of the VM, not the guest's. A VM that could
+/// not fit in the host's memory (`host_mib`, 0 if unknown) is refused; vCPUs beyond the
+/// host's CPUs would only contend, so they are capped (the CPU limits still apply in the
+/// guest's cgroups).
+fn size_for(
+    base_mib: u32,
+    base_vcpus: u32,
+    resources: &crate::PodResources,
+    host_mib: u64,
+    host_cpus: u64,
+) -> Result<(u32, u32), String> {
+    const MIB: u64 = 1 << 20;
+    let limits_mib = resources.memory_limit.div_ceil(MIB);
+    let memory = u64::from(base_mib).saturating_add(limits_mib);
+    if host_mib > 0 && memory > host_mib {
+        return Err(format!(
+            "memory for the pod's VM: {memory} MiB ({base_mib} MiB for the guest plus the pod's limits of {limits_mib} MiB), and this host has {host_mib} MiB"
+        ));
+    }
+    let vcpus = (u64::from(base_vcpus) + resources.cpu_millis.div_ceil(1000))
+        .min(host_cpus.max(u64::from(base_vcpus)));
+    Ok((
+        u32::try_from(memory).map_err(|_| format!("a VM of {memory} MiB"))?,
+        u32::try_from(vcpus).unwrap_or(base_vcpus),
+    ))
+}
+
+/// The host's memory, MiB (0 if unknown).
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 async fn teardown(record: &VmRecord) -> Result<(), String> {
     // QEMU first: the guest stops touching the share and the tap before the daemons go.
     let mut order: Vec<&vm::Helper> = record.helpers.iter().collect();
@@ -551,7 +595,7 @@ impl MicroVm {
         }
         vm::wait_for_socket(&fs, &virtiofsd, deadline).await?;
 
-        let args = self.qemu_args(&dir, &nic, &transport);
+        let args = self.qemu_args(&dir, &nic, &transport, record.memory_mib, record.vcpus);
         let qemu = vm::spawn(
             "qemu",
             &self.config.vmm,
@@ -637,8 +681,38 @@ impl MicroVm {
         Ok(())
     }
 
-    fn qemu_args(&self, dir: &Path, nic: &net::PodNic, transport: &Transport) -> Vec<String> {
+    /// The VM's memory (MiB) and vCPUs for a pod with `resources`: the configured base
+    /// (the guest's kernel, agent and page cache) plus the pod's limits, as Kata sizes
+    /// its VMs. The overhead is the host's cost of the VM, not the guest's. A pod whose
+    /// VM could not fit in this host's memory is refused; vCPUs beyond the host's CPUs
+    /// would only contend, so they are capped (the CPU limits still apply in the guest).
+    fn vm_size(&self, resources: &crate::PodResources) -> Result<(u32, u32), HandlerError> {
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        size_for(
+            self.config.memory_mib,
+            self.config.vcpus,
+            resources,
+            host_memory_mib(),
+            host_cpus,
+        )
+        .map_err(|what| HandlerError::Exhausted { what })
+    }
+
+    fn qemu_args(
+        &self,
+        dir: &Path,
+        nic: &net::PodNic,
+        transport: &Transport,
+        memory_mib: u32,
+        vcpus: u32,
+    ) -> Vec<String> {
         let c = &self.config;
+        let memory_mib = if memory_mib == 0 {
+            c.memory_mib
+        } else {
+            memory_mib
+        };
+        let vcpus = if vcpus == 0 { c.vcpus } else { vcpus };
         let microvm = c.machine.starts_with("microvm");
         let bus = if microvm { "device" } else { "pci" };
         let accel = self.accelerator();
@@ -659,7 +733,7 @@ impl MicroVm {
         } else {
             format!("{},memory-backend=mem0", c.machine)
         };
-        let mem = format!("{}M", c.memory_mib);
+        let mem = format!("{memory_mib}M");
         push(&[
             "-name",
             &format!(
@@ -671,7 +745,7 @@ impl MicroVm {
             "-machine",
             &machine,
             "-smp",
-            &c.vcpus.to_string(),
+            &vcpus.to_string(),
             "-m",
             &mem,
             "-object",
@@ -956,6 +1030,7 @@ impl RuntimeHandler for MicroVm {
                 });
             }
         }
+        let (memory_mib, vcpus) = self.vm_size(&sandbox.resources)?;
         let dir = self.dir_of(&sandbox.id);
         // The pod's directory first: a VM whose pod directory is missing is an orphan to
         // any crispd starting meanwhile (`crispd check` too).
@@ -969,6 +1044,8 @@ impl RuntimeHandler for MicroVm {
             id: sandbox.id.clone(),
             dir: dir.clone(),
             pod_dir: sandbox.state_dir.clone(),
+            memory_mib,
+            vcpus,
             ..VmRecord::default()
         };
         record.save().map_err(|source| HandlerError::Io {
@@ -1587,6 +1664,31 @@ impl RuntimeHandler for MicroVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_is_sized_by_the_pods_limits_and_refused_when_it_cannot_fit() {
+        let pod = |memory_limit: u64, cpu_millis: u64| crate::PodResources {
+            memory_limit,
+            cpu_millis,
+            overhead_memory: 64 << 20,
+            overhead_cpu_millis: 250,
+        };
+        // No limits: the configured size.
+        assert_eq!(size_for(256, 1, &pod(0, 0), 24_000, 2), Ok((256, 1)));
+        // 100 MiB and 500 m: the base plus the limits, rounded up.
+        assert_eq!(
+            size_for(256, 1, &pod(100 << 20, 500), 24_000, 2),
+            Ok((356, 2))
+        );
+        // More CPUs than the host has: capped.
+        assert_eq!(size_for(256, 1, &pod(0, 8000), 24_000, 2), Ok((256, 2)));
+        // More memory than the host has: refused, saying how much.
+        let refused = size_for(256, 1, &pod(30 << 30, 0), 24_000, 2).expect_err("too big");
+        assert!(
+            refused.contains("30976 MiB") && refused.contains("24000 MiB"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn each_virtiofsd_gets_the_options_it_understands() {

@@ -56,6 +56,11 @@ pub struct VmRecord {
     /// See `boot_ms`.
     #[serde(default)]
     pub guest_init_ms: u64,
+    /// The VM's size: memory, MiB, and vCPUs (the configured base plus the pod's limits).
+    #[serde(default)]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub vcpus: u32,
 }
 
 /// The record's file in a VM directory.

@@ -157,6 +157,13 @@ pub struct SandboxRecord {
     /// The pod's namespaced sysctls (a VM-per-pod handler sets them in the guest).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's resources and overhead as kubelet sent them.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: runtime_handlers::PodResources,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl SandboxRecord {
@@ -182,6 +189,7 @@ impl SandboxRecord {
             hostname: self.hostname.clone(),
             cgroups_path: self.cgroups_path.clone(),
             sysctls: self.sysctls.clone(),
+            resources: self.resources,
         }
     }
 
@@ -679,6 +687,7 @@ mod tests {
             userns: None,
             cgroups_path: String::new(),
             sysctls: BTreeMap::new(),
+            resources: Default::default(),
         }
     }
 
@@ -703,6 +712,7 @@ mod tests {
             hostname: String::new(),
             cgroups_path: String::new(),
             sysctls: Default::default(),
+            resources: Default::default(),
         };
         // "whole" runs at the handler; "gone" lost its part while crispd was away.
         let whole = fake.start_sandbox(&spec("whole")).await.expect("start");

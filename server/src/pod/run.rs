@@ -135,6 +135,7 @@ pub async fn run(
             &id,
         ),
         sysctls: linux.sysctls.clone().into_iter().collect(),
+        resources: pod_resources(&linux),
     };
     let mut record = record;
     let ports: Vec<network::PortMapping> = pod_config
@@ -572,4 +573,27 @@ pub fn unmount_shm(path: &Path) -> std::io::Result<()> {
             Err(e)
         }
     })
+}
+
+/// The pod's resources and overhead from its Linux config.
+fn pod_resources(linux: &cri::LinuxPodSandboxConfig) -> runtime_handlers::PodResources {
+    let memory = |r: Option<&cri::LinuxContainerResources>| {
+        r.map_or(0, |r| u64::try_from(r.memory_limit_in_bytes).unwrap_or(0))
+    };
+    let cpu = |r: Option<&cri::LinuxContainerResources>| {
+        r.map_or(0, |r| {
+            match (u64::try_from(r.cpu_quota), u64::try_from(r.cpu_period)) {
+                (Ok(quota), Ok(period)) if quota > 0 && period > 0 => {
+                    (quota.saturating_mul(1000)).div_ceil(period)
+                }
+                _ => 0,
+            }
+        })
+    };
+    runtime_handlers::PodResources {
+        memory_limit: memory(linux.resources.as_ref()),
+        cpu_millis: cpu(linux.resources.as_ref()),
+        overhead_memory: memory(linux.overhead.as_ref()),
+        overhead_cpu_millis: cpu(linux.overhead.as_ref()),
+    }
 }
