@@ -813,6 +813,10 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
                 target_id: sleeper.clone(),
                 ..Default::default()
             }),
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -824,6 +828,15 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         init, "sleep\u{0}1000\u{0}",
         "TARGET joins the target's namespace"
     );
+    // A module the guest loads only when asked: the kernel runs the agent as modprobe.
+    let (code, out) = workload::exec_out(
+        &mut rt,
+        &debug,
+        &["sh", "-c", "brctl addbr br0 && ip -o link show br0"],
+    )
+    .await;
+    assert_eq!(code, 0, "a bridge in the guest: {out}");
+    assert!(out.contains("br0"), "{out}");
     let qemu: Vec<i32> = vm_processes(&vm_dir)
         .into_iter()
         .filter(|pid| {

@@ -47,6 +47,34 @@ fn load_module(path: &str) {
     }
 }
 
+/// `/sbin/modprobe [-q] [--] NAME`, as the kernel runs it when something needs a module
+/// (request_module): loads one the image carries for loading on demand, named by its
+/// name or an alias, after the modules it needs. Returns the exit code.
+pub fn modprobe(args: &[String]) -> i32 {
+    let Some(wanted) = args.iter().skip(1).find(|a| !a.starts_with('-')) else {
+        eprintln!("modprobe: no module named");
+        return 1;
+    };
+    let wanted = wanted.replace('-', "_");
+    let list = std::fs::read_to_string("/lib/modules/on-demand").unwrap_or_default();
+    for line in list.lines() {
+        let Some((names, files)) = line.split_once(':') else {
+            continue;
+        };
+        if names
+            .split_whitespace()
+            .any(|n| n.replace('-', "_") == wanted)
+        {
+            for file in files.split_whitespace() {
+                load_module(file);
+            }
+            return 0;
+        }
+    }
+    eprintln!("modprobe: module {wanted} is not in the guest image");
+    1
+}
+
 /// Brings the guest up; PID 1 only.
 pub fn bring_up() {
     let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

@@ -37,6 +37,14 @@ pub fn uptime_ms() -> u64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .first()
+        .is_some_and(|a| a.rsplit('/').next() == Some("modprobe"))
+    {
+        // The kernel asking for a module (the agent is the guest's /sbin/modprobe).
+        std::process::exit(init::modprobe(&args));
+    }
     if std::env::args().nth(1).as_deref() == Some("--pause") {
         // PID 1 of a pod's shared PID namespace, started by the agent.
         container::pause();
