@@ -56,14 +56,38 @@ fn init_pid(status: &cri::ContainerStatusResponse) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_node_restart_everything_stops_removes_and_is_recreated() {
+    node_restart("").await;
+}
+
+/// The same with a VM pod: QEMU and its helpers die with the node, and the VM's state
+/// (under the state directory) is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_node_restart_a_vm_pod_stops_removes_and_is_recreated() {
+    node_restart("microvm").await;
+}
+
+async fn node_restart(handler: &str) {
     let s = setup();
     let daemon = s.net.sandbox.start();
-    let (mut rt, pod) = ready(&s, &daemon).await;
+    let mut rt = pulled(&s, &daemon).await;
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config(&s)),
+            runtime_handler: handler.to_owned(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
     let running = create(&mut rt, &s, &pod, container(&s, "running", "sleep 1000")).await;
     start(&mut rt, &running).await;
     let created = create(&mut rt, &s, &pod, container(&s, "created", "sleep 1000")).await;
     let mut inits = Vec::new();
-    for id in [&running, &created] {
+    // A VM pod's processes are the guest's: its QEMU is found by the state directory.
+    for id in [&running, &created]
+        .into_iter()
+        .filter(|_| handler.is_empty())
+    {
         let status = rt
             .container_status(cri::ContainerStatusRequest {
                 container_id: id.clone(),
@@ -144,7 +168,7 @@ async fn after_a_node_restart_everything_stops_removes_and_is_recreated() {
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
-            runtime_handler: String::new(),
+            runtime_handler: handler.to_owned(),
         })
         .await
         .expect("run pod again")

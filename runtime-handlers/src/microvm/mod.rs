@@ -1398,7 +1398,9 @@ impl RuntimeHandler for MicroVm {
             message: message.to_owned(),
         };
         if !self.vm(c.sandbox_id).is_ok_and(|v| v.alive()) {
-            return Ok(lost("the pod's VM is gone"));
+            return Ok(lost(
+                "the pod's VM is gone, and with it the container (node restart, or QEMU was killed)",
+            ));
         }
         let status = self.agent_status(c).await;
         match status {
