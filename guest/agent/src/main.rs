@@ -2,12 +2,14 @@
 //! systems, the kernel modules the initramfs carries, the shared virtio-fs directory),
 //! then serves `crisp.agent.v1` over vsock to crisp's microVM handler on the host: it
 //! sets up the pod's network and runs the pod's containers, each in its own mount, UTS
-//! and IPC namespaces, with its output written in kubelet's log format straight to the
-//! container's log file on the host (through virtio-fs, so logs flow while crispd is
-//! down).
+//! and cgroup namespaces, its cgroup and the PID namespace its PID mode asks for (the
+//! guest's IPC namespace is the pod's), with its output written in kubelet's log format
+//! straight to the container's log file on the host (through virtio-fs, so logs flow
+//! while crispd is down).
 //!
 //! Outside a VM (`--unix <socket> --shared <dir>`) it serves on a unix socket instead,
-//! which the tests use to drive it on the host.
+//! without cgroups. Run as `modprobe` it loads a module the kernel asked for; run with
+//! `--pause` it is the PID 1 of a pod's shared PID namespace.
 
 mod cgroup;
 mod container;

@@ -671,7 +671,7 @@ fn report(vm: &Figures, runc: &Figures, ctd: &Figures, runs: usize, accel: &str)
 fn report_vm(memory: &[Memory], splits: &[(f64, f64, f64)], n: usize) {
     println!("microVM boot, split (median of {n}, ms):");
     println!(
-        "| QEMU start to agent answering (host) | guest kernel start to agent answering | of which PID 1 bring-up (mounts, 11 modules, share) |"
+        "| QEMU start to agent answering (host) | guest kernel start to agent answering | of which PID 1 bring-up (mounts, modules, share) |"
     );
     println!("|---|---|---|");
     let col = |k: fn(&(f64, f64, f64)) -> f64| {
