@@ -405,6 +405,43 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         i32::from(cri::ContainerState::ContainerRunning),
         "detaching leaves the container running"
     );
+    // stdin_once, as critest's attach spec does it: the attacher's stdin closing ends
+    // the shell, and the container's end ends the attach session.
+    let mut config = workload::container(&s, "once", "");
+    config.command = vec!["/bin/sh".into()];
+    config.args = Vec::new();
+    config.stdin = true;
+    config.stdin_once = true;
+    let once = workload::create(&mut rt, &s, &pod, config).await;
+    workload::start(&mut rt, &once).await;
+    let url = attach_url(&mut rt, &once, false).await;
+    let (out, took) = tokio::task::spawn_blocking(move || {
+        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
+        c.syn(1, &[("streamtype", "error")]);
+        c.syn(3, &[("streamtype", "stdin")]);
+        c.syn(5, &[("streamtype", "stdout")]);
+        c.syn(7, &[("streamtype", "stderr")]);
+        std::thread::sleep(Duration::from_millis(500));
+        c.data(3, b"echo hello\n", true);
+        let began = Instant::now();
+        let mut out = Vec::new();
+        while let Some(frame) = c.next() {
+            if let Frame::Data {
+                stream_id: 5, data, ..
+            } = frame
+            {
+                out.extend_from_slice(&data);
+            }
+        }
+        (out, began.elapsed())
+    })
+    .await
+    .expect("attach client");
+    assert_eq!(out, b"hello\n");
+    assert!(
+        took < Duration::from_secs(10),
+        "the session ends with the container, not at the client's read timeout: {took:?}"
+    );
     let mut config = workload::container(
         &s,
         "tty",
@@ -590,6 +627,26 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     assert!(
         pod_memory > 64 << 20,
         "the pod's working set is the VM's on the host (guest RAM touched, QEMU): {pod_memory}"
+    );
+    // The detailed metrics come from the guest's cgroup too.
+    let metrics = rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("pod metrics")
+        .into_inner();
+    let limit = metrics
+        .pod_metrics
+        .iter()
+        .flat_map(|p| &p.container_metrics)
+        .filter(|c| c.container_id == limited)
+        .flat_map(|c| &c.metrics)
+        .find(|m| m.name == "container_spec_memory_limit_bytes")
+        .and_then(|m| m.value.as_ref())
+        .map(|v| v.value);
+    assert_eq!(
+        limit,
+        Some(96 << 20),
+        "the container's limit in its metrics"
     );
     // A container that outgrows its memory limit: the guest's OOM killer ends it, and
     // its status says so.

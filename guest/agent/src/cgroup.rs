@@ -7,6 +7,25 @@ use std::path::{Path, PathBuf};
 
 use agent_proto::{ContainerStatsResponse, Resources};
 
+/// The files behind the host's detailed metrics (its `stats::read_sent` reads them).
+const DETAIL_FILES: &[&str] = &[
+    "cpu.stat",
+    "cpu.max",
+    "cpu.weight",
+    "cpu.pressure",
+    "memory.stat",
+    "memory.peak",
+    "memory.events",
+    "memory.max",
+    "memory.low",
+    "memory.swap.max",
+    "memory.pressure",
+    "io.stat",
+    "io.pressure",
+    "pids.max",
+    "cgroup.procs",
+];
+
 /// The guest's cgroups, or none.
 pub struct Cgroups {
     root: Option<PathBuf>,
@@ -183,8 +202,8 @@ impl Cgroups {
         }
     }
 
-    /// Container `id`'s usage now.
-    pub fn stats(&self, id: &str) -> Result<ContainerStatsResponse, String> {
+    /// Container `id`'s usage now; with `detail`, the files behind the detailed metrics.
+    pub fn stats(&self, id: &str, detail: bool) -> Result<ContainerStatsResponse, String> {
         let Some(dir) = self.dir(id)? else {
             return Err("the agent has no cgroups outside a VM".to_owned());
         };
@@ -201,6 +220,17 @@ impl Cgroups {
             major_page_faults: keyed(&memory, "pgmajfault"),
             swap: read_u64(&dir.join("memory.swap.current")),
             pids: read_u64(&dir.join("pids.current")),
+            cgroup_files: if detail {
+                DETAIL_FILES
+                    .iter()
+                    .filter_map(|name| {
+                        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+                        Some(((*name).to_owned(), text))
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            },
         })
     }
 

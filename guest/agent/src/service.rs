@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use agent_proto::agent_server::Agent;
 use agent_proto::{
-    AttachInput, ContainerId, ContainerStatsResponse, ContainerStatusResponse,
-    CreateContainerRequest, Empty, ExecInput, ExecOutput, ExecSyncRequest, ExecSyncResponse,
-    ExitInfo, HelloRequest, HelloResponse, KillRequest, PidMode, PortData, ReopenLogRequest,
-    SetupSandboxRequest, StartContainerResponse, UpdateContainerRequest, attach_input,
-    container_status_response::State, exec_input,
+    AttachInput, ContainerId, ContainerStatsRequest, ContainerStatsResponse,
+    ContainerStatusResponse, CreateContainerRequest, Empty, ExecInput, ExecOutput, ExecSyncRequest,
+    ExecSyncResponse, ExitInfo, HelloRequest, HelloResponse, KillRequest, PidMode, PortData,
+    ReopenLogRequest, SetupSandboxRequest, StartContainerResponse, UpdateContainerRequest,
+    attach_input, container_status_response::State, exec_input,
 };
 use crilog::LogWriter;
 use tokio::io::AsyncReadExt;
@@ -767,16 +767,16 @@ impl Agent for AgentService {
 
     async fn container_stats(
         &self,
-        request: Request<ContainerId>,
+        request: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        let id = request.into_inner().id;
+        let ContainerStatsRequest { id, detail } = request.into_inner();
         if !lock(&self.containers).contains_key(&id) {
             return Err(Status::not_found(format!(
                 "container {id} is not in this VM"
             )));
         }
         self.cgroups
-            .stats(&id)
+            .stats(&id, detail)
             .map(Response::new)
             .map_err(Status::unavailable)
     }

@@ -189,13 +189,15 @@ pub fn attach(attached: Attached, mut inbound: Streaming<AttachInput>) -> Outbou
         terminal,
     } = attached;
     // The attacher's input, until its call ends (noticed also while the container is
-    // slow to take its stdin).
-    let gone = tx.clone();
+    // slow to take its stdin). The output task's end (the container's, or the host
+    // dropping the call) ends it: it holds no sender of the output, which would keep the
+    // call open after the container has exited.
+    let (done_tx, mut done) = watch::channel(());
     tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 m = inbound.message() => m,
-                () = gone.closed() => return,
+                _ = done.changed() => return,
             };
             let Ok(Some(message)) = message else { return };
             let op = match message.input {
@@ -213,12 +215,14 @@ pub fn attach(attached: Attached, mut inbound: Streaming<AttachInput>) -> Outbou
             if let Some(stdin) = &stdin {
                 tokio::select! {
                     _ = stdin.send(op) => {}
-                    () = gone.closed() => return,
+                    _ = done.changed() => return,
                 }
             }
         }
     });
     tokio::spawn(async move {
+        // Dropped when this task ends, which ends the input task.
+        let _done = done_tx;
         let wrap = |(is_stderr, data): (bool, Vec<u8>)| {
             output_of(if is_stderr {
                 exec_output::Output::Stderr(data)

@@ -1636,7 +1636,6 @@ impl RuntimeHandler for MicroVm {
         detail: bool,
     ) -> Result<ContainerStats, HandlerError> {
         // The container's cgroup in the guest: what its processes use there.
-        let _ = detail;
         let id = c.id.to_owned();
         let s = self
             .call(
@@ -1644,9 +1643,13 @@ impl RuntimeHandler for MicroVm {
                 "stats",
                 c.id,
                 CALL_DEADLINE,
-                |mut a| async move { a.container_stats(agent_proto::ContainerId { id }).await },
+                |mut a| async move {
+                    a.container_stats(agent_proto::ContainerStatsRequest { id, detail })
+                        .await
+                },
             )
             .await?;
+        let sent: std::collections::HashMap<String, String> = s.cgroup_files.into_iter().collect();
         Ok(ContainerStats {
             timestamp: s.timestamp_unix_nanos,
             cpu_usage_ns: s.cpu_usage_usec.saturating_mul(1000),
@@ -1657,7 +1660,7 @@ impl RuntimeHandler for MicroVm {
             major_page_faults: s.major_page_faults,
             swap: s.swap,
             pids: s.pids,
-            detail: None,
+            detail: detail.then(|| std::sync::Arc::new(crate::stats::read_sent(&sent))),
             sandbox_wide: false,
         })
     }

@@ -125,28 +125,73 @@ pub struct StatsDetail {
     pub pressure: Option<Pressure>,
 }
 
+/// Where a cgroup v2 directory's files come from: the host's file system, or a guest's
+/// cgroup whose files its agent sent over (by name).
+#[derive(Clone, Copy)]
+enum V2Files<'a> {
+    Dir(&'a Path),
+    Sent(&'a HashMap<String, String>),
+}
+
+impl V2Files<'_> {
+    fn text(&self, name: &str) -> Option<String> {
+        match self {
+            V2Files::Dir(dir) => std::fs::read_to_string(dir.join(name)).ok(),
+            V2Files::Sent(files) => files.get(name).cloned(),
+        }
+    }
+
+    fn u64(&self, name: &str) -> Option<u64> {
+        self.text(name)?.trim().parse().ok()
+    }
+
+    fn stat(&self, name: &str) -> HashMap<String, u64> {
+        self.text(name)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// A limit file: a number, or `max` / `-1` for none (0).
+    fn limit(&self, name: &str) -> Option<u64> {
+        let text = self.text(name)?;
+        let text = text.trim();
+        if text == "max" || text == "-1" {
+            return Some(0);
+        }
+        text.parse().ok()
+    }
+}
+
 /// Reads the detail of the cgroup whose v1 controller directories are `v1` and whose v2
 /// directory is `v2`. v1 wins where both have a controller, as in [`super::cgroup_stats`].
 pub(super) fn read(v1: &HashMap<String, PathBuf>, v2: Option<&Path>) -> StatsDetail {
     let mut d = StatsDetail::default();
-    cpu(&mut d, v1, v2);
-    memory(&mut d, v1, v2);
+    let files = v2.map(V2Files::Dir);
+    cpu(&mut d, v1, files);
+    memory(&mut d, v1, files);
     let procs_dir = v1.get("pids").map(PathBuf::as_path).or(v2);
-    if let Some(dir) = v1.get("pids").map(PathBuf::as_path).or(v2) {
+    if let Some(dir) = v1.get("pids") {
         d.threads_max = read_limit(&dir.join("pids.max")).unwrap_or(0);
+    } else if let Some(files) = files {
+        d.threads_max = files.limit("pids.max").unwrap_or(0);
     }
     if let Some(dir) = v1.get("blkio") {
         d.block_devices = blkio_v1(dir);
-    } else if let Some(dir) = v2 {
-        d.block_devices = io_v2(&std::fs::read_to_string(dir.join("io.stat")).unwrap_or_default());
+    } else if let Some(files) = files {
+        d.block_devices = io_v2(&files.text("io.stat").unwrap_or_default());
     }
     if let Some(dir) = v1.get("hugetlb") {
         d.huge_pages = hugetlb(dir, "usage_in_bytes", Some("max_usage_in_bytes"));
     } else if let Some(dir) = v2 {
         d.huge_pages = hugetlb(dir, "current", None);
     }
-    if let Some(dir) = v2 {
-        d.pressure = pressure(dir);
+    if let Some(files) = files {
+        d.pressure = pressure(files);
     }
     if let Some(dir) = procs_dir.or_else(|| v1.values().next().map(PathBuf::as_path)) {
         processes(&mut d, dir);
@@ -154,10 +199,33 @@ pub(super) fn read(v1: &HashMap<String, PathBuf>, v2: Option<&Path>) -> StatsDet
     d
 }
 
+/// The detail of a cgroup v2 directory elsewhere (a guest's), from the contents of its
+/// files by name (the microVM agent sends cpu.stat, cpu.max, cpu.weight, memory.stat,
+/// memory.peak, memory.events, memory.max, memory.low, memory.swap.max, io.stat, pids.max,
+/// cgroup.procs and the pressure files). Its processes are counted, not visited: their
+/// descriptors are not this host's to read.
+pub fn read_sent(files: &HashMap<String, String>) -> StatsDetail {
+    let mut d = StatsDetail::default();
+    let sent = V2Files::Sent(files);
+    let none = HashMap::new();
+    cpu(&mut d, &none, Some(sent));
+    memory(&mut d, &none, Some(sent));
+    d.threads_max = sent.limit("pids.max").unwrap_or(0);
+    d.block_devices = io_v2(&sent.text("io.stat").unwrap_or_default());
+    d.pressure = pressure(sent);
+    d.processes = sent
+        .text("cgroup.procs")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64;
+    d
+}
+
 /// Nanoseconds per USER_HZ tick (cpuacct.stat counts ticks; Linux fixes USER_HZ at 100).
 const NS_PER_TICK: u64 = 10_000_000;
 
-fn cpu(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>) {
+fn cpu(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<V2Files<'_>>) {
     if let Some(dir) = v1.get("cpuacct") {
         let stat = stat_file(&dir.join("cpuacct.stat"));
         d.cpu_user_ns = stat.get("user").copied().unwrap_or(0) * NS_PER_TICK;
@@ -171,8 +239,8 @@ fn cpu(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>) {
         d.limits.cpu_period = read_u64(&dir.join("cpu.cfs_period_us")).unwrap_or(0);
         d.limits.cpu_quota = read_limit(&dir.join("cpu.cfs_quota_us")).unwrap_or(0);
         d.limits.cpu_shares = read_u64(&dir.join("cpu.shares")).unwrap_or(0);
-    } else if let Some(dir) = v2 {
-        let stat = stat_file(&dir.join("cpu.stat"));
+    } else if let Some(files) = v2 {
+        let stat = files.stat("cpu.stat");
         let get = |k: &str| stat.get(k).copied().unwrap_or(0);
         if !v1.contains_key("cpuacct") {
             d.cpu_user_ns = get("user_usec") * 1000;
@@ -181,11 +249,11 @@ fn cpu(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>) {
         d.cfs_periods = get("nr_periods");
         d.cfs_throttled_periods = get("nr_throttled");
         d.cfs_throttled_ns = get("throttled_usec") * 1000;
-        let max = std::fs::read_to_string(dir.join("cpu.max")).unwrap_or_default();
+        let max = files.text("cpu.max").unwrap_or_default();
         let mut parts = max.split_whitespace();
         d.limits.cpu_quota = parts.next().and_then(|q| q.parse().ok()).unwrap_or(0);
         d.limits.cpu_period = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        d.limits.cpu_shares = read_u64(&dir.join("cpu.weight")).map_or(0, weight_to_shares);
+        d.limits.cpu_shares = files.u64("cpu.weight").map_or(0, weight_to_shares);
     }
 }
 
@@ -198,7 +266,7 @@ fn weight_to_shares(weight: u64) -> u64 {
     2 + (weight.saturating_sub(1) * 262_142) / 9999
 }
 
-fn memory(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>) {
+fn memory(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<V2Files<'_>>) {
     if let Some(dir) = v1.get("memory") {
         let stat = stat_file(&dir.join("memory.stat"));
         let get = |k: &str| stat.get(k).copied().unwrap_or(0);
@@ -217,8 +285,8 @@ fn memory(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>)
         d.limits.memory_reservation =
             unlimited_as_zero(read_u64(&dir.join("memory.soft_limit_in_bytes")));
         d.limits.swap_limit = unlimited_as_zero(read_u64(&dir.join("memory.memsw.limit_in_bytes")));
-    } else if let Some(dir) = v2 {
-        let stat = stat_file(&dir.join("memory.stat"));
+    } else if let Some(files) = v2 {
+        let stat = files.stat("memory.stat");
         let get = |k: &str| stat.get(k).copied().unwrap_or(0);
         d.memory_cache = get("file");
         d.memory_mapped_file = get("file_mapped");
@@ -228,13 +296,13 @@ fn memory(d: &mut StatsDetail, v1: &HashMap<String, PathBuf>, v2: Option<&Path>)
         d.memory_kernel = stat.get("kernel").copied().unwrap_or_else(|| {
             get("kernel_stack") + get("pagetables") + get("slab") + get("sock") + get("percpu")
         });
-        d.memory_max_usage = read_u64(&dir.join("memory.peak")).unwrap_or(0);
-        let events = stat_file(&dir.join("memory.events"));
+        d.memory_max_usage = files.u64("memory.peak").unwrap_or(0);
+        let events = files.stat("memory.events");
         d.memory_failcnt = events.get("max").copied().unwrap_or(0);
         d.oom_events = events.get("oom_kill").copied().unwrap_or(0);
-        d.limits.memory_limit = read_limit(&dir.join("memory.max")).unwrap_or(0);
-        d.limits.memory_reservation = read_limit(&dir.join("memory.low")).unwrap_or(0);
-        let swap = read_limit(&dir.join("memory.swap.max")).unwrap_or(0);
+        d.limits.memory_limit = files.limit("memory.max").unwrap_or(0);
+        d.limits.memory_reservation = files.limit("memory.low").unwrap_or(0);
+        let swap = files.limit("memory.swap.max").unwrap_or(0);
         d.limits.swap_limit = if swap == 0 || d.limits.memory_limit == 0 {
             0
         } else {
@@ -385,10 +453,10 @@ fn hugetlb(dir: &Path, usage: &str, max: Option<&str>) -> Vec<HugePages> {
         .collect()
 }
 
-fn pressure(dir: &Path) -> Option<Pressure> {
+fn pressure(files: V2Files<'_>) -> Option<Pressure> {
     // `some avg10=0.00 avg60=0.00 avg300=0.00 total=123` then the same for `full`.
     let read = |name: &str| -> Option<(u64, u64)> {
-        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+        let text = files.text(name)?;
         let total = |kind: &str| {
             text.lines()
                 .find(|l| l.starts_with(kind))
@@ -475,6 +543,55 @@ mod tests {
             (4096, 8192, 1, 2)
         );
         assert_eq!(v2[1].read_bytes, 1);
+    }
+
+    #[test]
+    fn a_guests_cgroup_files_give_its_detail() {
+        let files: HashMap<String, String> = [
+            (
+                "cpu.stat",
+                "usage_usec 900\nuser_usec 600\nsystem_usec 300\nnr_periods 7\nnr_throttled 2\nthrottled_usec 50\n",
+            ),
+            ("cpu.max", "20000 100000\n"),
+            ("cpu.weight", "39\n"),
+            ("memory.stat", "anon 4096\nfile 8192\nfile_mapped 1024\nkernel 2048\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"),
+            ("memory.max", "100663296\n"),
+            ("memory.swap.max", "max\n"),
+            ("pids.max", "max\n"),
+            ("cgroup.procs", "12\n40\n"),
+            (
+                "cpu.pressure",
+                "some avg10=0.00 avg60=0.00 avg300=0.00 total=15\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let d = read_sent(&files);
+        assert_eq!((d.cpu_user_ns, d.cpu_system_ns), (600_000, 300_000));
+        assert_eq!((d.cfs_periods, d.cfs_throttled_periods), (7, 2));
+        assert_eq!(d.cfs_throttled_ns, 50_000);
+        assert_eq!(
+            (d.limits.cpu_quota, d.limits.cpu_period, d.limits.cpu_shares),
+            (20_000, 100_000, 998)
+        );
+        assert_eq!(
+            (d.memory_cache, d.memory_mapped_file, d.memory_kernel),
+            (8192, 1024, 2048)
+        );
+        assert_eq!((d.memory_failcnt, d.oom_events), (3, 1));
+        assert_eq!(
+            (d.limits.memory_limit, d.limits.swap_limit),
+            (100_663_296, 0)
+        );
+        assert_eq!((d.threads_max, d.processes), (0, 2));
+        assert_eq!(d.pressure.map(|p| (p.cpu_some, p.cpu_full)), Some((15, 5)));
+        // Nothing of the host is read for them: their descriptors are the guest's.
+        assert_eq!(
+            (d.file_descriptors, d.sockets, d.max_open_files),
+            (0, 0, None)
+        );
     }
 
     #[test]

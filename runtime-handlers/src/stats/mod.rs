@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 mod detail;
 
-pub use detail::{BlockDevice, HugePages, Limits, Pressure, StatsDetail, device_name};
+pub use detail::{BlockDevice, HugePages, Limits, Pressure, StatsDetail, device_name, read_sent};
 
 /// A cgroup's usage at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
