@@ -163,9 +163,10 @@ impl AgentService {
             Ok(PidMode::Container) => Ok(PidNs::New),
             Ok(PidMode::Pod) => {
                 let mut pause = lock(&self.pause);
-                // SAFETY: kill with signal 0 only checks that the process exists.
+                // Still the pause process (not another that took its pid after it died)?
                 if let Some(pid) = *pause
-                    && unsafe { libc::kill(pid, 0) } == 0
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.starts_with(b"/pause\0"))
                 {
                     return PidNs::of(pid).map_err(Status::internal);
                 }
