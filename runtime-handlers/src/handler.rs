@@ -90,17 +90,18 @@ pub struct SandboxSpec {
     /// handler whose pod has namespaces of its own (a VM's guest) sets them there.
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// What kubelet says the pod needs: its containers' limits summed, and its
-    /// RuntimeClass's overhead. A VM-per-pod handler sizes the VM by them.
+    /// RuntimeClass's overhead. A VM-per-pod handler sizes the VM by the limits.
     pub resources: PodResources,
 }
 
 /// A pod's resources as kubelet sends them with RunPodSandbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodResources {
-    /// The containers' memory limits summed, bytes; 0 when one has none.
+    /// The containers' memory limits summed as kubelet sums them (those that are set),
+    /// bytes; 0 for none.
     #[serde(default)]
     pub memory_limit: u64,
-    /// The containers' CPU limits summed, thousandths of a CPU; 0 when one has none.
+    /// The containers' CPU limits summed likewise, thousandths of a CPU; 0 for none.
     #[serde(default)]
     pub cpu_millis: u64,
     /// The RuntimeClass's overhead: memory (bytes) and CPU (thousandths).

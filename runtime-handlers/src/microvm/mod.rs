@@ -240,8 +240,6 @@ fn share(source: &Path, target: &Path, recursive: bool, read_only: bool) -> Resu
     Ok(())
 }
 
-/// Stops what a record names: the helpers, the network plumbing, the cgroup, the
-/// directory.
 /// What [`MicroVm::pid_namespace`] names a container's PID namespace by: this, then the
 /// container's ID.
 const TARGET_PID_NAMESPACE: &str = "microvm-container:";
@@ -282,8 +280,11 @@ fn resources_of(r: &oci_spec::runtime::LinuxResources) -> agent_proto::Resources
         cpu_period: cpu.and_then(|c| c.period()),
         cpu_shares: cpu.and_then(|c| c.shares()),
         pids_limit: r.pids().as_ref().map(|p| p.limit()),
-        cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
-        cpuset_mems: cpu.and_then(|c| c.mems().clone()),
+        // The node's CPU and memory-node numbers mean nothing in the guest, whose kernel
+        // refuses CPUs it does not have (kubelet's static CPU manager sets them for
+        // every container); the VM's own placement is the host's business, as in Kata.
+        cpuset_cpus: None,
+        cpuset_mems: None,
     }
 }
 
@@ -331,6 +332,8 @@ fn host_memory_mib() -> u64 {
         .map_or(0, |kib| kib / 1024)
 }
 
+/// Stops what a record names: the helpers, the network plumbing, the cgroup, the
+/// directory.
 async fn teardown(record: &VmRecord) -> Result<(), String> {
     // QEMU first: the guest stops touching the share and the tap before the daemons go.
     let mut order: Vec<&vm::Helper> = record.helpers.iter().collect();
@@ -1562,8 +1565,9 @@ impl RuntimeHandler for MicroVm {
                 cpu_period: update.cpu_period,
                 cpu_shares: update.cpu_shares,
                 pids_limit: None,
-                cpuset_cpus: update.cpuset_cpus.clone(),
-                cpuset_mems: update.cpuset_mems.clone(),
+                // As at create: the node's cpusets are not the guest's.
+                cpuset_cpus: None,
+                cpuset_mems: None,
             }),
         };
         self.call(
@@ -1621,7 +1625,8 @@ impl RuntimeHandler for MicroVm {
         // The VM's cgroup on the host holds QEMU and every helper.
         let vm = self.vm(sandbox_id).ok()?;
         let pid = vm.record.helper("qemu").map(|h| h.pid).unwrap_or(0);
-        if pid <= 0 || !vm.alive() {
+        // Without a cgroup of its own, QEMU's would be crispd's, shared with every VM.
+        if pid <= 0 || !vm.alive() || vm.record.cgroups.is_empty() {
             return None;
         }
         tokio::task::spawn_blocking(move || crate::stats::cgroup_stats(pid as u32, false).ok())
@@ -1650,8 +1655,11 @@ impl RuntimeHandler for MicroVm {
             )
             .await?;
         let sent: std::collections::HashMap<String, String> = s.cgroup_files.into_iter().collect();
+        // Stamped with the host's clock, which the stats cache ages samples by: the
+        // guest's is set once at boot and drifts.
+        let (secs, nanos) = crilog::now();
         Ok(ContainerStats {
-            timestamp: s.timestamp_unix_nanos,
+            timestamp: secs * 1_000_000_000 + i64::from(nanos),
             cpu_usage_ns: s.cpu_usage_usec.saturating_mul(1000),
             memory_usage: s.memory_current,
             working_set: s.memory_current.saturating_sub(s.inactive_file),
