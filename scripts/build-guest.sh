@@ -85,13 +85,14 @@ add_file() {
     echo "/lib/modules/$name" >> "$stage/lib/modules/load"
 }
 for m in $modules; do add_module "$m"; done
-# One line per on-demand module: its name and aliases, then the files to load in order.
+# One line per on-demand module: its name and aliases, a tab, then the files to load in
+# order (aliases may hold colons).
 : > "$stage/lib/modules/on-demand"
 for m in $on_demand; do
     collect=1 files=""
     add_module "$m"
     aliases=$(awk -v m="$m" '$1 == "alias" && $3 == m { printf " %s", $2 }' "$mdir/modules.alias")
-    echo "$m$aliases:$files" >> "$stage/lib/modules/on-demand"
+    printf '%s%s\t%s\n' "$m" "$aliases" "$files" >> "$stage/lib/modules/on-demand"
 done
 collect=
 

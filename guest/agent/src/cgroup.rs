@@ -53,6 +53,23 @@ fn read_u64(file: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// `memory.swap.max` for an OCI memory-plus-swap limit `swap` beside memory limit
+/// `memory` (-1 for none), by runc's rules.
+fn swap_max(memory: i64, swap: i64) -> Result<String, String> {
+    if swap < 0 {
+        return Ok("max".to_owned());
+    }
+    if memory < 0 {
+        return Err("a swap limit needs a memory limit".to_owned());
+    }
+    if swap < memory {
+        return Err(format!(
+            "the memory+swap limit ({swap}) is below the memory limit ({memory})"
+        ));
+    }
+    Ok((swap - memory).to_string())
+}
+
 /// CPU shares (cgroup v1 units) as a cgroup v2 weight, by runc's formula.
 fn weight_of(shares: u64) -> u64 {
     if shares == 0 {
@@ -149,15 +166,15 @@ impl Cgroups {
             write(&dir.join("memory.max"), &limit(memory))?;
         }
         if let Some(swap) = r.memory_swap.filter(|s| *s != 0) {
-            // The OCI figure is memory plus swap; cgroup v2 limits the swap alone.
-            let memory = r.memory_limit.unwrap_or(-1);
-            let value = if swap < 0 {
-                "max".to_owned()
-            } else if memory > 0 {
-                swap.saturating_sub(memory).max(0).to_string()
-            } else {
-                swap.to_string()
-            };
+            // The OCI figure is memory plus swap; cgroup v2 limits the swap alone. The
+            // memory limit is this request's, or the one in force.
+            let memory = r.memory_limit.filter(|m| *m != 0).unwrap_or_else(|| {
+                std::fs::read_to_string(dir.join("memory.max"))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(-1)
+            });
+            let value = swap_max(memory, swap)?;
             // A guest kernel without swap accounting has no such file.
             let file = dir.join("memory.swap.max");
             if file.exists() {
@@ -247,9 +264,10 @@ impl Cgroups {
             return;
         };
         self.kill_all(id);
-        // The killed take a moment to leave; the directory goes once they have.
+        // The killed take a moment to leave; the directories go once they have, the
+        // deepest first (a container allowed to write its cgroup may have made some).
         for _ in 0..100 {
-            match std::fs::remove_dir(&dir) {
+            match remove_tree(&dir) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -257,6 +275,17 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// Removes the cgroup directory `dir` and the cgroups under it, deepest first (a cgroup
+/// directory holds only the kernel's files, which go with it).
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
 }
 
 #[cfg(test)]
@@ -269,6 +298,15 @@ mod tests {
         assert_eq!(weight_of(1024), 39);
         assert_eq!(weight_of(262_144), 10_000);
         assert_eq!(weight_of(0), 100);
+    }
+
+    #[test]
+    fn swap_limits_follow_runcs_rules() {
+        assert_eq!(swap_max(100, -1), Ok("max".to_owned()));
+        assert_eq!(swap_max(100, 150), Ok("50".to_owned()));
+        assert_eq!(swap_max(100, 100), Ok("0".to_owned()));
+        assert!(swap_max(-1, 150).is_err());
+        assert!(swap_max(100, 50).is_err());
     }
 
     #[test]

@@ -79,7 +79,9 @@ fn into_pid_namespace(cmd: &mut Command, ns: PidNs) -> Result<OwnedFd, String> {
     // SAFETY: pipe2 succeeded: both are fresh descriptors owned here.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: the closure runs in the child between fork and exec and only makes system
-    // calls (fork and _exit are async-signal-safe) on descriptors it owns.
+    // calls on descriptors it owns. fork there is safe because the agent is
+    // single-threaded (a current-thread runtime, no blocking pool): no lock glibc's fork
+    // takes can be held by another thread.
     unsafe {
         cmd.pre_exec(move || {
             let entered = match &ns {
@@ -137,8 +139,28 @@ pub fn spawn_pause() -> Result<i32, String> {
     read_pid(pid)
 }
 
+/// The inode of process `pid`'s PID namespace.
+pub fn pid_namespace_inode(pid: i32) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .map(|m| m.ino())
+        .map_err(|e| format!("the PID namespace of process {pid}: {e}"))
+}
+
+/// Whether process `pid` is PID 1 of the PID namespace whose inode is `ns`.
+pub fn is_init_of(pid: i32, ns: u64) -> bool {
+    let first_in_its_namespace = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("NSpid:"))?.to_owned();
+            Some(line.split_whitespace().last() == Some("1"))
+        })
+        .unwrap_or(false);
+    first_in_its_namespace && pid_namespace_inode(pid).is_ok_and(|i| i == ns)
+}
+
 /// The pause process's life: reap, forever. As PID 1 of its namespace it ignores every
-/// signal it has no handler for; it ends when the agent kills it or the VM stops.
+/// signal it has no handler for; it ends with the VM.
 pub fn pause() -> ! {
     loop {
         let mut status = 0;

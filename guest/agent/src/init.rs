@@ -28,12 +28,12 @@ fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
 }
 
 /// Loads one module from its file.
-fn load_module(path: &str) {
+fn load_module(path: &str) -> bool {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("crisp-agent: module {path}: {e}");
-            return;
+            return false;
         }
     };
     let params = c"";
@@ -43,8 +43,10 @@ fn load_module(path: &str) {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EEXIST) {
             eprintln!("crisp-agent: module {path}: {e}");
+            return false;
         }
     }
+    true
 }
 
 /// `/sbin/modprobe [-q] [--] NAME`, as the kernel runs it when something needs a module
@@ -57,18 +59,18 @@ pub fn modprobe(args: &[String]) -> i32 {
     };
     let wanted = wanted.replace('-', "_");
     let list = std::fs::read_to_string("/lib/modules/on-demand").unwrap_or_default();
+    // A line is the module's name and aliases, a tab, then its files in load order
+    // (aliases may hold colons: `devname:net/tun`).
     for line in list.lines() {
-        let Some((names, files)) = line.split_once(':') else {
+        let Some((names, files)) = line.split_once('\t') else {
             continue;
         };
         if names
             .split_whitespace()
             .any(|n| n.replace('-', "_") == wanted)
         {
-            for file in files.split_whitespace() {
-                load_module(file);
-            }
-            return 0;
+            let loaded = files.split_whitespace().all(load_module);
+            return if loaded { 0 } else { 1 };
         }
     }
     eprintln!("modprobe: module {wanted} is not in the guest image");
@@ -118,7 +120,7 @@ pub fn bring_up() {
     );
     if let Ok(list) = std::fs::read_to_string("/lib/modules/load") {
         for path in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            load_module(path);
+            let _ = load_module(path);
         }
     }
     // Set-user-ID programs of the images work, as under runc (a process without

@@ -56,8 +56,9 @@ pub struct AgentService {
     shared: PathBuf,
     reaper: Reaper,
     containers: Arc<Mutex<HashMap<String, Container>>>,
-    /// The PID 1 of the pod's shared PID namespace, once a container asked for it.
-    pause: Mutex<Option<i32>>,
+    /// The PID 1 of the pod's shared PID namespace, once a container asked for it: its
+    /// pid and its namespace's inode.
+    pause: Mutex<Option<(i32, u64)>>,
     cgroups: Arc<Cgroups>,
 }
 
@@ -163,15 +164,16 @@ impl AgentService {
             Ok(PidMode::Container) => Ok(PidNs::New),
             Ok(PidMode::Pod) => {
                 let mut pause = lock(&self.pause);
-                // Still the pause process (not another that took its pid after it died)?
-                if let Some(pid) = *pause
-                    && std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.starts_with(b"/pause\0"))
+                // Still the pause process: PID 1 of the namespace it made, not another
+                // process that took its pid after it died.
+                if let Some((pid, ns)) = *pause
+                    && container::is_init_of(pid, ns)
                 {
                     return PidNs::of(pid).map_err(Status::internal);
                 }
                 let pid = container::spawn_pause().map_err(Status::internal)?;
-                *pause = Some(pid);
+                let ns = container::pid_namespace_inode(pid).map_err(Status::internal)?;
+                *pause = Some((pid, ns));
                 PidNs::of(pid).map_err(Status::internal)
             }
             Ok(PidMode::Target) => {
@@ -492,6 +494,10 @@ impl Agent for AgentService {
             let err = err.map(|e| tokio::spawn(pump(e, "stderr", log, attachers)));
             let code = Reaper::wait(status).await;
             let finished = now_nanos();
+            // What the init left in a shared PID namespace (POD, TARGET) lives on in its
+            // cgroup: end it with the container, as containerd's shim does. (In a
+            // namespace of its own it died with the init.)
+            cgroups.kill_all(&id);
             // Report the exit once the output is in the log (or the drain gave up).
             let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
                 let _ = out.await;
@@ -758,7 +764,19 @@ impl Agent for AgentService {
         request: Request<UpdateContainerRequest>,
     ) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
-        self.running_pid(&r.id)?;
+        // A created container may be updated too: its cgroup exists from its creation.
+        {
+            let containers = lock(&self.containers);
+            let c = containers.get(&r.id).ok_or_else(|| {
+                Status::not_found(format!("container {} is not in this VM", r.id))
+            })?;
+            if c.exit.borrow().is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "container {} has exited",
+                    r.id
+                )));
+            }
+        }
         let resources = r.resources.unwrap_or_default();
         self.cgroups
             .apply(&r.id, &resources)
