@@ -180,7 +180,8 @@ impl Default for StreamIds {
 }
 
 impl StreamIds {
-    /// The next id; `None` once the odd ids of a u32 are spent (the connection must end).
+    /// The next id; `None` from the last odd id below `u32::MAX - 1` on (the connection
+    /// must then end).
     pub fn next_id(&mut self) -> Option<u32> {
         let id = self.next;
         self.next = self.next.checked_add(2)?;

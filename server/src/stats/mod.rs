@@ -155,8 +155,8 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             measured_pods.insert(record.pod_id.clone());
         }
     }
-    // The whole-sandbox figures of pods whose handler has them.
-    let mut sandboxes = std::collections::HashSet::new();
+    // The whole-sandbox figures of pods whose handler has them. A pod that stays keeps
+    // its last samples through one that timed out (its CPU rate needs the previous one).
     for (_, pod) in daemon
         .pods
         .snapshots_where(|p| measured_pods.contains(&p.id))
@@ -168,10 +168,11 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             tokio::time::timeout(SAMPLE_TIMEOUT, runtime.sandbox_stats(&pod.id)).await
         {
             StatsCache::record_in(&daemon.stats.sandboxes, &pod.id, stats);
-            sandboxes.insert(pod.id.clone());
         }
     }
-    guard(&daemon.stats.sandboxes).retain(|id, _| sandboxes.contains(id));
+    let running_pods: std::collections::HashSet<&str> =
+        running.iter().map(|r| r.pod_id.as_str()).collect();
+    guard(&daemon.stats.sandboxes).retain(|id, _| running_pods.contains(id.as_str()));
     let store = daemon.images.store();
     let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
     // The network of every pod with a running container, from its pinned namespace.
