@@ -12,6 +12,11 @@
 pub mod mux;
 pub mod ttrpc;
 
+/// The big-endian u32 at `at` in `buf` (which holds at least `at + 4` bytes).
+fn be_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
 /// What can go wrong on a plugin's connection.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -60,15 +60,10 @@ impl Demux {
         if self.buf.len() < HEADER {
             return Ok(None);
         }
-        let word = |at: usize| {
-            u32::from_be_bytes([
-                self.buf[at],
-                self.buf[at + 1],
-                self.buf[at + 2],
-                self.buf[at + 3],
-            ])
-        };
-        let (conn, len) = (word(0), word(4) as usize);
+        let (conn, len) = (
+            crate::be_u32(&self.buf, 0),
+            crate::be_u32(&self.buf, 4) as usize,
+        );
         if len > MAX_PAYLOAD {
             return Err(Error::TooLarge {
                 size: len,

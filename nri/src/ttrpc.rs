@@ -138,15 +138,10 @@ impl Decoder {
         if self.buf.len() < HEADER {
             return Ok(None);
         }
-        let word = |at: usize| {
-            u32::from_be_bytes([
-                self.buf[at],
-                self.buf[at + 1],
-                self.buf[at + 2],
-                self.buf[at + 3],
-            ])
-        };
-        let (len, stream_id) = (word(0) as usize, word(4));
+        let (len, stream_id) = (
+            crate::be_u32(&self.buf, 0) as usize,
+            crate::be_u32(&self.buf, 4),
+        );
         if len > MAX_MESSAGE {
             return Err(Error::TooLarge {
                 size: len,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{read_u64, stat_file};
+use super::{parse_stat, read_u64, stat_file};
 
 /// Limits a cgroup is configured with, as cAdvisor reports its `container_spec_*`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,24 +146,12 @@ impl V2Files<'_> {
     }
 
     fn stat(&self, name: &str) -> HashMap<String, u64> {
-        self.text(name)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.to_owned(), v.trim().parse().ok()?))
-            })
-            .collect()
+        parse_stat(&self.text(name).unwrap_or_default())
     }
 
     /// A limit file: a number, or `max` / `-1` for none (0).
     fn limit(&self, name: &str) -> Option<u64> {
-        let text = self.text(name)?;
-        let text = text.trim();
-        if text == "max" || text == "-1" {
-            return Some(0);
-        }
-        text.parse().ok()
+        parse_limit(&self.text(name)?)
     }
 }
 
@@ -321,7 +309,11 @@ fn unlimited_as_zero(value: Option<u64>) -> u64 {
 
 /// A limit file: a number, or `max` / `-1` for none (0).
 fn read_limit(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    parse_limit(&std::fs::read_to_string(path).ok()?)
+}
+
+/// A limit file's text: a number, or `max` / `-1` for none (0).
+fn parse_limit(text: &str) -> Option<u64> {
     let text = text.trim();
     if text == "max" || text == "-1" {
         return Some(0);

@@ -199,9 +199,12 @@ fn read_u64(path: &Path) -> Option<u64> {
 }
 
 fn stat_file(path: &Path) -> HashMap<String, u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    parse_stat(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// A flat-keyed cgroup file's text (`key value` per line).
+fn parse_stat(text: &str) -> HashMap<String, u64> {
+    text.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(' ')?;
             Some((k.to_owned(), v.trim().parse().ok()?))

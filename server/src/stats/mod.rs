@@ -155,12 +155,12 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
             measured_pods.insert(record.pod_id.clone());
         }
     }
+    let measured_records = daemon
+        .pods
+        .snapshots_where(|p| measured_pods.contains(&p.id));
     // The whole-sandbox figures of pods whose handler has them. A pod that stays keeps
     // its last samples through one that timed out (its CPU rate needs the previous one).
-    for (_, pod) in daemon
-        .pods
-        .snapshots_where(|p| measured_pods.contains(&p.id))
-    {
+    for (_, pod) in &measured_records {
         let Ok(runtime) = daemon.handlers.get(&pod.handler) else {
             continue;
         };
@@ -176,10 +176,9 @@ async fn refresh(daemon: &Daemon, with_fs: bool) {
     let store = daemon.images.store();
     let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
     // The network of every pod with a running container, from its pinned namespace.
-    let pods: Vec<(String, Option<std::path::PathBuf>)> = daemon
-        .pods
-        .snapshots_where(|p| p.ready && measured_pods.contains(&p.id))
+    let pods: Vec<(String, Option<std::path::PathBuf>)> = measured_records
         .into_iter()
+        .filter(|(_, p)| p.ready)
         .map(|(_, p)| (p.id.clone(), p.netns()))
         .collect();
     let measured = tokio::task::spawn_blocking(move || {
@@ -267,6 +266,31 @@ fn nano_cores(sample: &Sample) -> u64 {
     u64::try_from(u128::from(used) * 1_000_000_000 / dt.unsigned_abs() as u128).unwrap_or(0)
 }
 
+/// The CPU figures of a sample: cumulative time and the rate since the previous one.
+fn cpu_usage(sample: &Sample) -> cri::CpuUsage {
+    let s = &sample.latest;
+    cri::CpuUsage {
+        timestamp: s.timestamp,
+        usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
+        usage_nano_cores: u64_value(nano_cores(sample)),
+        psi: None,
+    }
+}
+
+/// The memory figures of a sample.
+fn memory_usage(s: &ContainerStats) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: s.timestamp,
+        working_set_bytes: u64_value(s.working_set),
+        available_bytes: None,
+        usage_bytes: u64_value(s.memory_usage),
+        rss_bytes: u64_value(s.rss),
+        page_faults: u64_value(s.page_faults),
+        major_page_faults: u64_value(s.major_page_faults),
+        psi: None,
+    }
+}
+
 fn container_stats(
     daemon: &Daemon,
     record: &ContainerRecord,
@@ -294,22 +318,8 @@ fn container_stats(
     });
     cri::ContainerStats {
         attributes,
-        cpu: Some(cri::CpuUsage {
-            timestamp: s.timestamp,
-            usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
-            usage_nano_cores: u64_value(nano_cores(sample)),
-            psi: None,
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: s.timestamp,
-            working_set_bytes: u64_value(s.working_set),
-            available_bytes: None,
-            usage_bytes: u64_value(s.memory_usage),
-            rss_bytes: u64_value(s.rss),
-            page_faults: u64_value(s.page_faults),
-            major_page_faults: u64_value(s.major_page_faults),
-            psi: None,
-        }),
+        cpu: Some(cpu_usage(sample)),
+        memory: Some(memory_usage(s)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: writable.at,
             fs_id: Some(cri::FilesystemIdentifier {
@@ -497,27 +507,7 @@ fn pod_stats(
     };
     // What the whole sandbox costs the host, where the handler knows it, is the pod's.
     let (cpu, memory) = match sandbox {
-        Some(sample) => {
-            let s = &sample.latest;
-            (
-                cri::CpuUsage {
-                    timestamp: s.timestamp,
-                    usage_core_nano_seconds: u64_value(s.cpu_usage_ns),
-                    usage_nano_cores: u64_value(nano_cores(sample)),
-                    psi: None,
-                },
-                cri::MemoryUsage {
-                    timestamp: s.timestamp,
-                    working_set_bytes: u64_value(s.working_set),
-                    available_bytes: None,
-                    usage_bytes: u64_value(s.memory_usage),
-                    rss_bytes: u64_value(s.rss),
-                    page_faults: u64_value(s.page_faults),
-                    major_page_faults: u64_value(s.major_page_faults),
-                    psi: None,
-                },
-            )
-        }
+        Some(sample) => (cpu_usage(sample), memory_usage(&sample.latest)),
         None => (cpu, memory),
     };
     let network = network.map(|n| {
