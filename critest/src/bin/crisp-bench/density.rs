@@ -141,7 +141,7 @@ fn remove_parent_cgroups() {
 
 /// Stops and removes every pod `daemon` still has (after a measurement that failed
 /// midway), so no shim, container or network outlives the run.
-async fn remove_all_pods(daemon: &Daemon) {
+pub(crate) async fn remove_all_pods(daemon: &Daemon) {
     let Ok(mut clients) = crate::serving(daemon).await else {
         return;
     };

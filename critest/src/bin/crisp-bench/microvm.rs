@@ -285,16 +285,19 @@ async fn delete_pod(mut rt: Runtime, pod: String, container: String) -> Result<(
     })
     .await
     .map_err(err)?;
+    remove_pod(&mut rt, &pod).await.map_err(err)
+}
+
+/// StopPodSandbox, then RemovePodSandbox.
+async fn remove_pod(rt: &mut Runtime, pod: &str) -> Result<(), tonic::Status> {
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
+        pod_sandbox_id: pod.to_owned(),
     })
-    .await
-    .map_err(err)?;
+    .await?;
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
+        pod_sandbox_id: pod.to_owned(),
     })
-    .await
-    .map_err(err)?;
+    .await?;
     Ok(())
 }
 
@@ -450,14 +453,7 @@ async fn boots(daemon: &Daemon, n: usize, logs: &Path) -> (Vec<f64>, Vec<String>
                 .into_inner()
                 .pod_sandbox_id;
             let took = ms(t);
-            rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await?;
-            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await?;
+            remove_pod(&mut rt, &pod).await?;
             Ok::<_, Error>(took)
         })
         .await;
@@ -495,30 +491,37 @@ pub(crate) async fn run(runs: usize, boot_count: usize) -> Result<(), Error> {
     let (mut vm_runs, mut runc_runs) = (Vec::new(), Vec::new());
     let mut memory: Vec<Memory> = Vec::new();
     let mut splits = Vec::new();
-    for i in 0..runs {
-        let (r, m, rec) = one_run(&crisp, Kind::Vm, &image, i, &logs, Some(&state)).await?;
-        eprintln!("microvm run {i}: {r:?} {m:?}");
-        vm_runs.push(r);
-        memory.push(m);
-        splits.push((
-            rec["boot_ms"].as_f64().unwrap_or(0.0),
-            rec["guest_uptime_ms"].as_f64().unwrap_or(0.0),
-            rec["guest_init_ms"].as_f64().unwrap_or(0.0),
-        ));
-        let (r, m, _) = one_run(&crisp, Kind::Runc, &image, 100 + i, &logs, None).await?;
-        eprintln!("crisp runc run {i}: {r:?} {m:?}");
-        runc_runs.push(r);
+    let measured = async {
+        for i in 0..runs {
+            let (r, m, rec) = one_run(&crisp, Kind::Vm, &image, i, &logs, Some(&state)).await?;
+            eprintln!("microvm run {i}: {r:?} {m:?}");
+            vm_runs.push(r);
+            memory.push(m);
+            splits.push((
+                rec["boot_ms"].as_f64().unwrap_or(0.0),
+                rec["guest_uptime_ms"].as_f64().unwrap_or(0.0),
+                rec["guest_init_ms"].as_f64().unwrap_or(0.0),
+            ));
+            let (r, m, _) = one_run(&crisp, Kind::Runc, &image, 100 + i, &logs, None).await?;
+            eprintln!("crisp runc run {i}: {r:?} {m:?}");
+            runc_runs.push(r);
+        }
+        let vm_burst = at_once(&crisp, Kind::Vm, &image, AT_ONCE, 200, &logs, Some(&state)).await?;
+        eprintln!("microvm at once: {vm_burst:?}");
+        let runc_burst = at_once(&crisp, Kind::Runc, &image, AT_ONCE, 300, &logs, None).await?;
+        eprintln!("crisp runc at once: {runc_burst:?}");
+        let (boot_times, failures) = boots(&crisp, boot_count, &logs).await;
+        Ok::<_, Error>((vm_burst, runc_burst, boot_times, failures))
     }
-    let vm_burst = at_once(&crisp, Kind::Vm, &image, AT_ONCE, 200, &logs, Some(&state)).await?;
-    eprintln!("microvm at once: {vm_burst:?}");
-    let runc_burst = at_once(&crisp, Kind::Runc, &image, AT_ONCE, 300, &logs, None).await?;
-    eprintln!("crisp runc at once: {runc_burst:?}");
-    let (boot_times, failures) = boots(&crisp, boot_count, &logs).await;
+    .await;
+    // VMs outlive crispd: a run that failed midway must not leave its pods running.
+    crate::density::remove_all_pods(&crisp).await;
     drop(crisp);
     unmount_under(&crisp_dir);
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "crbench4"])
         .status();
+    let (vm_burst, runc_burst, boot_times, failures) = measured?;
 
     // containerd, runc pods.
     let ctd_dir = work.join("containerd");
@@ -528,18 +531,23 @@ pub(crate) async fn run(runs: usize, boot_count: usize) -> Result<(), Error> {
     let mut clients = crate::serving(&ctd).await?;
     crate::containers::pull_all(&mut clients, &[&image, &pause_ref]).await?;
     let mut ctd_runs = Vec::new();
-    for i in 0..runs {
-        let (r, m, _) = one_run(&ctd, Kind::Containerd, &image, 400 + i, &logs, None).await?;
-        eprintln!("containerd run {i}: {r:?} {m:?}");
-        ctd_runs.push(r);
+    let measured = async {
+        for i in 0..runs {
+            let (r, m, _) = one_run(&ctd, Kind::Containerd, &image, 400 + i, &logs, None).await?;
+            eprintln!("containerd run {i}: {r:?} {m:?}");
+            ctd_runs.push(r);
+        }
+        at_once(&ctd, Kind::Containerd, &image, AT_ONCE, 500, &logs, None).await
     }
-    let ctd_burst = at_once(&ctd, Kind::Containerd, &image, AT_ONCE, 500, &logs, None).await?;
-    eprintln!("containerd at once: {ctd_burst:?}");
+    .await;
+    crate::density::remove_all_pods(&ctd).await;
     drop(ctd);
     unmount_under(&ctd_dir);
     let _ = std::process::Command::new("ip")
         .args(["link", "del", "crbench5"])
         .status();
+    let ctd_burst = measured?;
+    eprintln!("containerd at once: {ctd_burst:?}");
     let _ = std::fs::remove_dir_all(&work);
 
     let accel = if std::path::Path::new("/sys/module/kvm_pvm").exists()
@@ -578,6 +586,14 @@ pub(crate) async fn run(runs: usize, boot_count: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// The header of a table with a column per kind and the VM's ratios to both.
+fn table_header() {
+    println!(
+        "| metric | crisp microvm | crisp runc | containerd runc | microvm / crisp runc | microvm / containerd |"
+    );
+    println!("|---|---|---|---|---|---|");
+}
+
 /// The comparison: one row per figure, a column per kind, the VM's ratios to both.
 fn report(vm: &Figures, runc: &Figures, ctd: &Figures, runs: usize, accel: &str) {
     println!("# crisp-bench microvm");
@@ -585,10 +601,7 @@ fn report(vm: &Figures, runc: &Figures, ctd: &Figures, runs: usize, accel: &str)
         "machine: {} cores; {runs} sequential pods of each kind, one busybox container each; a VM pod is {accel}, 1 vCPU, 256 MiB, machine microvm; runc pods use PID mode CONTAINER; median (min-max); host memory is the PSS of the pod's host processes",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-    println!(
-        "| metric | crisp microvm | crisp runc | containerd runc | microvm / crisp runc | microvm / containerd |"
-    );
-    println!("|---|---|---|---|---|---|");
+    table_header();
     let row = |name: &str, f: &dyn Fn(&Run) -> f64, precision: usize| {
         let col = |fig: &Figures| stats(&fig.runs.iter().map(f).collect::<Vec<_>>());
         let ((v, lo, hi), (r, rlo, rhi), (c, clo, chi)) = (col(vm), col(runc), col(ctd));
@@ -630,10 +643,7 @@ fn report(vm: &Figures, runc: &Figures, ctd: &Figures, runs: usize, accel: &str)
     println!(
         "{AT_ONCE} pods of each kind started at once (RunPodSandbox, CreateContainer, StartContainer each, all concurrently):"
     );
-    println!(
-        "| metric | crisp microvm | crisp runc | containerd runc | microvm / crisp runc | microvm / containerd |"
-    );
-    println!("|---|---|---|---|---|---|");
+    table_header();
     let row = |name: &str, f: &dyn Fn(&Burst) -> f64, precision: usize| {
         let (v, r, c) = (f(&vm.burst), f(&runc.burst), f(&ctd.burst));
         let p = precision;
