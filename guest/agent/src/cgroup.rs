@@ -137,6 +137,21 @@ impl Cgroups {
                 v.to_string()
             }
         };
+        // A swap limit that cannot be is refused before anything is written, so a bad
+        // update changes nothing. The OCI figure is memory plus swap; cgroup v2 limits
+        // the swap alone. The memory limit is this request's, or the one in force.
+        let swap = match r.memory_swap.filter(|s| *s != 0) {
+            Some(swap) => {
+                let memory = r.memory_limit.filter(|m| *m != 0).unwrap_or_else(|| {
+                    std::fs::read_to_string(dir.join("memory.max"))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                        .unwrap_or(-1)
+                });
+                Some(swap_max(memory, swap)?)
+            }
+            None => None,
+        };
         if let Some(cpus) = r.cpuset_cpus.as_deref().filter(|c| !c.is_empty()) {
             write(&dir.join("cpuset.cpus"), cpus)?;
         }
@@ -165,16 +180,7 @@ impl Cgroups {
         if let Some(memory) = r.memory_limit.filter(|m| *m != 0) {
             write(&dir.join("memory.max"), &limit(memory))?;
         }
-        if let Some(swap) = r.memory_swap.filter(|s| *s != 0) {
-            // The OCI figure is memory plus swap; cgroup v2 limits the swap alone. The
-            // memory limit is this request's, or the one in force.
-            let memory = r.memory_limit.filter(|m| *m != 0).unwrap_or_else(|| {
-                std::fs::read_to_string(dir.join("memory.max"))
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or(-1)
-            });
-            let value = swap_max(memory, swap)?;
+        if let Some(value) = swap {
             // A guest kernel without swap accounting has no such file.
             let file = dir.join("memory.swap.max");
             if file.exists() {

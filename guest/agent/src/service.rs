@@ -62,6 +62,11 @@ pub struct AgentService {
     cgroups: Arc<Cgroups>,
 }
 
+/// The status of a call naming a container this VM does not have.
+fn not_here(id: &str) -> Status {
+    Status::not_found(format!("container {id} is not in this VM"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -172,7 +177,12 @@ impl AgentService {
                     return PidNs::of(pid).map_err(Status::internal);
                 }
                 let pid = container::spawn_pause().map_err(Status::internal)?;
-                let ns = container::pid_namespace_inode(pid).map_err(Status::internal)?;
+                let ns = container::pid_namespace_inode(pid).map_err(|e| {
+                    // A pause nobody can name must not live on beside the next one.
+                    // SAFETY: kill takes no pointers; the pid is the child just started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    Status::internal(e)
+                })?;
                 *pause = Some((pid, ns));
                 PidNs::of(pid).map_err(Status::internal)
             }
@@ -208,9 +218,7 @@ impl AgentService {
 
     fn running_pid(&self, id: &str) -> Result<i32, Status> {
         let containers = lock(&self.containers);
-        let c = containers
-            .get(id)
-            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        let c = containers.get(id).ok_or_else(|| not_here(id))?;
         match (c.pid, c.exit.borrow().is_some()) {
             (Some(pid), false) => Ok(pid),
             (None, _) => Err(Status::failed_precondition(format!(
@@ -376,9 +384,7 @@ impl Agent for AgentService {
         let id = request.into_inner().id;
         let (req, log, exit_tx, filter) = {
             let mut containers = lock(&self.containers);
-            let c = containers
-                .get_mut(&id)
-                .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+            let c = containers.get_mut(&id).ok_or_else(|| not_here(&id))?;
             if c.pid.is_some() {
                 return Err(Status::failed_precondition(format!(
                     "container {id} has already started"
@@ -523,7 +529,7 @@ impl Agent for AgentService {
         let mut rx = lock(&self.containers)
             .get(&id)
             .map(|c| c.exit.clone())
-            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+            .ok_or_else(|| not_here(&id))?;
         loop {
             if let Some(exit) = *rx.borrow_and_update() {
                 return Ok(Response::new(exit));
@@ -542,9 +548,7 @@ impl Agent for AgentService {
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let id = request.into_inner().id;
         let containers = lock(&self.containers);
-        let c = containers
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        let c = containers.get(&id).ok_or_else(|| not_here(&id))?;
         let exit = *c.exit.borrow();
         let state = match (c.pid, &exit) {
             (_, Some(_)) => State::Exited,
@@ -565,9 +569,7 @@ impl Agent for AgentService {
         let r = request.into_inner();
         let pid = {
             let mut containers = lock(&self.containers);
-            let c = containers.get_mut(&r.id).ok_or_else(|| {
-                Status::not_found(format!("container {} is not in this VM", r.id))
-            })?;
+            let c = containers.get_mut(&r.id).ok_or_else(|| not_here(&r.id))?;
             if c.exit.borrow().is_some() {
                 return Ok(Response::new(Empty {}));
             }
@@ -736,9 +738,7 @@ impl Agent for AgentService {
         };
         self.running_pid(&id)?;
         let containers = lock(&self.containers);
-        let c = containers
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("container {id} is not in this VM")))?;
+        let c = containers.get(&id).ok_or_else(|| not_here(&id))?;
         let attached = stream::Attached {
             output: c.output.subscribe(),
             exit: c.exit.clone(),
@@ -767,9 +767,7 @@ impl Agent for AgentService {
         // A created container may be updated too: its cgroup exists from its creation.
         {
             let containers = lock(&self.containers);
-            let c = containers.get(&r.id).ok_or_else(|| {
-                Status::not_found(format!("container {} is not in this VM", r.id))
-            })?;
+            let c = containers.get(&r.id).ok_or_else(|| not_here(&r.id))?;
             if c.exit.borrow().is_some() {
                 return Err(Status::failed_precondition(format!(
                     "container {} has exited",
@@ -790,9 +788,7 @@ impl Agent for AgentService {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let ContainerStatsRequest { id, detail } = request.into_inner();
         if !lock(&self.containers).contains_key(&id) {
-            return Err(Status::not_found(format!(
-                "container {id} is not in this VM"
-            )));
+            return Err(not_here(&id));
         }
         self.cgroups
             .stats(&id, detail)
@@ -807,9 +803,7 @@ impl Agent for AgentService {
         let r = request.into_inner();
         let path = self.log_file(&r.log_path)?;
         let containers = lock(&self.containers);
-        let c = containers
-            .get(&r.id)
-            .ok_or_else(|| Status::not_found(format!("container {} is not in this VM", r.id)))?;
+        let c = containers.get(&r.id).ok_or_else(|| not_here(&r.id))?;
         *lock(&c.log) = LogWriter::open(&path);
         Ok(Response::new(Empty {}))
     }
