@@ -415,28 +415,10 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
     let once = workload::create(&mut rt, &s, &pod, config).await;
     workload::start(&mut rt, &once).await;
     let url = attach_url(&mut rt, &once, false).await;
-    let (out, took) = tokio::task::spawn_blocking(move || {
-        let mut c = Spdy::open(&url, "v4.channel.k8s.io");
-        c.syn(1, &[("streamtype", "error")]);
-        c.syn(3, &[("streamtype", "stdin")]);
-        c.syn(5, &[("streamtype", "stdout")]);
-        c.syn(7, &[("streamtype", "stderr")]);
-        std::thread::sleep(Duration::from_millis(500));
-        c.data(3, b"echo hello\n", true);
-        let began = Instant::now();
-        let mut out = Vec::new();
-        while let Some(frame) = c.next() {
-            if let Frame::Data {
-                stream_id: 5, data, ..
-            } = frame
-            {
-                out.extend_from_slice(&data);
-            }
-        }
-        (out, began.elapsed())
-    })
-    .await
-    .expect("attach client");
+    let began = Instant::now();
+    let got = spdy_exec(&url, b"echo hello\n").await;
+    let took = began.elapsed();
+    let out = got.get(&5).cloned().unwrap_or_default();
     assert_eq!(out, b"hello\n");
     assert!(
         took < Duration::from_secs(10),
@@ -593,6 +575,30 @@ async fn a_microvm_pod_runs_its_containers_on_the_guest_kernel() {
         out, "100663296\n20000 100000\n",
         "the limits after the update"
     );
+    // An update that cannot be (memory plus swap below memory) is refused and changes
+    // nothing.
+    let refused = rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: limited.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 128 << 20,
+                memory_swap_limit_in_bytes: 64 << 20,
+                cpu_quota: 30_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("swap below memory");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let (_, after) = workload::exec_out(
+        &mut rt,
+        &limited,
+        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+    )
+    .await;
+    assert_eq!(after, out, "a refused update changes nothing");
     let stats = rt
         .container_stats(cri::ContainerStatsRequest {
             container_id: limited.clone(),
@@ -1048,17 +1054,13 @@ async fn a_vm_that_cannot_boot_fails_in_time_and_leaves_nothing() {
         imageless.message()
     );
 
-    let mut host = workload::named_pod(&s, "host");
-    host.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: i32::from(cri::NamespaceMode::Node),
-                ..Default::default()
-            }),
+    let host = workload::with_namespaces(
+        workload::named_pod(&s, "host"),
+        cri::NamespaceOption {
+            network: i32::from(cri::NamespaceMode::Node),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let host = run_vm_pod(&mut rt, host, "microvm")
         .await
         .expect_err("a host-network pod cannot be a VM");
@@ -1068,18 +1070,14 @@ async fn a_vm_that_cannot_boot_fails_in_time_and_leaves_nothing() {
         (cri::NamespaceMode::Node, cri::NamespaceMode::Pod),
         (cri::NamespaceMode::Pod, cri::NamespaceMode::Node),
     ] {
-        let mut shared = workload::named_pod(&s, "host-ipc-or-pid");
-        shared.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    ipc: i32::from(ipc),
-                    pid: i32::from(pid),
-                    ..Default::default()
-                }),
+        let shared = workload::with_namespaces(
+            workload::named_pod(&s, "host-ipc-or-pid"),
+            cri::NamespaceOption {
+                ipc: i32::from(ipc),
+                pid: i32::from(pid),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            },
+        );
         let refused = run_vm_pod(&mut rt, shared, "microvm")
             .await
             .expect_err("a pod sharing the host's IPC or PID namespace cannot be a VM");

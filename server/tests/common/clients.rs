@@ -169,8 +169,9 @@ impl Spdy {
     }
 }
 
-/// Runs an exec over SPDY (v4) with every stream: sends `stdin` and closes it, and returns
-/// what arrived per stream (1 error, 5 stdout, 7 stderr) once the server closes.
+/// Runs an exec (or an attach) over SPDY (v4) with every stream: sends `stdin` and
+/// closes it, and returns what arrived per stream (1 error, 5 stdout, 7 stderr) once the
+/// server closes.
 pub async fn spdy_exec(url: &str, stdin: &[u8]) -> std::collections::HashMap<u32, Vec<u8>> {
     let (url, stdin) = (url.to_owned(), stdin.to_vec());
     tokio::task::spawn_blocking(move || {
