@@ -1654,7 +1654,6 @@ impl RuntimeHandler for MicroVm {
                 },
             )
             .await?;
-        let sent: std::collections::HashMap<String, String> = s.cgroup_files.into_iter().collect();
         // Stamped with the host's clock, which the stats cache ages samples by: the
         // guest's is set once at boot and drifts.
         let (secs, nanos) = crilog::now();
@@ -1668,7 +1667,7 @@ impl RuntimeHandler for MicroVm {
             major_page_faults: s.major_page_faults,
             swap: s.swap,
             pids: s.pids,
-            detail: detail.then(|| std::sync::Arc::new(crate::stats::read_sent(&sent))),
+            detail: detail.then(|| std::sync::Arc::new(crate::stats::read_sent(&s.cgroup_files))),
             sandbox_wide: false,
         })
     }
