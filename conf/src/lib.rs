@@ -23,7 +23,7 @@ pub use load::{DEFAULT_CONFIG_PATH, Loaded, Source, load, load_texts};
 pub use schema::{
     Accelerator, AuthConfig, CgroupDriver, CniConfig, Config, DEFAULT_RUNTIME, GUEST_IMAGE_COMMAND,
     GUEST_IMAGE_DIR, HandlerType, ImageConfig, LogFormat, LogLevel, MetricsConfig, MirrorConfig,
-    RegistryConfig, RuntimeHandlerConfig, StreamingConfig,
+    NriConfig, RegistryConfig, RuntimeHandlerConfig, StreamingConfig,
 };
 
 impl Config {

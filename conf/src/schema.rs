@@ -51,6 +51,8 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// crisp's own Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// NRI (Node Resource Interface) plugins.
+    pub nri: NriConfig,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -447,6 +450,42 @@ impl Default for StreamingConfig {
 pub struct MetricsConfig {
     /// `ip:port` of the Prometheus endpoint; empty turns it off.
     pub address: String,
+}
+
+/// The `[nri]` table: NRI plugins, as containerd and CRI-O run them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NriConfig {
+    /// NRI on or off.
+    pub enable: bool,
+    /// Where external plugins connect.
+    pub socket_path: PathBuf,
+    /// Pre-installed plugins, started with crispd: executables named `NN-name`.
+    pub plugin_path: PathBuf,
+    /// Their configuration files (`NN-name.conf` or `name.conf`).
+    pub plugin_config_path: PathBuf,
+    /// Take only pre-installed plugins; nothing listens on `socket_path`.
+    pub disable_connections: bool,
+    /// How long a plugin has to register once connected.
+    #[serde(with = "humantime_serde_compat")]
+    pub registration_timeout: Duration,
+    /// How long a plugin has to answer an event; one that does not is dropped.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            socket_path: PathBuf::from("/var/run/nri/nri.sock"),
+            plugin_path: PathBuf::from("/opt/nri/plugins"),
+            plugin_config_path: PathBuf::from("/etc/nri/conf.d"),
+            disable_connections: false,
+            registration_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Durations as humantime strings (`"90s"`, `"30m"`), both ways.

@@ -60,6 +60,17 @@ pub fn validate(config: &Config) -> Result<(), Problem> {
     if config.cni.plugin_dirs.is_empty() {
         return problem("cni.plugin_dirs", "at least one plugin directory is needed");
     }
+    absolute("nri.socket_path", &config.nri.socket_path)?;
+    absolute("nri.plugin_path", &config.nri.plugin_path)?;
+    absolute("nri.plugin_config_path", &config.nri.plugin_config_path)?;
+    for (key, value) in [
+        ("nri.registration_timeout", config.nri.registration_timeout),
+        ("nri.request_timeout", config.nri.request_timeout),
+    ] {
+        if value.is_zero() {
+            return problem(key, "must be longer than 0s");
+        }
+    }
 
     let names = || {
         config

@@ -41,6 +41,9 @@ pub enum LifecycleError {
     /// crisp's own state could not be written or read (records, pod files, tasks).
     #[error("{0}")]
     Internal(String),
+    /// An NRI plugin refused, or its adjustments cannot be carried out.
+    #[error(transparent)]
+    Nri(nri::EventError),
 }
 
 impl LifecycleError {
@@ -91,7 +94,19 @@ impl From<LifecycleError> for Status {
             LifecycleError::Handler(e) => handler_status(e),
             LifecycleError::Image(e) => image_status(e),
             LifecycleError::Internal(m) => Status::internal(m),
+            LifecycleError::Nri(e) => nri_status(e),
         }
+    }
+}
+
+/// The status an NRI refusal answers with: a plugin's own error is passed on as
+/// containerd passes it (Unknown: crisp cannot tell what kind it is).
+fn nri_status(error: nri::EventError) -> Status {
+    let message = error.to_string();
+    match error {
+        nri::EventError::Plugin { .. } | nri::EventError::Invalid { .. } => Status::unknown(message),
+        nri::EventError::Conflict { .. } => Status::failed_precondition(message),
+        nri::EventError::Unsupported(_) => Status::unimplemented(message),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod host;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod nri;
 pub mod options;
 pub mod pod;
 pub mod records;

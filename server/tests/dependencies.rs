@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-const WORKSPACE: [&str; 8] = [
+const WORKSPACE: [&str; 9] = [
     "cri-proto",
     "conf",
     "storage",
     "network",
     "image",
     "runtime-handlers",
+    "nri",
     "server",
     "critest",
 ];
@@ -24,6 +25,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("network", set(&[])),
         ("image", set(&["storage"])),
         ("runtime-handlers", set(&[])),
+        // NRI's protocol and plugins: a leaf, which only the lifecycle drives.
+        ("nri", set(&[])),
         (
             "server",
             set(&[
@@ -33,6 +36,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "network",
                 "image",
                 "runtime-handlers",
+                "nri",
             ]),
         ),
         ("critest", set(&["cri-proto"])),

@@ -326,15 +326,7 @@ pub async fn create(
         })
         .await?
     };
-    let (spec_json, oci, identity) = prepared;
-    record.process = spec_json["process"].clone();
-    record.cgroup_path = spec_json["linux"]["cgroupsPath"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    record.uid = identity.uid;
-    record.gid = identity.gid;
-    record.groups = identity.groups.clone();
+    let (mut spec_json, mut oci, identity) = prepared;
 
     // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
@@ -347,6 +339,36 @@ pub async fn create(
             Ok(())
         })
     };
+    // NRI plugins adjust the spec before the runtime sees it; the container is listed
+    // only once they are done, and a plugin that joins meanwhile synchronizes after it.
+    let _sync = crate::nri::block_sync(daemon).await;
+    let min_oom = runtime.host_facts().min_oom_score_adj;
+    match crate::nri::create_container(daemon, &pod, &record, &mut spec_json, min_oom).await {
+        Ok(false) => {}
+        Ok(true) => match serde_json::from_value::<oci_spec::runtime::Spec>(spec_json.clone()) {
+            Ok(adjusted) => oci = adjusted,
+            Err(e) => {
+                cleanup(daemon, &record).await?;
+                return Err(LifecycleError::invalid(format!(
+                    "NRI plugins adjusted the container into an invalid OCI spec: {e}"
+                )));
+            }
+        },
+        Err(e) => {
+            tracing::warn!(id = %id, error = %e, "an NRI plugin refused the container");
+            cleanup(daemon, &record).await?;
+            return Err(e);
+        }
+    }
+    record.process = spec_json["process"].clone();
+    record.cgroup_path = spec_json["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    record.uid = identity.uid;
+    record.gid = identity.gid;
+    record.groups = identity.groups.clone();
+
     let created = runtime
         .create_container(&runtime_handlers::ContainerSpec {
             sandbox_id: &pod.id,
@@ -361,6 +383,7 @@ pub async fn create(
     match created {
         Ok(pid) => record.pid = pid,
         Err(e) => {
+            crate::nri::container_undone(daemon, &pod, &record).await;
             cleanup(daemon, &record).await?;
             return Err(LifecycleError::from(e));
         }
@@ -374,6 +397,7 @@ pub async fn create(
     }
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;
+        crate::nri::container_undone(daemon, &pod, &record).await;
         cleanup(daemon, &record).await?;
         return Err(LifecycleError::internal(format!(
             "cannot persist container {id}: {e}"
@@ -386,6 +410,10 @@ pub async fn create(
         .events
         .record(cri::ContainerEventType::ContainerCreatedEvent, &id, &pod_id);
     super::watch(runtime, entry, Arc::clone(daemon));
+    if let Some(c) = daemon.containers.get(&id) {
+        crate::nri::container_done(daemon, nri::api::Event::PostCreateContainer, &c.snapshot())
+            .await;
+    }
     Ok(id)
 }
 

@@ -21,6 +21,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         )));
     }
     let runtime = daemon.handlers.get(&record.handler)?;
+    crate::nri::start_container(daemon, &record).await?;
     runtime
         .start_container(&record.handle())
         .await
@@ -38,6 +39,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         &record.pod_id,
     );
     tracing::info!(id = %record.id, "container started");
+    crate::nri::container_done(daemon, nri::api::Event::PostStartContainer, &record).await;
     Ok(())
 }
 
@@ -151,6 +153,7 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         &record.pod_id,
     );
     tracing::info!(id = %record.id, "container removed");
+    crate::nri::container_done(daemon, nri::api::Event::RemoveContainer, &record).await;
     Ok(())
 }
 
@@ -208,7 +211,8 @@ pub async fn reopen_log(daemon: &Daemon, id: &str) -> Result<(), LifecycleError>
     Ok(())
 }
 
-/// UpdateContainerResources: new CPU and memory limits, applied live.
+/// UpdateContainerResources: new CPU and memory limits, applied live, as NRI plugins
+/// leave them.
 pub async fn update_resources(
     daemon: &Daemon,
     id: &str,
@@ -238,6 +242,33 @@ pub async fn update_resources(
         memory: positive(r.memory_limit_in_bytes),
         memory_swap: positive(r.memory_swap_limit_in_bytes),
     };
+    let update = crate::nri::update_container(daemon, &record, update).await?;
+    let runtime = daemon.handlers.get(&record.handler)?;
+    runtime
+        .update_container(&record.handle(), &update)
+        .await
+        .map_err(LifecycleError::from)?;
+    crate::nri::container_done(daemon, nri::api::Event::PostUpdateContainer, &record).await;
+    Ok(())
+}
+
+/// An update an NRI plugin asked for: applied as it is, with no NRI events.
+pub async fn apply_update(
+    daemon: &Daemon,
+    id: &str,
+    update: runtime_handlers::ResourceUpdate,
+) -> Result<(), LifecycleError> {
+    let container = daemon
+        .containers
+        .get(id)
+        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
+    let record = container.record.lock().await;
+    if matches!(record.state(), State::Exited { .. }) {
+        return Err(LifecycleError::precondition(format!(
+            "container {} has exited",
+            record.id
+        )));
+    }
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .update_container(&record.handle(), &update)

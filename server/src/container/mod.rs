@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 pub use create::create;
 pub use exec::exec_sync;
 pub use lifecycle::{
-    remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod, update_resources,
+    apply_update, remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod,
+    update_resources,
 };
 pub use list::{list, status};
 pub use orphans::release_unknown;
@@ -295,6 +296,7 @@ impl ContainerRecord {
             &self.id,
             &self.pod_id,
         );
+        crate::nri::container_done(daemon, nri::api::Event::StopContainer, self).await;
     }
 }
 

@@ -106,6 +106,8 @@ async fn serve(
     for pod in daemon.pods.all() {
         crate::pod::watch(Arc::clone(&daemon), pod.snapshot().id.clone());
     }
+    // Pre-installed NRI plugins see the node as it is before the first CRI call.
+    crate::nri::start(&daemon).await;
     let listener = socket::bind(&listen)?;
     tokio::spawn(crate::events::Events::run(Arc::clone(&daemon)));
     tokio::spawn(memory::trim_after_activity(Arc::clone(&daemon)));
@@ -185,6 +187,7 @@ async fn serve(
         }
     };
     signals.abort();
+    crate::nri::stop(&daemon).await;
     if let Err(e) = std::fs::remove_file(&socket_path)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -35,5 +35,6 @@ pub async fn remove(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         ))
     })?;
     tracing::info!(id = %record.id, "sandbox removed");
+    crate::nri::pod_removed(daemon, &record).await;
     Ok(())
 }

@@ -224,7 +224,19 @@ pub async fn run(
             return Err(LifecycleError::from(e));
         }
     }
+    // NRI plugins see the pod before anyone else: it is listed only once they agree, and
+    // a plugin that joins meanwhile synchronizes after it.
+    let _sync = crate::nri::block_sync(daemon).await;
+    if let Err(e) = crate::nri::run_pod(daemon, &record).await {
+        tracing::warn!(id = %id, error = %e, "an NRI plugin refused the pod");
+        crate::nri::pod_stopped(daemon, &record).await;
+        crate::nri::pod_removed(daemon, &record).await;
+        undo(&config, &record, runtime.as_ref(), &started.state).await;
+        return Err(e);
+    }
     if let Err(e) = daemon.pods.persist(&record).await {
+        crate::nri::pod_stopped(daemon, &record).await;
+        crate::nri::pod_removed(daemon, &record).await;
         undo(&config, &record, runtime.as_ref(), &started.state).await;
         return Err(LifecycleError::internal(format!(
             "cannot persist sandbox {id}: {e}"

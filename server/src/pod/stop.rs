@@ -12,6 +12,12 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     };
     let pod_id = pod.record.lock().await.id.clone();
     crate::container::stop_all_in_pod(daemon, &pod_id).await?;
+    // Its containers are stopped, its network not yet released; the pod stays listed
+    // while plugins hear of it (once: a stopped pod is not ready).
+    let snapshot = pod.snapshot();
+    if snapshot.ready {
+        crate::nri::pod_stopped(daemon, &snapshot).await;
+    }
     let mut record = pod.record.lock().await;
     let config = daemon.config();
     let mut before = record.clone();

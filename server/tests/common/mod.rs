@@ -62,12 +62,13 @@ impl Sandbox {
     /// Rewrites the config file: base paths, then `extra`.
     pub fn write_config(&self, extra: &str) {
         let base = format!(
-            "root = \"{root}\"\nstate = \"{state}\"\nlisten = \"{sock}\"\nlog_dir = \"{log}\"\n{extra}\n[cni]\nconf_dir = \"{cni}\"\n",
+            "root = \"{root}\"\nstate = \"{state}\"\nlisten = \"{sock}\"\nlog_dir = \"{log}\"\n{extra}\n[cni]\nconf_dir = \"{cni}\"\n[nri]\nsocket_path = \"{nri}/nri.sock\"\nplugin_path = \"{nri}/plugins\"\nplugin_config_path = \"{nri}/conf.d\"\n",
             root = self.path("root").display(),
             state = self.path("state").display(),
             sock = self.socket().display(),
             log = self.path("log").display(),
             cni = self.path("cni").display(),
+            nri = self.path("nri").display(),
         );
         std::fs::write(self.config_path(), base).expect("write config");
     }

@@ -186,7 +186,7 @@ pub(crate) fn start_crispd_with(dir: &Path, extra: &str) -> Result<Daemon, Error
     std::fs::write(
         &config,
         format!(
-            "root = \"{0}/root\"\nstate = \"{0}/state\"\nlisten = \"{1}\"\nlog_dir = \"{0}/log\"\nlog_level = \"warn\"\n{extra}",
+            "root = \"{0}/root\"\nstate = \"{0}/state\"\nlisten = \"{1}\"\nlog_dir = \"{0}/log\"\nlog_level = \"warn\"\n{extra}\n[nri]\nsocket_path = \"{0}/nri/nri.sock\"\n",
             dir.display(),
             socket.display()
         ),
