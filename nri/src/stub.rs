@@ -19,8 +19,9 @@ pub struct Stub {
 
 impl Stub {
     /// Connects to the runtime at `socket` as plugin `idx`-`name`, subscribed to
-    /// `events` (a mask, bit e-1 for event e). `handler` answers every call but
-    /// Configure (which this answers with `events`), Synchronize included.
+    /// `events` (a mask, bit e-1 for event e). `handler` answers every call, Synchronize
+    /// included, but Configure: it sees Configure (and its configuration), and this
+    /// answers it with `events`.
     pub async fn connect(
         socket: &Path,
         name: &str,
@@ -46,6 +47,7 @@ impl Stub {
             let handler = Arc::clone(&handler);
             Box::pin(async move {
                 if method == "Configure" {
+                    let _ = handler(method, payload).await;
                     return Ok(api::ConfigureResponse { events }.encode_to_vec());
                 }
                 handler(method, payload).await
@@ -100,6 +102,11 @@ impl Stub {
     /// Whether the runtime has closed the connection.
     pub fn is_closed(&self) -> bool {
         self.peer.is_closed()
+    }
+
+    /// Returns once the runtime has closed the connection.
+    pub async fn closed(&self) {
+        self.peer.closed().await;
     }
 
     /// Ends the connection, as a plugin that dies does.

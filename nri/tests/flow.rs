@@ -61,6 +61,9 @@ fn plugin(log: &Log, answer: fn(&str, &[u8]) -> Reply) -> Handler {
     Arc::new(move |method: String, payload: Vec<u8>| {
         let log = Arc::clone(&log);
         Box::pin(async move {
+            if method == "Configure" {
+                return Ok(Vec::new());
+            }
             let what = match method.as_str() {
                 "Synchronize" => {
                     let sync = api::SynchronizeRequest::decode(payload.as_slice()).expect("sync");
@@ -214,4 +217,42 @@ async fn a_failing_hook_fails_the_event_and_a_silent_plugin_is_dropped() {
         .await
         .expect("goes on without it");
     assert_eq!(nri.plugins().await, ["01-refuser"]);
+}
+
+#[tokio::test]
+async fn a_pre_installed_plugin_is_started_with_its_configuration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (plugins, conf) = (dir.path().join("plugins"), dir.path().join("conf.d"));
+    std::fs::create_dir_all(&plugins).expect("plugins");
+    std::fs::create_dir_all(&conf).expect("conf.d");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_crisp-nri-env"), plugins.join("07-env"))
+        .expect("install the plugin");
+    std::fs::write(
+        conf.join("07-env.conf"),
+        "# set in every container\nGREETING = configured\n",
+    )
+    .expect("its configuration");
+    // Not NN-name: skipped. Not executable: not a plugin.
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_crisp-nri-env"), plugins.join("env"))
+        .expect("ill-named");
+    std::fs::write(plugins.join("08-notes.txt"), "not a plugin").expect("a file");
+
+    let nri = runtime(dir.path(), Duration::from_secs(2));
+    nri.start().await.expect("start");
+    assert_eq!(nri.plugins().await, ["07-env"]);
+    let pod = api::PodSandbox::default();
+    let adjust = nri
+        .create_container(&pod, &api::Container::default())
+        .await
+        .expect("create")
+        .expect("adjusted");
+    assert_eq!(
+        adjust.env,
+        [api::KeyValue {
+            key: "GREETING".into(),
+            value: "configured".into()
+        }]
+    );
+    nri.shutdown().await;
+    assert!(nri.plugins().await.is_empty());
 }

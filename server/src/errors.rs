@@ -104,7 +104,9 @@ impl From<LifecycleError> for Status {
 fn nri_status(error: nri::EventError) -> Status {
     let message = error.to_string();
     match error {
-        nri::EventError::Plugin { .. } | nri::EventError::Invalid { .. } => Status::unknown(message),
+        nri::EventError::Plugin { .. } | nri::EventError::Invalid { .. } => {
+            Status::unknown(message)
+        }
         nri::EventError::Conflict { .. } => Status::failed_precondition(message),
         nri::EventError::Unsupported(_) => Status::unimplemented(message),
     }

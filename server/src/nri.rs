@@ -91,7 +91,11 @@ pub fn pod(record: &SandboxRecord) -> api::PodSandbox {
     };
     let own = |mode: crate::pod::NsMode| mode != crate::pod::NsMode::Node;
     let namespaces = [
-        ("network", network::NamespaceKind::Net, own(record.network_mode)),
+        (
+            "network",
+            network::NamespaceKind::Net,
+            own(record.network_mode),
+        ),
         ("ipc", network::NamespaceKind::Ipc, own(record.ipc_mode)),
         ("uts", network::NamespaceKind::Uts, own(record.network_mode)),
     ]
@@ -99,7 +103,9 @@ pub fn pod(record: &SandboxRecord) -> api::PodSandbox {
     .filter(|(_, _, own)| *own)
     .map(|(kind, ns, _)| api::LinuxNamespace {
         r#type: kind.to_owned(),
-        path: network::pin_path(&record.state_dir, ns).display().to_string(),
+        path: network::pin_path(&record.state_dir, ns)
+            .display()
+            .to_string(),
     })
     .collect();
     api::PodSandbox {
@@ -123,7 +129,11 @@ pub fn pod(record: &SandboxRecord) -> api::PodSandbox {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -143,8 +153,20 @@ pub fn container(record: &ContainerRecord) -> api::Container {
                 message,
             )
         }
-        (State::Running, _) => (api::ContainerState::ContainerRunning, 0, 0, String::new(), String::new()),
-        _ => (api::ContainerState::ContainerCreated, 0, 0, String::new(), String::new()),
+        (State::Running, _) => (
+            api::ContainerState::ContainerRunning,
+            0,
+            0,
+            String::new(),
+            String::new(),
+        ),
+        _ => (
+            api::ContainerState::ContainerCreated,
+            0,
+            0,
+            String::new(),
+            String::new(),
+        ),
     };
     api::Container {
         id: record.id.clone(),
@@ -162,10 +184,7 @@ pub fn container(record: &ContainerRecord) -> api::Container {
                 destination: m.container_path.clone(),
                 r#type: "bind".into(),
                 source: m.host_path.clone(),
-                options: vec![
-                    "rbind".into(),
-                    if m.readonly { "ro" } else { "rw" }.into(),
-                ],
+                options: vec!["rbind".into(), if m.readonly { "ro" } else { "rw" }.into()],
             })
             .collect(),
         linux: Some(api::LinuxContainer {
@@ -251,8 +270,14 @@ fn container_from_spec(record: &ContainerRecord, spec: &Value) -> api::Container
                 period: resources["cpu"]["period"]
                     .as_u64()
                     .map(|value| api::OptionalUInt64 { value }),
-                cpus: resources["cpu"]["cpus"].as_str().unwrap_or_default().to_owned(),
-                mems: resources["cpu"]["mems"].as_str().unwrap_or_default().to_owned(),
+                cpus: resources["cpu"]["cpus"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                mems: resources["cpu"]["mems"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -274,17 +299,79 @@ pub async fn run_pod(daemon: &Daemon, record: &SandboxRecord) -> Result<(), Life
     Ok(nri.run_pod_sandbox(&pod(record)).await?)
 }
 
+/// UpdatePodSandboxResources's events: UpdatePodSandbox (an error refuses the update),
+/// then PostUpdatePodSandbox.
+pub async fn update_pod(
+    daemon: &Daemon,
+    record: &SandboxRecord,
+    overhead: Option<&cri_proto::v1::LinuxContainerResources>,
+    resources: Option<&cri_proto::v1::LinuxContainerResources>,
+) -> Result<(), LifecycleError> {
+    let Some(nri) = daemon.nri.get() else {
+        return Ok(());
+    };
+    let pod = pod(record);
+    if nri.wants(Event::UpdatePodSandbox).await {
+        nri.update_pod_sandbox(
+            &pod,
+            overhead.map(cri_resources),
+            resources.map(cri_resources),
+        )
+        .await?;
+    }
+    if nri.wants(Event::PostUpdatePodSandbox).await {
+        logged(
+            nri.post_update_pod_sandbox(&pod).await,
+            "PostUpdatePodSandbox",
+            &record.id,
+        );
+    }
+    Ok(())
+}
+
+/// CRI resources as NRI writes them.
+fn cri_resources(r: &cri_proto::v1::LinuxContainerResources) -> api::LinuxResources {
+    let positive = |v: i64| (v > 0).then_some(v);
+    let mut resources = to_nri(&runtime_handlers::ResourceUpdate {
+        cpu_shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
+        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
+        memory: positive(r.memory_limit_in_bytes),
+        memory_swap: positive(r.memory_swap_limit_in_bytes),
+    });
+    resources.hugepage_limits = r
+        .hugepage_limits
+        .iter()
+        .map(|h| api::HugepageLimit {
+            page_size: h.page_size.clone(),
+            limit: h.limit,
+        })
+        .collect();
+    resources.unified = r.unified.clone().into_iter().collect();
+    resources
+}
+
 /// A pod that a plugin refused, or that is being stopped or removed: its events.
 pub async fn pod_stopped(daemon: &Daemon, record: &SandboxRecord) {
     if let Some(nri) = wanted(daemon, Event::StopPodSandbox).await {
-        logged(nri.stop_pod_sandbox(&pod(record)).await, "StopPodSandbox", &record.id);
+        logged(
+            nri.stop_pod_sandbox(&pod(record)).await,
+            "StopPodSandbox",
+            &record.id,
+        );
     }
 }
 
 /// RemovePodSandbox's event.
 pub async fn pod_removed(daemon: &Daemon, record: &SandboxRecord) {
     if let Some(nri) = wanted(daemon, Event::RemovePodSandbox).await {
-        logged(nri.remove_pod_sandbox(&pod(record)).await, "RemovePodSandbox", &record.id);
+        logged(
+            nri.remove_pod_sandbox(&pod(record)).await,
+            "RemovePodSandbox",
+            &record.id,
+        );
     }
 }
 
@@ -329,9 +416,18 @@ pub async fn container_done(daemon: &Daemon, event: Event, record: &ContainerRec
     };
     let c = container(record);
     let (result, what) = match event {
-        Event::PostCreateContainer => (nri.post_create_container(&pod, &c).await, "PostCreateContainer"),
-        Event::PostStartContainer => (nri.post_start_container(&pod, &c).await, "PostStartContainer"),
-        Event::PostUpdateContainer => (nri.post_update_container(&pod, &c).await, "PostUpdateContainer"),
+        Event::PostCreateContainer => (
+            nri.post_create_container(&pod, &c).await,
+            "PostCreateContainer",
+        ),
+        Event::PostStartContainer => (
+            nri.post_start_container(&pod, &c).await,
+            "PostStartContainer",
+        ),
+        Event::PostUpdateContainer => (
+            nri.post_update_container(&pod, &c).await,
+            "PostUpdateContainer",
+        ),
         Event::StopContainer => (nri.stop_container(&pod, &c).await, "StopContainer"),
         Event::RemoveContainer => (nri.remove_container(&pod, &c).await, "RemoveContainer"),
         _ => return,
@@ -341,19 +437,34 @@ pub async fn container_done(daemon: &Daemon, event: Event, record: &ContainerRec
 
 /// A container whose creation failed after plugins agreed to it: its Stop and Remove
 /// events, so that plugins forget it.
-pub async fn container_undone(daemon: &Daemon, pod_record: &SandboxRecord, record: &ContainerRecord) {
+pub async fn container_undone(
+    daemon: &Daemon,
+    pod_record: &SandboxRecord,
+    record: &ContainerRecord,
+) {
     let Some(nri) = daemon.nri.get() else { return };
     let (pod, c) = (pod(pod_record), container(record));
     if nri.wants(Event::StopContainer).await {
-        logged(nri.stop_container(&pod, &c).await, "StopContainer", &record.id);
+        logged(
+            nri.stop_container(&pod, &c).await,
+            "StopContainer",
+            &record.id,
+        );
     }
     if nri.wants(Event::RemoveContainer).await {
-        logged(nri.remove_container(&pod, &c).await, "RemoveContainer", &record.id);
+        logged(
+            nri.remove_container(&pod, &c).await,
+            "RemoveContainer",
+            &record.id,
+        );
     }
 }
 
 /// StartContainer's event; an error keeps the container from starting.
-pub async fn start_container(daemon: &Daemon, record: &ContainerRecord) -> Result<(), LifecycleError> {
+pub async fn start_container(
+    daemon: &Daemon,
+    record: &ContainerRecord,
+) -> Result<(), LifecycleError> {
     let Some(nri) = wanted(daemon, Event::StartContainer).await else {
         return Ok(());
     };
@@ -378,7 +489,10 @@ pub async fn update_container(
     };
     let resources = to_nri(&update);
     Ok(
-        match nri.update_container(&pod, &container(record), &resources).await? {
+        match nri
+            .update_container(&pod, &container(record), &resources)
+            .await?
+        {
             Some(changed) => from_nri(&changed),
             None => update,
         },
@@ -408,7 +522,7 @@ fn to_nri(u: &runtime_handlers::ResourceUpdate) -> api::LinuxResources {
 /// An NRI resource update as crisp's handlers take it (what they cannot change is left
 /// out).
 fn from_nri(r: &api::LinuxResources) -> runtime_handlers::ResourceUpdate {
-    let memory = r.memory.clone().unwrap_or_default();
+    let memory = r.memory.unwrap_or_default();
     let cpu = r.cpu.clone().unwrap_or_default();
     runtime_handlers::ResourceUpdate {
         cpu_shares: cpu.shares.map(|v| v.value),
@@ -434,7 +548,12 @@ impl nri::Host for Host {
             let Some(daemon) = self.daemon.upgrade() else {
                 return (Vec::new(), Vec::new());
             };
-            let pods = daemon.pods.all().iter().map(|p| pod(&p.snapshot())).collect();
+            let pods = daemon
+                .pods
+                .all()
+                .iter()
+                .map(|p| pod(&p.snapshot()))
+                .collect();
             let containers = daemon
                 .containers
                 .all()

@@ -33,6 +33,9 @@ fn recorder(log: &Log, share: std::path::PathBuf) -> Handler {
         let refused_once = Arc::clone(&refused_once);
         let share = share.clone();
         Box::pin(async move {
+            if method == "Configure" {
+                return Ok(Vec::new());
+            }
             if method == "Synchronize" {
                 log.lock().expect("log").push(method);
                 return Ok(api::SynchronizeResponse::default().encode_to_vec());
@@ -46,7 +49,9 @@ fn recorder(log: &Log, share: std::path::PathBuf) -> Handler {
                 .expect("log")
                 .push(format!("{method} {}/{container}", pod.name));
             match method.as_str() {
-                "RunPodSandbox" if pod.name == "refused" && !refused_once.swap(true, Ordering::SeqCst) => {
+                "RunPodSandbox"
+                    if pod.name == "refused" && !refused_once.swap(true, Ordering::SeqCst) =>
+                {
                     Err(nri::ttrpc::Status {
                         code: nri::ttrpc::code::UNKNOWN,
                         message: "not this pod, not now".into(),
@@ -103,7 +108,10 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
     let _recorder = Stub::connect(&socket, "recorder", "10", 0, recorder(&log, share.clone()))
         .await
         .expect("the recorder registers");
-    wait_for("the recorder's Synchronize", || entries(&log) == ["Synchronize"]).await;
+    wait_for("the recorder's Synchronize", || {
+        entries(&log) == ["Synchronize"]
+    })
+    .await;
 
     // A plugin before the recorder (index 05) whose connection ends while crispd waits
     // for its CreateContainer answer.
@@ -115,6 +123,9 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
             let dying_tx = dying_tx.clone();
             let dying_log = Arc::clone(&dying_log);
             Box::pin(async move {
+                if method == "Configure" {
+                    return Ok(Vec::new());
+                }
                 dying_log.lock().expect("log").push(method.clone());
                 if method == "CreateContainer" {
                     let _ = dying_tx.send(());
@@ -155,7 +166,8 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
         .await
         .expect_err("the plugin refuses the pod");
     assert!(
-        err.message().contains("NRI plugin 10-recorder failed RunPodSandbox: not this pod, not now"),
+        err.message()
+            .contains("NRI plugin 10-recorder failed RunPodSandbox: not this pod, not now"),
         "{err:?}"
     );
     assert!(common::list_pods(&mut rt).await.is_empty());
@@ -195,7 +207,10 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
     assert_eq!(st.exit_code, 3);
     let output = std::fs::read_to_string(s.net.sandbox.path("logs/worker.log")).expect("log");
     assert!(output.contains(" stdout F from-the-plugin\n"), "{output}");
-    assert!(output.contains(" stdout F hello from the host\n"), "{output}");
+    assert!(
+        output.contains(" stdout F hello from the host\n"),
+        "{output}"
+    );
     wait_for("the StopContainer event", || {
         entries(&log).iter().any(|e| e.starts_with("StopContainer"))
     })

@@ -392,11 +392,20 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         request: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
         // kubelet sizes the pod cgroup itself; the runtime learns the new totals. crisp
-        // keeps no pod-level cgroup of its own, so it checks the pod and accepts.
-        let id = request.into_inner().pod_sandbox_id;
-        if self.daemon.pods.get(&id).is_none() {
+        // keeps no pod-level cgroup of its own, so it checks the pod, tells NRI plugins
+        // and accepts.
+        let request = request.into_inner();
+        let id = request.pod_sandbox_id;
+        let Some(pod) = self.daemon.pods.get(&id) else {
             return Err(Status::not_found(format!("pod sandbox {id} not found")));
-        }
+        };
+        crate::nri::update_pod(
+            &self.daemon,
+            &pod.snapshot(),
+            request.overhead.as_ref(),
+            request.resources.as_ref(),
+        )
+        .await?;
         Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 
