@@ -295,11 +295,20 @@ impl Nri {
         let events = api::ConfigureResponse::decode(reply.as_slice())
             .map_err(|e| format!("plugin {label}: Configure's answer: {e}"))?
             .events;
+        let validate = 1 << (Event::ValidateContainerAdjustment as i32 - 1);
         let events = match events {
-            0 => VALID_EVENTS,
+            // Everything crisp sends.
+            0 => VALID_EVENTS & !validate,
             e if e & !VALID_EVENTS != 0 => {
                 return Err(format!(
                     "plugin {label} subscribed to unknown events ({e:#x})"
+                ));
+            }
+            // A validator would believe it enforces a policy that crisp never asks it
+            // about: refused, not silently bypassed.
+            e if e & validate != 0 => {
+                return Err(format!(
+                    "plugin {label} validates container adjustments, which crisp does not support"
                 ));
             }
             e => e,

@@ -217,6 +217,24 @@ async fn a_failing_hook_fails_the_event_and_a_silent_plugin_is_dropped() {
         .await
         .expect("goes on without it");
     assert_eq!(nri.plugins().await, ["01-refuser"]);
+
+    // A validator of adjustments (event 14) is turned away: crisp would never ask it.
+    let validator = Stub::connect(&socket, "validator", "03", 1 << 13, plugin(&log, empty))
+        .await
+        .expect("it registers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !validator.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the validator is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(nri.plugins().await, ["01-refuser"]);
+}
+
+fn empty(_: &str, _: &[u8]) -> Reply {
+    Ok(Vec::new())
 }
 
 #[tokio::test]
