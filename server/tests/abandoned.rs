@@ -41,14 +41,16 @@ async fn a_run_pod_sandbox_abandoned_during_a_slow_cni_add_leaves_nothing() {
     )
     .expect("plugin");
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Into the [cni] table the sandbox's config already has.
     let config = std::fs::read_to_string(net.sandbox.config_path()).expect("config");
+    let dirs = format!(
+        "[cni]\nplugin_dirs = [\"{}\", \"{}\"]\n",
+        plugins.display(),
+        real_plugin_dir().display()
+    );
     std::fs::write(
         net.sandbox.config_path(),
-        format!(
-            "{config}plugin_dirs = [\"{}\", \"{}\"]\n",
-            plugins.display(),
-            real_plugin_dir().display()
-        ),
+        config.replacen("[cni]\n", &dirs, 1),
     )
     .expect("config");
     let daemon = net.sandbox.start();
