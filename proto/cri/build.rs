@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
+        // Written by hand (src/list.rs): it can also carry containers already encoded.
+        .extern_path(
+            ".runtime.v1.ListContainersResponse",
+            "crate::list::ListContainersResponse",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

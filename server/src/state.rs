@@ -24,6 +24,8 @@ pub struct Daemon {
     pub streaming: std::sync::OnceLock<crate::streaming::Streaming>,
     /// The runtime handlers, built once at startup.
     pub handlers: Arc<crate::handlers::Handlers>,
+    /// ListContainers's entries, encoded.
+    pub list_cache: crate::container::ListCache,
     /// NRI plugins, once NRI has started (never, when it is off).
     pub nri: std::sync::OnceLock<Arc<nri::Nri>>,
 }
@@ -47,6 +49,7 @@ impl Daemon {
             metrics: crate::metrics::Metrics::default(),
             streaming: std::sync::OnceLock::new(),
             handlers,
+            list_cache: crate::container::ListCache::default(),
             nri: std::sync::OnceLock::new(),
         }
     }

@@ -10,6 +10,19 @@ use cri_proto::v1 as cri;
 use cri_proto::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+/// The container's state as ListContainers has it (its entries are cached between
+/// changes, so each change must show).
+async fn listed_state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Option<i32> {
+    rt.list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| c.state)
+}
+
 fn monitors_of(id: &str) -> usize {
     common::processes_naming(&[id.as_bytes()]).len()
 }
@@ -25,7 +38,15 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
         status(&mut rt, &id).await.state,
         i32::from(cri::ContainerState::ContainerCreated)
     );
+    assert_eq!(
+        listed_state(&mut rt, &id).await,
+        Some(i32::from(cri::ContainerState::ContainerCreated))
+    );
     start(&mut rt, &id).await;
+    assert_eq!(
+        listed_state(&mut rt, &id).await,
+        Some(i32::from(cri::ContainerState::ContainerRunning))
+    );
     let err = rt
         .start_container(cri::StartContainerRequest {
             container_id: id.clone(),
@@ -70,6 +91,10 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
     .expect("stop");
     let st = status(&mut rt, &id).await;
     assert_eq!(st.state, i32::from(cri::ContainerState::ContainerExited));
+    assert_eq!(
+        listed_state(&mut rt, &id).await,
+        Some(i32::from(cri::ContainerState::ContainerExited))
+    );
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
         (0, "Completed"),

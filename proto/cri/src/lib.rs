@@ -12,7 +12,10 @@
 /// `runtime.v1`: the package every CRI client speaks.
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
+    pub use crate::list::ListContainersResponse;
 }
+
+pub mod list;
 
 /// The CRI API version crisp reports in `VersionResponse.runtime_api_version`.
 pub const CRI_API_VERSION: &str = "v1";

@@ -1,6 +1,10 @@
 //! ContainerStatus and ListContainers.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use prost::Message as _;
 
 use cri_proto::v1 as cri;
 
@@ -106,45 +110,91 @@ pub async fn status(
     })
 }
 
-/// ListContainers with the CRI filter (ID prefix, state, pod, labels).
-pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
-    let filter = filter.unwrap_or_default();
-    let mut out = Vec::new();
-    for c in daemon.containers.all() {
-        let record = c.snapshot();
-        if !filter.id.is_empty() && !record.id.starts_with(&filter.id) {
-            continue;
-        }
-        if !filter.pod_sandbox_id.is_empty() && !record.pod_id.starts_with(&filter.pod_sandbox_id) {
-            continue;
-        }
-        let state = cri_state(record.state());
-        if filter.state.as_ref().is_some_and(|s| s.state != state) {
-            continue;
-        }
-        if !filter
+/// Whether `record` passes the CRI filter (ID prefix, pod, state, labels).
+fn wanted(filter: &cri::ContainerFilter, record: &ContainerRecord) -> bool {
+    (filter.id.is_empty() || record.id.starts_with(&filter.id))
+        && (filter.pod_sandbox_id.is_empty() || record.pod_id.starts_with(&filter.pod_sandbox_id))
+        && filter
+            .state
+            .as_ref()
+            .is_none_or(|s| s.state == cri_state(record.state()))
+        && filter
             .label_selector
             .iter()
             .all(|(k, v)| record.labels.get(k) == Some(v))
-        {
-            continue;
-        }
-        out.push(cri::Container {
-            id: record.id.clone(),
-            pod_sandbox_id: record.pod_id.clone(),
-            metadata: Some(cri::ContainerMetadata {
-                name: record.name.clone(),
-                attempt: record.attempt,
-            }),
-            image: Some(image_spec(&record)),
-            image_ref: record.image_ref.clone(),
-            state,
-            created_at: record.created_at,
-            labels: to_hash_map(&record.labels),
-            annotations: to_hash_map(&record.annotations),
-            image_id: record.image_id.clone(),
-        });
+}
+
+/// The containers `filter` picks, newest first.
+fn picked(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<Arc<ContainerRecord>> {
+    let filter = filter.unwrap_or_default();
+    let mut out: Vec<Arc<ContainerRecord>> = daemon
+        .containers
+        .all()
+        .iter()
+        .map(|c| c.snapshot())
+        .filter(|r| wanted(&filter, r))
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+    out
+}
+
+/// A container as ListContainers describes it.
+fn entry(record: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: record.id.clone(),
+        pod_sandbox_id: record.pod_id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: record.name.clone(),
+            attempt: record.attempt,
+        }),
+        image: Some(image_spec(record)),
+        image_ref: record.image_ref.clone(),
+        state: cri_state(record.state()),
+        created_at: record.created_at,
+        labels: to_hash_map(&record.labels),
+        annotations: to_hash_map(&record.annotations),
+        image_id: record.image_id.clone(),
     }
-    out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+}
+
+/// ListContainers with the CRI filter (ID prefix, state, pod, labels).
+pub async fn list(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+    picked(daemon, filter).iter().map(|r| entry(r)).collect()
+}
+
+/// Each container's ListContainers entry, encoded once per saved state of its record:
+/// kubelet relists every second, and between two relists almost nothing changes.
+#[derive(Default)]
+pub struct ListCache {
+    entries: Mutex<HashMap<String, (Arc<ContainerRecord>, Bytes)>>,
+}
+
+/// ListContainers as [`list`] answers it, with each entry encoded (from the cache
+/// while its record is unchanged).
+pub async fn list_encoded(daemon: &Daemon, filter: Option<cri::ContainerFilter>) -> Vec<Bytes> {
+    let picked = picked(daemon, filter);
+    let mut cache = match daemon.list_cache.entries.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let out = picked
+        .iter()
+        .map(|record| match cache.get(&record.id) {
+            // The same saved record: the same entry.
+            Some((saved, encoded)) if Arc::ptr_eq(saved, record) => encoded.clone(),
+            _ => {
+                let encoded = Bytes::from(entry(record).encode_to_vec());
+                cache.insert(record.id.clone(), (Arc::clone(record), encoded.clone()));
+                encoded
+            }
+        })
+        .collect();
+    // Removed containers leave the cache once it holds more than there are.
+    let known = daemon.containers.all();
+    if cache.len() > known.len() {
+        let ids: std::collections::HashSet<String> =
+            known.iter().map(|c| c.snapshot().id.clone()).collect();
+        cache.retain(|id, _| ids.contains(id));
+    }
     out
 }

@@ -28,7 +28,7 @@ pub use lifecycle::{
     apply_update, remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod,
     update_resources,
 };
-pub use list::{list, status};
+pub use list::{ListCache, list, list_encoded, status};
 pub use orphans::release_unknown;
 
 const RECORD_VERSION: u32 = 1;

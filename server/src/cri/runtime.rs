@@ -215,8 +215,12 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        let containers = crate::container::list(&self.daemon, request.into_inner().filter).await;
-        Ok(Response::new(cri::ListContainersResponse { containers }))
+        let encoded =
+            crate::container::list_encoded(&self.daemon, request.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: Vec::new(),
+            encoded,
+        }))
     }
 
     async fn stream_containers(
