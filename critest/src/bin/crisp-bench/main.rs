@@ -97,6 +97,13 @@ enum Bench {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
         seconds: u64,
     },
+    /// crisp's StopPodSandbox and CreateContainer+StartContainer against what they
+    /// cannot avoid: the CNI DEL chain and `runc create` + `runc start` by themselves.
+    Floors {
+        /// Rounds (a pod and a container each, then the floors).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rounds: u32,
+    },
     /// Container create+start, ExecSync, stop+remove, List* and stats latencies, and
     /// per-container helper memory.
     Containers {
@@ -316,6 +323,7 @@ async fn main() -> Result<(), Error> {
     let (rounds, layers, layer_mib) = match <Cli as clap::Parser>::parse().command {
         Bench::Pods { count } => return pods::run(count as usize).await,
         Bench::Containers { count } => return containers::run(count as usize).await,
+        Bench::Floors { rounds } => return floors::run(rounds as usize).await,
         Bench::Density { pods, seconds } => return density::run(pods as usize, seconds).await,
         Bench::Burst {
             connections,
@@ -414,6 +422,7 @@ pub(crate) fn unmount_under(dir: &Path) {
 mod burst;
 mod containers;
 mod density;
+mod floors;
 mod microvm;
 mod pods;
 
