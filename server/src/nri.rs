@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use nri::api::{self, Event};
 use serde_json::Value;
 
-use crate::container::{ContainerRecord, State};
+use crate::container::{ContainerRecord, State, json_strings as strings};
 use crate::errors::LifecycleError;
 use crate::pod::SandboxRecord;
 use crate::state::Daemon;
@@ -125,16 +125,6 @@ pub fn pod(record: &SandboxRecord) -> api::PodSandbox {
         pid: record.pause_pid,
         ips: record.ips.clone(),
     }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The container as NRI describes it, from its record.
@@ -331,16 +321,7 @@ pub async fn update_pod(
 
 /// CRI resources as NRI writes them.
 fn cri_resources(r: &cri_proto::v1::LinuxContainerResources) -> api::LinuxResources {
-    let positive = |v: i64| (v > 0).then_some(v);
-    let mut resources = to_nri(&runtime_handlers::ResourceUpdate {
-        cpu_shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
-        cpu_quota: positive(r.cpu_quota),
-        cpu_period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
-        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
-        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
-        memory: positive(r.memory_limit_in_bytes),
-        memory_swap: positive(r.memory_swap_limit_in_bytes),
-    });
+    let mut resources = to_nri(&crate::container::resource_update(r));
     resources.hugepage_limits = r
         .hugepage_limits
         .iter()

@@ -218,45 +218,41 @@ pub async fn update_resources(
     id: &str,
     resources: Option<cri_proto::v1::LinuxContainerResources>,
 ) -> Result<(), LifecycleError> {
-    let container = daemon
-        .containers
-        .get(id)
-        .ok_or_else(|| LifecycleError::not_found(format!("container {id} not found")))?;
-    let record = container.record.lock().await;
-    if matches!(record.state(), State::Exited { .. }) {
-        return Err(LifecycleError::precondition(format!(
-            "container {} has exited",
-            record.id
-        )));
-    }
-    let Some(r) = resources else {
-        return Ok(());
-    };
-    let positive = |v: i64| (v > 0).then_some(v);
-    let update = runtime_handlers::ResourceUpdate {
-        cpu_shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
-        cpu_quota: positive(r.cpu_quota),
-        cpu_period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
-        cpuset_cpus: Some(r.cpuset_cpus).filter(|s| !s.is_empty()),
-        cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
-        memory: positive(r.memory_limit_in_bytes),
-        memory_swap: positive(r.memory_swap_limit_in_bytes),
-    };
-    let update = crate::nri::update_container(daemon, &record, update).await?;
-    let runtime = daemon.handlers.get(&record.handler)?;
-    runtime
-        .update_container(&record.handle(), &update)
-        .await
-        .map_err(LifecycleError::from)?;
-    crate::nri::container_done(daemon, nri::api::Event::PostUpdateContainer, &record).await;
-    Ok(())
+    update(daemon, id, resources.as_ref().map(resource_update), true).await
 }
 
 /// An update an NRI plugin asked for: applied as it is, with no NRI events.
 pub async fn apply_update(
     daemon: &Daemon,
     id: &str,
-    update: runtime_handlers::ResourceUpdate,
+    update_to: runtime_handlers::ResourceUpdate,
+) -> Result<(), LifecycleError> {
+    update(daemon, id, Some(update_to), false).await
+}
+
+/// CRI resources as a handler's update takes them (0 is "unset").
+pub(crate) fn resource_update(
+    r: &cri_proto::v1::LinuxContainerResources,
+) -> runtime_handlers::ResourceUpdate {
+    let positive = |v: i64| (v > 0).then_some(v);
+    runtime_handlers::ResourceUpdate {
+        cpu_shares: positive(r.cpu_shares).and_then(|v| u64::try_from(v).ok()),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: positive(r.cpu_period).and_then(|v| u64::try_from(v).ok()),
+        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
+        memory: positive(r.memory_limit_in_bytes),
+        memory_swap: positive(r.memory_swap_limit_in_bytes),
+    }
+}
+
+/// Applies `update` (none: only checks the container) to a container that has not
+/// exited; with `events`, NRI plugins see it first and may change it.
+async fn update(
+    daemon: &Daemon,
+    id: &str,
+    update: Option<runtime_handlers::ResourceUpdate>,
+    events: bool,
 ) -> Result<(), LifecycleError> {
     let container = daemon
         .containers
@@ -269,11 +265,21 @@ pub async fn apply_update(
             record.id
         )));
     }
+    let Some(mut update) = update else {
+        return Ok(());
+    };
+    if events {
+        update = crate::nri::update_container(daemon, &record, update).await?;
+    }
     let runtime = daemon.handlers.get(&record.handler)?;
     runtime
         .update_container(&record.handle(), &update)
         .await
-        .map_err(LifecycleError::from)
+        .map_err(LifecycleError::from)?;
+    if events {
+        crate::nri::container_done(daemon, nri::api::Event::PostUpdateContainer, &record).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,12 +24,14 @@ use serde::{Deserialize, Serialize};
 
 pub use create::create;
 pub use exec::exec_sync;
+pub(crate) use lifecycle::resource_update;
 pub use lifecycle::{
     apply_update, remove, remove_all_in_pod, reopen_log, start, stop, stop_all_in_pod,
     update_resources,
 };
 pub use list::{ListCache, list, list_encoded, status};
 pub use orphans::release_unknown;
+pub(crate) use spec::json_strings;
 
 const RECORD_VERSION: u32 = 1;
 

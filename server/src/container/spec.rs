@@ -54,15 +54,7 @@ impl ImageDefaults {
     pub fn from_config(config: &[u8]) -> Self {
         let v: Value = serde_json::from_slice(config).unwrap_or(Value::Null);
         let c = &v["config"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = json_strings;
         Self {
             entrypoint: strings(&c["Entrypoint"]),
             cmd: strings(&c["Cmd"]),
@@ -480,6 +472,17 @@ pub fn build(
     let typed = serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| LifecycleError::internal(format!("built an invalid OCI spec: {e}")))?;
     Ok((spec, typed))
+}
+
+/// The strings of a JSON array (none if it is not one; non-strings skipped).
+pub(crate) fn json_strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
