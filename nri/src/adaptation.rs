@@ -101,6 +101,8 @@ pub struct Nri {
     /// snapshot reaches it as an event.
     sync: Arc<RwLock<()>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The socket this runtime bound (and so may remove).
+    bound: Mutex<Option<PathBuf>>,
 }
 
 impl Drop for Nri {
@@ -136,6 +138,7 @@ impl Nri {
             plugins: tokio::sync::Mutex::new(Vec::new()),
             sync: Arc::new(RwLock::new(())),
             tasks: Mutex::new(Vec::new()),
+            bound: Mutex::new(None),
         })
     }
 
@@ -154,6 +157,7 @@ impl Nri {
             return Ok(());
         };
         let listener = listen(&path)?;
+        *lock(&self.bound) = Some(path.clone());
         tracing::info!(socket = %path.display(), "NRI plugins may connect");
         let nri = Arc::downgrade(self);
         let task = tokio::spawn(async move {
@@ -194,11 +198,18 @@ impl Nri {
         Arc::clone(&self.sync).read_owned().await
     }
 
-    /// Ends every plugin connection (crisp is stopping); started plugins are killed.
+    /// Ends every plugin connection (crisp is stopping); started plugins are killed,
+    /// and the socket goes if this runtime bound it.
     pub async fn shutdown(&self) {
         let plugins: Vec<Arc<Plugin>> = self.plugins.lock().await.drain(..).collect();
         for plugin in plugins {
             plugin.peer.close().await;
+        }
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        if let Some(path) = lock(&self.bound).take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -321,9 +332,11 @@ impl Nri {
             state_change: AtomicBool::new(false),
             _child: child,
         });
-        // No pod or container is added while the plugin takes its snapshot in; those
-        // added after it reach it as events.
+        // No pod or container is added while the plugin takes its snapshot in, and no
+        // event is sent until it is listed: what happens after the snapshot reaches it
+        // as an event.
         let _exclusive = self.sync.write().await;
+        let mut plugins = self.plugins.lock().await;
         let (pods, containers) = self.host.snapshot().await;
         let (n_pods, n_containers) = (pods.len(), containers.len());
         let sync = api::SynchronizeRequest {
@@ -343,17 +356,11 @@ impl Nri {
             .map_err(|e| format!("plugin {label}: Synchronize: {e}"))?;
         let reply = api::SynchronizeResponse::decode(reply.as_slice())
             .map_err(|e| format!("plugin {label}: Synchronize's answer: {e}"))?;
-        if !reply.update.is_empty() {
-            let failed = self.host.update(reply.update).await;
-            if !failed.is_empty() {
-                tracing::warn!(plugin = %label, failed = failed.len(), "updates a plugin asked for at synchronization failed");
-            }
-        }
-        let mut plugins = self.plugins.lock().await;
         plugins.push(Arc::clone(&plugin));
         // By index; equal indexes in the order they came.
         plugins.sort_by(|a, b| a.idx.cmp(&b.idx));
         drop(plugins);
+        self.other_containers(reply.update, Vec::new());
         tracing::info!(plugin = %label, events = format!("{events:#x}"), pods = n_pods, containers = n_containers, "NRI plugin registered");
         // Dropped from the list at the next event once its connection ends; a started
         // plugin's process is reaped then.
@@ -631,23 +638,33 @@ impl Nri {
         }
         plugins.retain(|p| !p.peer.is_closed());
         drop(plugins);
-        self.other_containers(updates, evictions).await;
+        self.other_containers(updates, evictions);
         Ok(merged.finish())
     }
 
-    async fn other_containers(
+    /// Carries out updates and evictions of other containers that plugins asked for
+    /// in an event's answer, in a task of its own: the caller may hold the lock of the
+    /// container the event is about, and the containers updated may be waiting on an
+    /// event of their own.
+    fn other_containers(
         &self,
         updates: Vec<api::ContainerUpdate>,
         evictions: Vec<api::ContainerEviction>,
     ) {
-        if !updates.is_empty() {
-            for failed in self.host.update(updates).await {
-                tracing::warn!(container = %failed.container_id, "an update an NRI plugin asked for failed");
+        if updates.is_empty() && evictions.is_empty() {
+            return;
+        }
+        let host = Arc::clone(&self.host);
+        tokio::spawn(async move {
+            if !updates.is_empty() {
+                for failed in host.update(updates).await {
+                    tracing::warn!(container = %failed.container_id, "an update an NRI plugin asked for failed");
+                }
             }
-        }
-        if !evictions.is_empty() {
-            self.host.evict(evictions).await;
-        }
+            if !evictions.is_empty() {
+                host.evict(evictions).await;
+            }
+        });
     }
 
     /// A container was created.
@@ -717,7 +734,7 @@ impl Nri {
                 Some(container),
             )
             .await?;
-        let mut own = None;
+        let mut own: Option<api::LinuxResources> = None;
         let mut others = Vec::new();
         let mut evictions = Vec::new();
         for (plugin, answer) in answers {
@@ -729,14 +746,19 @@ impl Nri {
             })?;
             for update in answer.update {
                 if update.container_id == container.id {
-                    own = update.linux.and_then(|l| l.resources).or(own);
+                    // What the plugin sets, over what was asked (and what earlier
+                    // plugins set).
+                    if let Some(changed) = update.linux.and_then(|l| l.resources) {
+                        let base = own.take().unwrap_or_else(|| resources.clone());
+                        own = Some(overlay(base, changed));
+                    }
                 } else {
                     others.push(update);
                 }
             }
             evictions.extend(answer.evict);
         }
-        self.other_containers(others, evictions).await;
+        self.other_containers(others, evictions);
         Ok(own)
     }
 
@@ -769,10 +791,16 @@ impl Nri {
         let mut updates = Vec::new();
         for (_, answer) in answers {
             if let Ok(answer) = api::StopContainerResponse::decode(answer.as_slice()) {
-                updates.extend(answer.update);
+                // The stopped container itself has nothing left to update.
+                updates.extend(
+                    answer
+                        .update
+                        .into_iter()
+                        .filter(|u| u.container_id != container.id),
+                );
             }
         }
-        self.other_containers(updates, Vec::new()).await;
+        self.other_containers(updates, Vec::new());
         Ok(())
     }
 
@@ -786,6 +814,43 @@ impl Nri {
             .await
             .map(drop)
     }
+}
+
+/// `base` with the settings `changed` has replaced.
+fn overlay(mut base: api::LinuxResources, changed: api::LinuxResources) -> api::LinuxResources {
+    if let Some(m) = changed.memory {
+        let b = base.memory.get_or_insert_with(Default::default);
+        b.limit = m.limit.or(b.limit);
+        b.reservation = m.reservation.or(b.reservation);
+        b.swap = m.swap.or(b.swap);
+        b.kernel = m.kernel.or(b.kernel);
+        b.kernel_tcp = m.kernel_tcp.or(b.kernel_tcp);
+        b.swappiness = m.swappiness.or(b.swappiness);
+        b.disable_oom_killer = m.disable_oom_killer.or(b.disable_oom_killer);
+        b.use_hierarchy = m.use_hierarchy.or(b.use_hierarchy);
+    }
+    if let Some(c) = changed.cpu {
+        let b = base.cpu.get_or_insert_with(Default::default);
+        b.shares = c.shares.or(b.shares);
+        b.quota = c.quota.or(b.quota);
+        b.period = c.period.or(b.period);
+        b.realtime_runtime = c.realtime_runtime.or(b.realtime_runtime);
+        b.realtime_period = c.realtime_period.or(b.realtime_period);
+        if !c.cpus.is_empty() {
+            b.cpus = c.cpus;
+        }
+        if !c.mems.is_empty() {
+            b.mems = c.mems;
+        }
+    }
+    if changed.pids.is_some() {
+        base.pids = changed.pids;
+    }
+    if !changed.hugepage_limits.is_empty() {
+        base.hugepage_limits = changed.hugepage_limits;
+    }
+    base.unified.extend(changed.unified);
+    base
 }
 
 fn millis(d: Duration) -> i64 {
@@ -934,4 +999,39 @@ fn listen(path: &Path) -> Result<UnixListener, String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("restricting {}: {e}", path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugins_update_changes_only_what_it_sets() {
+        let asked = api::LinuxResources {
+            memory: Some(api::LinuxMemory {
+                limit: Some(api::OptionalInt64 { value: 256 << 20 }),
+                ..Default::default()
+            }),
+            cpu: Some(api::LinuxCpu {
+                quota: Some(api::OptionalInt64 { value: 50_000 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pinned = api::LinuxResources {
+            cpu: Some(api::LinuxCpu {
+                cpus: "0-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let merged = overlay(asked, pinned);
+        let cpu = merged.cpu.unwrap_or_default();
+        assert_eq!(cpu.cpus, "0-1");
+        assert_eq!(cpu.quota.map(|q| q.value), Some(50_000));
+        assert_eq!(
+            merged.memory.and_then(|m| m.limit).map(|l| l.value),
+            Some(256 << 20)
+        );
+    }
 }

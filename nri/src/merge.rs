@@ -121,8 +121,18 @@ impl Merged {
             self.adjust.cdi_devices.push(d);
         }
         if !a.args.is_empty() {
-            self.claim(plugin, "args".into())?;
-            self.container.args = a.args.clone();
+            // A leading "" takes the arguments over from whoever set them (NRI's
+            // UpdateArgs); otherwise they belong to the first plugin to set them.
+            match a.args.split_first() {
+                Some((first, rest)) if first.is_empty() => {
+                    self.owners.insert("args".into(), plugin.to_owned());
+                    self.container.args = rest.to_vec();
+                }
+                _ => {
+                    self.claim(plugin, "args".into())?;
+                    self.container.args = a.args.clone();
+                }
+            }
             self.adjust.args = a.args;
         }
         if let Some(linux) = a.linux {

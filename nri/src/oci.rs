@@ -100,11 +100,16 @@ pub fn apply(spec: &mut Value, a: &api::ContainerAdjustment) -> Result<(), Event
         rlimits.push(json!({"type": r.r#type, "hard": r.hard, "soft": r.soft}));
     }
     if !a.args.is_empty() {
-        let args: Vec<&String> = if a.args[0].is_empty() {
-            Vec::new()
-        } else {
-            a.args.iter().collect()
+        // A leading "" only marks the arguments as taken over (NRI's UpdateArgs).
+        let args = match a.args.split_first() {
+            Some((first, rest)) if first.is_empty() => rest,
+            _ => a.args.as_slice(),
         };
+        if args.is_empty() {
+            return Err(EventError::Unsupported(
+                "arguments adjusted to none (a container needs a command)".into(),
+            ));
+        }
         object(spec, &["process"]).insert("args".into(), json!(args));
     }
     if let Some(l) = &a.linux {
@@ -174,13 +179,22 @@ fn linux(spec: &mut Value, l: &api::LinuxContainerAdjustment) -> Result<(), Even
         object(spec, &["process"]).insert("oomScoreAdj".into(), oom.value.into());
     }
     if let Some(io) = &l.io_priority {
-        let class = api::IoPrioClass::try_from(io.class)
-            .map(|c| c.as_str_name())
-            .unwrap_or("IOPRIO_CLASS_NONE");
-        object(spec, &["process"]).insert(
-            "ioPriority".into(),
-            json!({"class": class, "priority": io.priority}),
-        );
+        // Class NONE is no I/O priority: nothing to set.
+        match api::IoPrioClass::try_from(io.class) {
+            Ok(api::IoPrioClass::IoprioClassNone) => {}
+            Ok(class) => {
+                object(spec, &["process"]).insert(
+                    "ioPriority".into(),
+                    json!({"class": class.as_str_name(), "priority": io.priority}),
+                );
+            }
+            Err(_) => {
+                return Err(EventError::Unsupported(format!(
+                    "I/O priority class {}",
+                    io.class
+                )));
+            }
+        }
     }
     if let Some(s) = &l.seccomp_policy {
         let syscalls: Vec<Value> = s
@@ -252,7 +266,17 @@ fn linux(spec: &mut Value, l: &api::LinuxContainerAdjustment) -> Result<(), Even
     if let Some(s) = &l.scheduler {
         let policy = scheduler_policy(s.policy)
             .ok_or_else(|| EventError::Unsupported(format!("scheduler policy {}", s.policy)))?;
-        let flags: Vec<&str> = s.flags.iter().filter_map(|f| scheduler_flag(*f)).collect();
+        let flags = s
+            .flags
+            .iter()
+            .map(|f| {
+                scheduler_flag(*f).ok_or_else(|| {
+                    EventError::Unsupported(format!(
+                        "scheduler flag {f} (the OCI library crisp uses cannot pass it to the runtime)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<&str>, EventError>>()?;
         object(spec, &["process"]).insert(
             "scheduler".into(),
             json!({
@@ -348,11 +372,11 @@ fn scheduler_policy(p: i32) -> Option<&'static str> {
     })
 }
 
+/// The flags the OCI spec names and crisp's OCI library spells the same way
+/// (reset-on-fork and deadline-overrun it spells otherwise, so they are refused).
 fn scheduler_flag(f: i32) -> Option<&'static str> {
     Some(match f {
-        0 => "SCHED_FLAG_RESET_ON_FORK",
         1 => "SCHED_FLAG_RECLAIM",
-        2 => "SCHED_FLAG_DL_OVERRUN",
         3 => "SCHED_FLAG_KEEP_POLICY",
         4 => "SCHED_FLAG_KEEP_PARAMS",
         5 => "SCHED_FLAG_UTIL_CLAMP_MIN",
@@ -447,6 +471,25 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_empty_argument_only_marks_a_take_over() {
+        let mut spec = json!({"process": {"args": ["old"]}});
+        let adjust = api::ContainerAdjustment {
+            args: vec![String::new(), "new".into(), "-x".into()],
+            ..Default::default()
+        };
+        apply(&mut spec, &adjust).expect("apply");
+        assert_eq!(spec["process"]["args"], json!(["new", "-x"]));
+        let none = api::ContainerAdjustment {
+            args: vec![String::new()],
+            ..Default::default()
+        };
+        assert!(
+            apply(&mut spec, &none).is_err(),
+            "a container needs a command"
+        );
+    }
+
+    #[test]
     fn what_crisp_cannot_do_is_refused() {
         let adjust = api::ContainerAdjustment {
             cdi_devices: vec![api::CdiDevice {
@@ -459,5 +502,18 @@ mod tests {
             err.to_string().contains("CDI device vendor.com/gpu=0"),
             "{err}"
         );
+        // A scheduler flag the OCI library would misspell for the runtime.
+        let reset_on_fork = api::ContainerAdjustment {
+            linux: Some(api::LinuxContainerAdjustment {
+                scheduler: Some(api::LinuxScheduler {
+                    policy: 2,
+                    flags: vec![0],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(apply(&mut json!({}), &reset_on_fork).is_err());
     }
 }

@@ -174,13 +174,20 @@ impl Peer {
                 .next_id()
                 .ok_or_else(|| CallError::Protocol("stream ids are used up".into()))?;
             pending_map(&self.pending).insert(id, tx);
+            // The reader may have ended (and failed every waiting call) just before.
+            if self.is_closed() {
+                pending_map(&self.pending).remove(&id);
+                return Err(CallError::Closed);
+            }
             let message = Message {
                 stream_id: id,
                 kind: ttrpc::TYPE_REQUEST,
                 flags: 0,
                 payload: body,
             };
-            if let Err(e) = write_message(&mut writer.half, self.client_conn, &message).await {
+            if let Err(e) =
+                write_message(&mut writer.half, self.client_conn, &message, timeout).await
+            {
                 pending_map(&self.pending).remove(&id);
                 return Err(e);
             }
@@ -228,19 +235,29 @@ impl Peer {
     }
 }
 
+/// How long an answer to the peer's call may take to be written: a peer that stops
+/// reading must not hold the connection's writer for ever.
+const ANSWER_WRITE: Duration = Duration::from_secs(10);
+
+/// Writes `message` on stream `conn`, giving up after `within` (the peer stopped
+/// reading).
 async fn write_message(
     half: &mut OwnedWriteHalf,
     conn: u32,
     message: &Message,
+    within: Duration,
 ) -> Result<(), CallError> {
     let bytes = message
         .encode()
         .map_err(|e| CallError::Protocol(e.to_string()))?;
     let mut framed = Vec::with_capacity(bytes.len() + 2 * crate::mux::HEADER);
     crate::mux::frame(conn, &bytes, &mut framed).map_err(|e| CallError::Protocol(e.to_string()))?;
-    half.write_all(&framed)
-        .await
-        .map_err(|e| CallError::Protocol(format!("writing to the connection: {e}")))
+    match tokio::time::timeout(within, half.write_all(&framed)).await {
+        Ok(written) => {
+            written.map_err(|e| CallError::Protocol(format!("writing to the connection: {e}")))
+        }
+        Err(_) => Err(CallError::Timeout(within)),
+    }
 }
 
 async fn read_loop(mut read: OwnedReadHalf, reading: Reading) -> Result<(), crate::Error> {
@@ -315,7 +332,7 @@ fn serve(reading: &Reading, message: Message) {
             payload: response.encode_to_vec(),
         };
         let mut writer = writer.lock().await;
-        if let Err(e) = write_message(&mut writer.half, conn, &answer).await {
+        if let Err(e) = write_message(&mut writer.half, conn, &answer, ANSWER_WRITE).await {
             tracing::debug!(error = %e, "answering an NRI call");
         }
     });

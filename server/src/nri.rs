@@ -48,13 +48,11 @@ pub async fn start(daemon: &Arc<Daemon>) {
     }
 }
 
-/// Ends the plugins' connections and removes the socket (crispd is stopping).
+/// Ends the plugins' connections and removes the socket crispd bound (crispd is
+/// stopping).
 pub async fn stop(daemon: &Daemon) {
-    let Some(nri) = daemon.nri.get() else { return };
-    nri.shutdown().await;
-    let config = daemon.config();
-    if !config.nri.disable_connections {
-        let _ = std::fs::remove_file(&config.nri.socket_path);
+    if let Some(nri) = daemon.nri.get() {
+        nri.shutdown().await;
     }
 }
 

@@ -348,6 +348,7 @@ pub async fn create(
         Ok(true) => match serde_json::from_value::<oci_spec::runtime::Spec>(spec_json.clone()) {
             Ok(adjusted) => oci = adjusted,
             Err(e) => {
+                crate::nri::container_undone(daemon, &pod, &record).await;
                 cleanup(daemon, &record).await?;
                 return Err(LifecycleError::invalid(format!(
                     "NRI plugins adjusted the container into an invalid OCI spec: {e}"
@@ -355,7 +356,9 @@ pub async fn create(
             }
         },
         Err(e) => {
+            // Plugins before the one that refused may have made room for it.
             tracing::warn!(id = %id, error = %e, "an NRI plugin refused the container");
+            crate::nri::container_undone(daemon, &pod, &record).await;
             cleanup(daemon, &record).await?;
             return Err(e);
         }

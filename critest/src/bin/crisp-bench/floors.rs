@@ -177,7 +177,7 @@ fn runc_create_start(
     runc(root, &["create", "--bundle", &bundle_arg, id])?;
     let created = began.elapsed().as_secs_f64() * 1000.0;
     let began = Instant::now();
-    runc(root, &["start", id])?;
+    let start = runc(root, &["start", id]);
     let started = began.elapsed().as_secs_f64() * 1000.0;
     let _ = runc(root, &["kill", id, "KILL"]);
     // Deleting waits for the kill to land.
@@ -187,6 +187,7 @@ fn runc_create_start(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    start?;
     Ok((created, started))
 }
 
