@@ -160,6 +160,10 @@ pub struct SandboxRecord {
     /// The pod's resources and overhead as kubelet sent them.
     #[serde(default, skip_serializing_if = "is_default")]
     pub resources: runtime_handlers::PodResources,
+    /// NRI plugins were told the pod stopped (once, whether the pod was stopped or
+    /// ended by itself first).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub nri_stopped: bool,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -688,6 +692,7 @@ mod tests {
             cgroups_path: String::new(),
             sysctls: BTreeMap::new(),
             resources: Default::default(),
+            nri_stopped: false,
         }
     }
 

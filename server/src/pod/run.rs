@@ -136,6 +136,7 @@ pub async fn run(
         ),
         sysctls: linux.sysctls.clone().into_iter().collect(),
         resources: pod_resources(&linux),
+        nri_stopped: false,
     };
     let mut record = record;
     let ports: Vec<network::PortMapping> = pod_config

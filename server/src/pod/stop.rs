@@ -12,13 +12,14 @@ pub async fn stop(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     };
     let pod_id = pod.record.lock().await.id.clone();
     crate::container::stop_all_in_pod(daemon, &pod_id).await?;
-    // Its containers are stopped, its network not yet released; the pod stays listed
-    // while plugins hear of it (once: a stopped pod is not ready).
-    let snapshot = pod.snapshot();
-    if snapshot.ready {
-        crate::nri::pod_stopped(daemon, &snapshot).await;
-    }
     let mut record = pod.record.lock().await;
+    // Its containers are stopped, its network not yet released: NRI plugins hear of it,
+    // once (also for a pod that had ended by itself), while it stays listed. Status and
+    // lists read saved copies, so they do not wait for the plugins.
+    if !record.nri_stopped {
+        crate::nri::pod_stopped(daemon, &record).await;
+        record.nri_stopped = true;
+    }
     let config = daemon.config();
     let mut before = record.clone();
     let handler_failure = before.stop_handler_sandbox(&daemon.handlers).await.err();
