@@ -32,7 +32,7 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
     let s = setup();
     let daemon = s.net.sandbox.start();
     let (mut rt, pod) = ready(&s, &daemon).await;
-    let script = "echo hello $GREETING; hostname; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
+    let script = "echo hello $GREETING; hostname; trap 'echo bye; exit 0' TERM; echo trapped; while true; do sleep 0.1; done";
     let id = create(&mut rt, &s, &pod, container(&s, "web", script)).await;
     assert_eq!(
         status(&mut rt, &id).await.state,
@@ -83,6 +83,17 @@ async fn a_container_runs_logs_execs_stops_and_is_removed_without_a_trace() {
         (4, &b"out hi\n"[..], &b"err\n"[..])
     );
 
+    // The SIGTERM trap is in place before the stop (a loaded machine may not have run
+    // that far yet).
+    let log_file = s.net.sandbox.path("logs/web.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .contains(" stdout F trapped\n")
+    {
+        assert!(Instant::now() < deadline, "the script never set its trap");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     rt.stop_container(cri::StopContainerRequest {
         container_id: id.clone(),
         timeout: 10,
