@@ -45,6 +45,47 @@ fn wipe_state(state: &Path) {
     }
 }
 
+/// What a reboot does to cgroupfs: the pod's cgroups (and its containers', under them)
+/// are gone, in every hierarchy.
+fn forget_cgroups(pod: &str) {
+    fn walk(dir: &Path, depth: usize, pod: &str, found: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() || path.is_symlink() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().contains(pod) {
+                found.push(path);
+            } else if depth > 0 {
+                walk(&path, depth - 1, pod, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 3, pod, &mut found);
+    for top in found {
+        let mut dirs = vec![top.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(entries) = std::fs::read_dir(&dirs[i]) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir() && !p.is_symlink()),
+                );
+            }
+            i += 1;
+        }
+        for dir in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 fn init_pid(status: &cri::ContainerStatusResponse) -> i32 {
     let info: serde_json::Value =
         serde_json::from_str(status.info.get("info").expect("verbose info")).expect("JSON");
@@ -111,6 +152,7 @@ async fn node_restart(handler: &str) {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     wipe_state(&state);
+    forget_cgroups(&pod);
     assert_eq!(s.net.mounts(), 0);
 
     let daemon = s.net.sandbox.start();
