@@ -202,7 +202,17 @@ impl Daemon {
     }
 
     pub async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
-        let channel = connect(&self.socket).await;
+        let channel = match critest::connect(&self.socket).await {
+            Ok(channel) => channel,
+            // What the daemon said so far tells why (it may have exited).
+            Err(e) => {
+                let said = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+                panic!(
+                    "connect to crispd: {e}; crispd said:\n{}",
+                    String::from_utf8_lossy(&said)
+                );
+            }
+        };
         (
             RuntimeServiceClient::new(channel.clone()),
             ImageServiceClient::new(channel),
