@@ -493,17 +493,12 @@ impl Nri {
             .any(|p| p.subscribed(event) && !p.peer.is_closed())
     }
 
-    async fn pod_event(
-        &self,
-        event: Event,
-        method: &'static str,
-        pod: &api::PodSandbox,
-    ) -> Result<(), EventError> {
+    async fn pod_event(&self, event: Event, pod: &api::PodSandbox) -> Result<(), EventError> {
         let request = api::PodSandboxRequest {
             pod: Some(pod.clone()),
         }
         .encode_to_vec();
-        self.deliver(event, method, request, pod, None)
+        self.deliver(event, method(event), request, pod, None)
             .await
             .map(drop)
     }
@@ -511,7 +506,6 @@ impl Nri {
     async fn container_event(
         &self,
         event: Event,
-        method: &'static str,
         pod: &api::PodSandbox,
         container: &api::Container,
     ) -> Result<Vec<(String, Vec<u8>)>, EventError> {
@@ -520,14 +514,13 @@ impl Nri {
             container: Some(container.clone()),
         }
         .encode_to_vec();
-        self.deliver(event, method, request, pod, Some(container))
+        self.deliver(event, method(event), request, pod, Some(container))
             .await
     }
 
     /// A pod's sandbox is up; an error refuses the pod.
     pub async fn run_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), EventError> {
-        self.pod_event(Event::RunPodSandbox, "RunPodSandbox", pod)
-            .await
+        self.pod_event(Event::RunPodSandbox, pod).await
     }
 
     /// A pod's resources changed.
@@ -556,20 +549,17 @@ impl Nri {
 
     /// A pod's resources were changed.
     pub async fn post_update_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), EventError> {
-        self.pod_event(Event::PostUpdatePodSandbox, "PostUpdatePodSandbox", pod)
-            .await
+        self.pod_event(Event::PostUpdatePodSandbox, pod).await
     }
 
     /// A pod's containers are stopped and it is about to lose its network.
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), EventError> {
-        self.pod_event(Event::StopPodSandbox, "StopPodSandbox", pod)
-            .await
+        self.pod_event(Event::StopPodSandbox, pod).await
     }
 
     /// A pod is gone.
     pub async fn remove_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), EventError> {
-        self.pod_event(Event::RemovePodSandbox, "RemovePodSandbox", pod)
-            .await
+        self.pod_event(Event::RemovePodSandbox, pod).await
     }
 
     /// A container is about to be created: each subscribed plugin in turn sees it as the
@@ -667,49 +657,6 @@ impl Nri {
         });
     }
 
-    /// A container was created.
-    pub async fn post_create_container(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Result<(), EventError> {
-        self.container_event(
-            Event::PostCreateContainer,
-            "PostCreateContainer",
-            pod,
-            container,
-        )
-        .await
-        .map(drop)
-    }
-
-    /// A container is about to start; an error keeps it from starting.
-    pub async fn start_container(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Result<(), EventError> {
-        self.container_event(Event::StartContainer, "StartContainer", pod, container)
-            .await
-            .map(drop)
-    }
-
-    /// A container started.
-    pub async fn post_start_container(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Result<(), EventError> {
-        self.container_event(
-            Event::PostStartContainer,
-            "PostStartContainer",
-            pod,
-            container,
-        )
-        .await
-        .map(drop)
-    }
-
     /// A container's resources are about to change to `resources`; the resources to
     /// apply instead when plugins changed them. Updates of other containers are carried
     /// out here.
@@ -762,22 +709,6 @@ impl Nri {
         Ok(own)
     }
 
-    /// A container's resources changed.
-    pub async fn post_update_container(
-        &self,
-        pod: &api::PodSandbox,
-        container: &api::Container,
-    ) -> Result<(), EventError> {
-        self.container_event(
-            Event::PostUpdateContainer,
-            "PostUpdateContainer",
-            pod,
-            container,
-        )
-        .await
-        .map(drop)
-    }
-
     /// A container stopped (asked to, or on its own). Updates plugins ask for are
     /// carried out.
     pub async fn stop_container(
@@ -786,7 +717,7 @@ impl Nri {
         container: &api::Container,
     ) -> Result<(), EventError> {
         let answers = self
-            .container_event(Event::StopContainer, "StopContainer", pod, container)
+            .container_event(Event::StopContainer, pod, container)
             .await?;
         let mut updates = Vec::new();
         for (_, answer) in answers {
@@ -804,15 +735,16 @@ impl Nri {
         Ok(())
     }
 
-    /// A container is gone.
-    pub async fn remove_container(
+    /// A container event whose answers carry nothing: PostCreateContainer,
+    /// StartContainer (an error keeps the container from starting),
+    /// PostStartContainer, PostUpdateContainer and RemoveContainer.
+    pub async fn container_notice(
         &self,
+        event: Event,
         pod: &api::PodSandbox,
         container: &api::Container,
     ) -> Result<(), EventError> {
-        self.container_event(Event::RemoveContainer, "RemoveContainer", pod, container)
-            .await
-            .map(drop)
+        self.container_event(event, pod, container).await.map(drop)
     }
 }
 
@@ -851,6 +783,27 @@ fn overlay(mut base: api::LinuxResources, changed: api::LinuxResources) -> api::
     }
     base.unified.extend(changed.unified);
     base
+}
+
+/// The plugin's method for `event`.
+fn method(event: Event) -> &'static str {
+    match event {
+        Event::RunPodSandbox => "RunPodSandbox",
+        Event::StopPodSandbox => "StopPodSandbox",
+        Event::RemovePodSandbox => "RemovePodSandbox",
+        Event::CreateContainer => "CreateContainer",
+        Event::PostCreateContainer => "PostCreateContainer",
+        Event::StartContainer => "StartContainer",
+        Event::PostStartContainer => "PostStartContainer",
+        Event::UpdateContainer => "UpdateContainer",
+        Event::PostUpdateContainer => "PostUpdateContainer",
+        Event::StopContainer => "StopContainer",
+        Event::RemoveContainer => "RemoveContainer",
+        Event::UpdatePodSandbox => "UpdatePodSandbox",
+        Event::PostUpdatePodSandbox => "PostUpdatePodSandbox",
+        Event::ValidateContainerAdjustment => "ValidateContainerAdjustment",
+        Event::Unknown | Event::Last => "StateChange",
+    }
 }
 
 fn millis(d: Duration) -> i64 {

@@ -144,9 +144,11 @@ async fn a_plugin_registers_gets_events_in_order_and_adjusts_containers() {
         spec["process"]["env"],
         serde_json::json!(["A=1", "FROM_NRI=yes"])
     );
-    nri.start_container(&pod, &container).await.expect("start");
+    nri.container_notice(nri::api::Event::StartContainer, &pod, &container)
+        .await
+        .expect("start");
     nri.stop_container(&pod, &container).await.expect("stop");
-    nri.remove_container(&pod, &container)
+    nri.container_notice(nri::api::Event::RemoveContainer, &pod, &container)
         .await
         .expect("remove");
     nri.stop_pod_sandbox(&pod).await.expect("stop pod");
@@ -157,16 +159,12 @@ async fn a_plugin_registers_gets_events_in_order_and_adjusts_containers() {
             "Synchronize 1",
             "RunPodSandbox",
             "CreateContainer",
-            "PostCreateContainer",
             "StartContainer",
             "StopContainer",
             "RemoveContainer",
             "StopPodSandbox",
             "RemovePodSandbox"
         ]
-        .into_iter()
-        .filter(|m| *m != "PostCreateContainer")
-        .collect::<Vec<_>>()
     );
 }
 

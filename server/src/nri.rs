@@ -394,24 +394,11 @@ pub async fn container_done(daemon: &Daemon, event: Event, record: &ContainerRec
         return;
     };
     let c = container(record);
-    let (result, what) = match event {
-        Event::PostCreateContainer => (
-            nri.post_create_container(&pod, &c).await,
-            "PostCreateContainer",
-        ),
-        Event::PostStartContainer => (
-            nri.post_start_container(&pod, &c).await,
-            "PostStartContainer",
-        ),
-        Event::PostUpdateContainer => (
-            nri.post_update_container(&pod, &c).await,
-            "PostUpdateContainer",
-        ),
-        Event::StopContainer => (nri.stop_container(&pod, &c).await, "StopContainer"),
-        Event::RemoveContainer => (nri.remove_container(&pod, &c).await, "RemoveContainer"),
-        _ => return,
+    let result = match event {
+        Event::StopContainer => nri.stop_container(&pod, &c).await,
+        _ => nri.container_notice(event, &pod, &c).await,
     };
-    logged(result, what, &record.id);
+    logged(result, event.as_str_name(), &record.id);
 }
 
 /// A container whose creation failed after plugins agreed to it: its Stop and Remove
@@ -432,7 +419,7 @@ pub async fn container_undone(
     }
     if nri.wants(Event::RemoveContainer).await {
         logged(
-            nri.remove_container(&pod, &c).await,
+            nri.container_notice(Event::RemoveContainer, &pod, &c).await,
             "RemoveContainer",
             &record.id,
         );
@@ -450,7 +437,9 @@ pub async fn start_container(
     let Some(pod) = pod_of(daemon, &record.pod_id) else {
         return Ok(());
     };
-    Ok(nri.start_container(&pod, &container(record)).await?)
+    Ok(nri
+        .container_notice(Event::StartContainer, &pod, &container(record))
+        .await?)
 }
 
 /// UpdateContainer's event: the update to apply (plugins may change it); an error

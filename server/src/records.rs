@@ -127,6 +127,16 @@ impl<T: Record + Clone> Records<T> {
         }
     }
 
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
     /// Every live record.
     pub fn all(&self) -> Vec<Arc<Entry<T>>> {
         self.map().values().cloned().collect()

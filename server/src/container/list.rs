@@ -190,11 +190,8 @@ pub async fn list_encoded(daemon: &Daemon, filter: Option<cri::ContainerFilter>)
         })
         .collect();
     // Removed containers leave the cache once it holds more than there are.
-    let known = daemon.containers.all();
-    if cache.len() > known.len() {
-        let ids: std::collections::HashSet<String> =
-            known.iter().map(|c| c.snapshot().id.clone()).collect();
-        cache.retain(|id, _| ids.contains(id));
+    if cache.len() > daemon.containers.len() {
+        cache.retain(|id, _| daemon.containers.get(id).is_some());
     }
     out
 }
