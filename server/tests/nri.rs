@@ -24,13 +24,16 @@ fn entries(log: &Log) -> Vec<String> {
 
 /// A plugin that logs `Method pod-name/container-name` for every call, adjusts every
 /// container (NRI_GREETING and a read-only mount of `share` at /nri), and refuses the
-/// first RunPodSandbox of a pod named "refused".
+/// first RunPodSandbox of a pod named "refused" and the first CreateContainer of a
+/// container named "refused".
 fn recorder(log: &Log, share: std::path::PathBuf) -> Handler {
     let log = Arc::clone(log);
     let refused_once = Arc::new(AtomicBool::new(false));
+    let refused_container = Arc::new(AtomicBool::new(false));
     Arc::new(move |method: String, payload: Vec<u8>| {
         let log = Arc::clone(&log);
         let refused_once = Arc::clone(&refused_once);
+        let refused_container = Arc::clone(&refused_container);
         let share = share.clone();
         Box::pin(async move {
             if method == "Configure" {
@@ -45,6 +48,18 @@ fn recorder(log: &Log, share: std::path::PathBuf) -> Handler {
             let request = api::ContainerRequest::decode(payload.as_slice()).unwrap_or_default();
             let pod = request.pod.unwrap_or_default();
             let container = request.container.map(|c| c.name).unwrap_or_default();
+            if method == "CreateContainer"
+                && container == "refused"
+                && !refused_container.swap(true, Ordering::SeqCst)
+            {
+                log.lock()
+                    .expect("log")
+                    .push(format!("{method} {}/{container}", pod.name));
+                return Err(nri::ttrpc::Status {
+                    code: nri::ttrpc::code::UNKNOWN,
+                    message: "not this container, not now".into(),
+                });
+            }
             log.lock()
                 .expect("log")
                 .push(format!("{method} {}/{container}", pod.name));
@@ -220,6 +235,47 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
     })
     .await
     .expect("remove");
+
+    // A container the recorder refuses once: CreateContainer fails with its message,
+    // nothing of it is mounted or listed, and the retry is created.
+    let mounts = s.net.mounts();
+    let refused_container = || cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container(&s, "refused", "sleep 1000")),
+        sandbox_config: Some(named_pod(&s, "refused")),
+    };
+    let err = rt
+        .create_container(refused_container())
+        .await
+        .expect_err("the plugin refuses the container");
+    assert!(
+        err.message()
+            .contains("NRI plugin 10-recorder failed CreateContainer: not this container, not now"),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.net.mounts(),
+        mounts,
+        "a refused container leaves no mount"
+    );
+    let listed = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    let retried = rt
+        .create_container(refused_container())
+        .await
+        .expect("the retry is created")
+        .into_inner()
+        .container_id;
+    rt.remove_container(cri::RemoveContainerRequest {
+        container_id: retried,
+    })
+    .await
+    .expect("remove the retry");
     stop_and_remove_pod(&mut rt, &pod).await;
 
     let c = "refused/worker";
@@ -238,6 +294,15 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
             format!("PostStartContainer {c}"),
             format!("StopContainer {c}"),
             format!("RemoveContainer {c}"),
+            // The refused container: plugins that had agreed forget it.
+            "CreateContainer refused/refused".into(),
+            "StopContainer refused/refused".into(),
+            "RemoveContainer refused/refused".into(),
+            // The retry, created and removed without a start.
+            "CreateContainer refused/refused".into(),
+            "PostCreateContainer refused/refused".into(),
+            "StopContainer refused/refused".into(),
+            "RemoveContainer refused/refused".into(),
             "StopPodSandbox refused/".into(),
             "RemovePodSandbox refused/".into(),
         ]
