@@ -45,6 +45,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    operation: &'static str,
+    step: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -60,6 +66,7 @@ pub struct Metrics {
     containers: Family<StateLabels, Gauge>,
     pods: Family<StateLabels, Gauge>,
     monitors: Gauge,
+    steps: Family<StepLabels, Histogram, fn() -> Histogram>,
     calls: std::sync::atomic::AtomicU64,
 }
 
@@ -120,6 +127,13 @@ impl Default for Metrics {
             "Helper processes (monitors, PID-namespace inits) the runtime handlers keep on this host",
             monitors.clone(),
         );
+        let steps: Family<StepLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(histogram);
+        registry.register(
+            "crisp_operation_step_duration_seconds",
+            "Time spent in each step of a lifecycle operation (CreateContainer, StartContainer), successful or not",
+            steps.clone(),
+        );
         Self {
             registry,
             rpc_latency,
@@ -130,6 +144,7 @@ impl Default for Metrics {
             containers,
             pods,
             monitors,
+            steps,
             calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -168,6 +183,15 @@ impl Metrics {
         }
     }
 
+    /// A timer for the steps of `operation`, started now.
+    pub fn steps(&self, operation: &'static str) -> Steps {
+        Steps {
+            family: self.steps.clone(),
+            operation,
+            last: Instant::now(),
+        }
+    }
+
     /// The metrics in OpenMetrics text format, gauges read now.
     pub fn render(&self, daemon: &Daemon) -> String {
         let (mut created, mut running, mut exited) = (0, 0, 0);
@@ -203,6 +227,30 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// Times the steps of one operation: each [`Steps::mark`] records the time since the
+/// previous mark (or the start) under `crisp_operation_step_duration_seconds`, so an
+/// operator can see where a slow CreateContainer spends its time. It may move to a
+/// blocking thread and back with the work it times.
+pub struct Steps {
+    family: Family<StepLabels, Histogram, fn() -> Histogram>,
+    operation: &'static str,
+    last: Instant,
+}
+
+impl Steps {
+    /// Records the step that ends now.
+    pub fn mark(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.family
+            .get_or_create(&StepLabels {
+                operation: self.operation,
+                step,
+            })
+            .observe(now.duration_since(self.last).as_secs_f64());
+        self.last = now;
     }
 }
 
@@ -349,6 +397,9 @@ mod tests {
         m.rpc("Version", "OK", Duration::from_millis(3));
         m.rpc("Version", "NotFound", Duration::from_millis(200));
         m.pull(true, 1000, Duration::from_secs(2));
+        let mut steps = m.steps("create_container");
+        steps.mark("image");
+        steps.mark("image");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encode");
         for line in [
@@ -358,6 +409,7 @@ mod tests {
             "crisp_grpc_requests_total{method=\"Version\",code=\"NotFound\"} 1\n",
             "crisp_image_pulls_total{outcome=\"failure\"} 0\n",
             "crisp_image_pull_bytes_total 1000\n",
+            "crisp_operation_step_duration_seconds_count{operation=\"create_container\",step=\"image\"} 2\n",
             "# EOF\n",
         ] {
             assert!(out.contains(line), "{line} in {out}");

@@ -16,6 +16,7 @@ pub async fn create(
     daemon: &Arc<Daemon>,
     request: cri::CreateContainerRequest,
 ) -> Result<String, LifecycleError> {
+    let mut steps = daemon.metrics.steps("create_container");
     let config = daemon.config();
     let container = request
         .config
@@ -73,6 +74,7 @@ pub async fn create(
             "run_as_group needs run_as_user or run_as_username: a group alone does not say who runs",
         ));
     }
+    steps.mark("validate");
     let image_name = container
         .image
         .as_ref()
@@ -94,6 +96,7 @@ pub async fn create(
         .map_err(LifecycleError::from)?;
     let defaults = ImageDefaults::from_config(&image_config);
     let runtime = daemon.handlers.get(&pod.handler)?;
+    steps.mark("image");
 
     let id = new_id();
     let bundle = config.state.join("containers").join(&id);
@@ -217,6 +220,7 @@ pub async fn create(
     } else {
         None
     };
+    steps.mark("record");
 
     // Rootfs, identity and spec are filesystem work.
     let store = daemon.images.store();
@@ -226,7 +230,9 @@ pub async fn create(
         let driver = config.cgroup_driver;
         let host = runtime.host_facts();
         let container = container.clone();
+        let mut steps = steps;
         blocking(move || {
+            let prepared = (|| {
             let rootfs = record.rootfs();
             let release = |record: &ContainerRecord| {
                 if let Err(e) = record.release_filesystems(&store.snapshots) {
@@ -243,6 +249,7 @@ pub async fn create(
                     record.bundle.display()
                 )));
             }
+            steps.mark("intent");
             let userns = network::pin_path(&pod.state_dir, network::NamespaceKind::User);
             let idmap = pod.userns.as_ref().map(|u| storage::IdMapping {
                 userns: &userns,
@@ -269,6 +276,7 @@ pub async fn create(
                 }
                 volumes.push(target);
             }
+            steps.mark("rootfs");
             let built = (|| {
                 let security = container
                     .linux
@@ -285,6 +293,7 @@ pub async fn create(
                     security.supplemental_groups_policy
                         == i32::from(cri::SupplementalGroupsPolicy::Strict),
                 )?;
+                steps.mark("identity");
                 let args = spec::process_args(&container, &defaults)?;
                 let hostname = if pod.hostname.is_empty() {
                     pod.name.clone()
@@ -315,18 +324,23 @@ pub async fn create(
                     host,
                 };
                 let (spec, oci) = spec::build(&container, &input)?;
+                steps.mark("spec");
                 let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
                 binds::stage(&record.bundle, &container.mounts, pinned)?;
+                steps.mark("binds");
                 Ok::<_, LifecycleError>((spec, oci, identity))
             })();
             if built.is_err() {
                 release(&record);
             }
             built
+            })();
+            Ok((steps, prepared))
         })
         .await?
     };
-    let (mut spec_json, mut oci, identity) = prepared;
+    let (mut steps, prepared) = prepared;
+    let (mut spec_json, mut oci, identity) = prepared?;
 
     // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
@@ -363,6 +377,7 @@ pub async fn create(
             return Err(e);
         }
     }
+    steps.mark("nri");
     record.process = spec_json["process"].clone();
     record.cgroup_path = spec_json["linux"]["cgroupsPath"]
         .as_str()
@@ -383,6 +398,7 @@ pub async fn create(
             stdin_once: container.stdin_once,
         })
         .await;
+    steps.mark("runtime");
     match created {
         Ok(pid) => record.pid = pid,
         Err(e) => {
@@ -398,6 +414,7 @@ pub async fn create(
     if !runtime.features().mounts_at_start {
         binds::release_off_thread(&bundle).await;
     }
+    steps.mark("release_binds");
     if let Err(e) = daemon.containers.persist(&record).await {
         let _ = runtime.delete_container(&record.handle(), true).await;
         crate::nri::container_undone(daemon, &pod, &record).await;
@@ -406,6 +423,7 @@ pub async fn create(
             "cannot persist container {id}: {e}"
         )));
     }
+    steps.mark("persist");
     tracing::info!(id = %id, pod = %pod.id, name = %meta.name, image = %image_name, "container created");
     let pod_id = record.pod_id.clone();
     let entry = daemon.containers.insert(record);
@@ -417,6 +435,7 @@ pub async fn create(
         crate::nri::container_done(daemon, nri::api::Event::PostCreateContainer, &c.snapshot())
             .await;
     }
+    steps.mark("publish");
     Ok(id)
 }
 

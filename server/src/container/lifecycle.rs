@@ -9,6 +9,7 @@ use crate::state::Daemon;
 
 /// Starts a created container.
 pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
+    let mut steps = daemon.metrics.steps("start_container");
     let container = daemon
         .containers
         .get(id)
@@ -21,11 +22,14 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         )));
     }
     let runtime = daemon.handlers.get(&record.handler)?;
+    steps.mark("validate");
     crate::nri::start_container(daemon, &record).await?;
+    steps.mark("nri");
     runtime
         .start_container(&record.handle())
         .await
         .map_err(LifecycleError::from)?;
+    steps.mark("runtime");
     if runtime.features().mounts_at_start {
         super::binds::release_off_thread(&record.bundle).await;
     }
@@ -33,6 +37,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     daemon.containers.persist(&record).await.map_err(|e| {
         LifecycleError::internal(format!("cannot persist container {}: {e}", record.id))
     })?;
+    steps.mark("persist");
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerStartedEvent,
         &record.id,
@@ -40,6 +45,7 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     );
     tracing::info!(id = %record.id, "container started");
     crate::nri::container_done(daemon, nri::api::Event::PostStartContainer, &record).await;
+    steps.mark("publish");
     Ok(())
 }
 
