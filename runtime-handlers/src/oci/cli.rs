@@ -86,12 +86,21 @@ impl OciRuntime {
             path: bundle.to_owned(),
             source,
         };
-        tokio::fs::create_dir_all(bundle).await.map_err(io)?;
-        tokio::fs::create_dir_all(&self.root).await.map_err(io)?;
         let json = serde_json::to_vec(spec).map_err(|e| io(std::io::Error::other(e)))?;
-        tokio::fs::write(bundle.join("config.json"), json)
-            .await
-            .map_err(io)?;
+        // One trip to a blocking thread for the three.
+        let (dirs, config) = (
+            [bundle.to_owned(), self.root.clone()],
+            bundle.join("config.json"),
+        );
+        tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(config, json)
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?;
 
         let mut cmd = Command::new(&self.monitor);
         cmd.arg("--runtime")

@@ -51,15 +51,20 @@ pub(super) fn find_monitor(pid: u32, id: &str) -> Option<i32> {
         .find(|p| is_monitor_of(*p, id))
 }
 
-/// Runs `cmd` with a pipe on its fd 3 and returns the one line it reports there. The
-/// process may keep running (a monitor does); it is reaped in the background.
+/// Runs `cmd` with a socket for its stdout and returns what it reports there (to the
+/// end: the last line is `ok …` or `error …`). The process may keep running (a monitor
+/// does); it is reaped in the background.
+///
+/// Nothing runs between fork and exec here, so the spawn is a `posix_spawn` (a vfork):
+/// a fork would copy crispd's page tables and cost it a copy-on-write fault on every
+/// page it writes next, milliseconds for each container created.
 pub(super) async fn spawn_reporting(cmd: Command, binary: &Path) -> Result<String, HandlerError> {
     spawn_reporting_after(cmd, binary, None::<fn(u32) -> std::io::Result<()>>).await
 }
 
-/// As [`spawn_reporting`], with a handshake first: the process says `userns` on its
-/// stdout once it has made a user namespace, `handshake` runs with its pid (and writes
-/// the namespace's ID maps), and a byte on its stdin lets it go on.
+/// As [`spawn_reporting`], with a handshake first: the process reports `userns` once it
+/// has made a user namespace, `handshake` runs with its pid (and writes the namespace's
+/// ID maps), and a byte on its stdin lets it go on.
 pub(super) async fn spawn_reporting_after<F>(
     mut cmd: Command,
     binary: &Path,
@@ -72,42 +77,33 @@ where
         path: binary.to_owned(),
         source,
     };
-    let (sync_r, sync_w) = crate::cloexec_pipe().map_err(io)?;
-    let talk = if handshake.is_some() {
-        std::process::Stdio::piped
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+    ours.set_nonblocking(true).map_err(io)?;
+    let ours = tokio::net::UnixStream::from_std(ours).map_err(io)?;
+    cmd.stdin(if handshake.is_some() {
+        std::process::Stdio::piped()
     } else {
-        std::process::Stdio::null
-    };
-    cmd.stdin(talk())
-        .stdout(talk())
-        .stderr(std::process::Stdio::null());
-    let raw = sync_w.as_raw_fd();
-    // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe; it puts
-    // the sync pipe on fd 3, where the child reports.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+        std::process::Stdio::null()
+    })
+    .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+        theirs,
+    )))
+    .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().map_err(|source| HandlerError::Spawn {
         binary: binary.to_owned(),
         source,
     })?;
-    drop(sync_w);
+    // The command holds the child's end until it is dropped.
+    drop(cmd);
+    let mut lines = tokio::io::BufReader::new(ours);
     if let Some(handshake) = handshake {
-        let (Some(mut stdin), Some(stdout), Some(pid)) =
-            (child.stdin.take(), child.stdout.take(), child.id())
-        else {
+        let (Some(mut stdin), Some(pid)) = (child.stdin.take(), child.id()) else {
             let _ = child.kill().await;
-            return Err(io(std::io::Error::other("the helper has no pipes")));
+            return Err(io(std::io::Error::other("the helper has no stdin")));
         };
         let mut said = String::new();
-        let mut lines = tokio::io::BufReader::new(stdout);
         let read = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut said).await;
-        // Without the go-ahead the helper reports an error on fd 3 and exits.
+        // Without the go-ahead the helper reports an error and exits.
         if read.is_ok() && said.trim() == "userns" {
             match handshake(pid) {
                 Ok(()) => stdin.write_all(b"\n").await.map_err(io)?,
@@ -116,11 +112,15 @@ where
                     return Err(io(e));
                 }
             }
+        } else {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            return Ok(said.trim().to_owned());
         }
     }
     let mut line = String::new();
-    let mut reader = tokio::fs::File::from_std(std::fs::File::from(sync_r));
-    reader.read_to_string(&mut line).await.map_err(io)?;
+    lines.read_to_string(&mut line).await.map_err(io)?;
     tokio::spawn(async move {
         let _ = child.wait().await;
     });

@@ -2,7 +2,7 @@
 //!
 //! crispd starts one per container. It detaches into its own session, makes itself the
 //! child subreaper, runs `<runtime> create` with the container's stdout and stderr on
-//! pipes it owns, reports `ok <pid>` (or `error <message>`) on fd 3, and then:
+//! pipes it owns, reports `ok <pid>` (or `error <message>`) on its stdout, and then:
 //! copies the container's output to the CRI log file in kubelet's format
 //! (`<RFC3339Nano> <stream> <P|F> <text>`), reopens that file on SIGUSR1 (log rotation),
 //! and when the container's init exits writes `<exit code>\n<finished ns>\n` to the exit
@@ -20,11 +20,14 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use crilog::{LogWriter, emit};
 
 static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Where the report goes: the stdout crispd gave, moved off fd 1 (see [`take_report`]).
+static REPORT: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_usr1(_: libc::c_int) {
     REOPEN.store(true, Ordering::SeqCst);
@@ -92,12 +95,40 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The sync channel to crispd, inherited as fd 3 (absent when run by hand).
-fn report(line: &str) {
-    // SAFETY: fd 3 is either the inherited pipe or invalid; write fails harmlessly then.
+/// Moves the report channel (the stdout crispd gave: a pipe or socket it reads to its
+/// end) off fd 1, close-on-exec, and puts /dev/null on fd 1, so that nothing this process
+/// starts holds it open. crispd passes it as stdout rather than on a descriptor of its
+/// own choosing so that it can spawn this process without fork (posix_spawn): a fork of
+/// a daemon of crispd's size costs it milliseconds of copy-on-write faults.
+fn take_report() {
+    // SAFETY: descriptor calls on this process's own stdio; fcntl makes a new descriptor.
     unsafe {
-        libc::write(3, line.as_ptr().cast(), line.len());
-        libc::close(3);
+        let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        REPORT.store(fd, Ordering::SeqCst);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+}
+
+/// The report to crispd: one line (`userns`) or the last (`ok …` / `error …`), which
+/// closes the channel.
+fn say(line: &str) -> bool {
+    let fd = REPORT.load(Ordering::SeqCst);
+    // SAFETY: writes `line` to our own descriptor (or fails harmlessly on -1).
+    let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+    usize::try_from(n).is_ok_and(|n| n == line.len())
+}
+
+/// Sends the final report and closes the channel.
+fn report(line: &str) {
+    say(line);
+    let fd = REPORT.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: closes our own descriptor once.
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -122,7 +153,7 @@ pub(crate) fn runtime_error(log: &Path) -> String {
 
 /// `crisp-monitor --pause`: the init of a pod's shared PID namespace. The helper
 /// unshares the PID namespace, forks that init (pid 1 there: it only reaps orphans),
-/// reports `ok <pid>` on fd 3 and exits, leaving the init to its new parent.
+/// reports `ok <pid>` on its stdout and exits, leaving the init to its new parent.
 /// With `--userns`, it first makes a user namespace and waits for its caller to write
 /// the ID maps (see [`enter_new_userns`]), then makes the pod's network, IPC and UTS
 /// namespaces inside it, and the init runs as the namespace's root.
@@ -137,8 +168,7 @@ fn enter_new_userns() -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: writes a static buffer to stdout, the caller's pipe.
-    if unsafe { libc::write(1, c"userns\n".as_ptr().cast(), 7) } != 7 {
+    if !say("userns\n") {
         return Err(format!(
             "telling the caller: {}",
             std::io::Error::last_os_error()
@@ -275,7 +305,7 @@ fn pause_main(userns: bool) -> ExitCode {
     if pid == 0 {
         // SAFETY: plain descriptor and wait calls on our own process.
         unsafe {
-            libc::close(3);
+            libc::close(REPORT.load(Ordering::SeqCst));
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             if null >= 0 {
                 libc::dup2(null, 0);
@@ -295,16 +325,12 @@ fn pause_main(userns: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // Only stdio and the report pipe (fd 3) are ours: whatever else the caller's process
-    // left open (crispd may have inherited descriptors) must not live on with us.
-    // SAFETY: close_range takes no pointers; no descriptor above 3 is in use yet.
-    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
-    // The report pipe is for this process only: a runtime that keeps inherited
-    // descriptors in the container (crun does) would hold it open, and crispd, which reads
-    // the report to its end, would wait for the container to exit.
-    // SAFETY: fcntl on a descriptor number; an unused one just fails.
-    unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Only stdio is ours: whatever else the caller's process left open (crispd may have
+    // inherited descriptors) must not live on with us.
+    // SAFETY: close_range takes no pointers; no descriptor above 2 is in use yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
+        take_report();
         return pause_main(std::env::args_os().nth(2).is_some_and(|a| a == "--userns"));
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
@@ -316,6 +342,10 @@ fn main() -> ExitCode {
     {
         return sandbox_init_main();
     }
+    // The report channel is for this process only: a runtime that keeps inherited
+    // descriptors in the container (crun does) would hold it open, and crispd, which reads
+    // the report to its end, would wait for the container to exit.
+    take_report();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
