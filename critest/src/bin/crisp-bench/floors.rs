@@ -7,6 +7,13 @@
 //! chain, in reverse, each given the ADD's result, as crisp and libcni give it), and
 //! runc's own work for the very container crisp made: its config.json (same rootfs,
 //! mounts, namespaces of the same pod, seccomp filter), a cgroup of its own.
+//!
+//! The containers compared are a pod's second: crisp's, runc's and crisp-monitor's (the
+//! monitor started by itself, as crispd starts it) take turns in the running pod, in an
+//! order that changes each round. The pod's first container is reported apart: on this
+//! machine the first create after other work (a pod's start, a teardown, a pause) is
+//! slower for runc by itself too, and it would load whichever side ran first.
+//! crispd's own split of its time comes from its step metrics.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -191,12 +198,105 @@ fn runc_create_start(
     Ok((created, started))
 }
 
+/// crisp's CreateContainer and StartContainer of a `sleep` named `name` in `pod`: its ID
+/// and the time of each, ms.
+async fn create_start(
+    clients: &mut critest::Clients,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+) -> Result<(String, f64, f64), Error> {
+    let began = Instant::now();
+    let id = clients
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(crate::container_config(name, image, &["sleep", "1000"])),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    let created = began.elapsed().as_secs_f64() * 1000.0;
+    let began = Instant::now();
+    clients
+        .runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok((id, created, began.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// `crisp-monitor` as crispd starts it, on crisp's spec for a container (as a container
+/// of its own): the time from its spawn to its `ok` report, ms.
+fn monitor_create(spec: &Path, bundle: &Path, root: &Path, id: &str) -> Result<f64, Error> {
+    use std::io::Read as _;
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
+    spec["linux"]["cgroupsPath"] = format!("/crisp-bench-floor/{id}").into();
+    std::fs::create_dir_all(bundle)?;
+    std::fs::create_dir_all(root)?;
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    let _ = std::fs::remove_file(bundle.join("exit"));
+    let runtime = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no runc in /usr/sbin, /usr/bin or /usr/local/sbin")?;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut command = Command::new(crate::sibling("crisp-monitor"));
+    command
+        .arg("--runtime")
+        .arg(runtime)
+        .arg("--root")
+        .arg(root)
+        .arg("--id")
+        .arg(id)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--log-path")
+        .arg(bundle.join("container.log"))
+        .arg("--exit-file")
+        .arg(bundle.join("exit"))
+        .stdin(Stdio::null())
+        // It reports on its stdout, as crispd gives it.
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stderr(Stdio::null());
+    let began = Instant::now();
+    let mut child = command.spawn()?;
+    drop(command);
+    let mut report = String::new();
+    ours.read_to_string(&mut report)?;
+    let took = began.elapsed().as_secs_f64() * 1000.0;
+    let _ = runc(root, &["kill", id, "KILL"]);
+    for _ in 0..100 {
+        if runc(root, &["delete", "--force", id]).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.wait();
+    if !report.starts_with("ok ") {
+        return Err(format!("crisp-monitor: {}", report.trim()).into());
+    }
+    Ok(took)
+}
+
 pub async fn run(rounds: usize) -> Result<(), Error> {
     let work = tempdir()?;
     let registry = Registry::start(&work.join("registry"), None)?;
     let (image, _) = crate::containers::push_busybox_and_pause(&registry)?;
     let crisp_dir = work.join("crisp");
-    let crisp = crate::pods::start_crispd_on_bridge(&crisp_dir, BRIDGE)?;
+    // crispd's step timings come from its metrics endpoint.
+    let metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let crisp = crate::pods::start_crispd_on_bridge_with(
+        &crisp_dir,
+        BRIDGE,
+        &format!("[metrics]\naddress = \"{metrics}\"\n"),
+    )?;
     let mut clients = crate::serving(&crisp).await?;
     crate::containers::pull_all(&mut clients, &[&image]).await?;
     let list: Value =
@@ -219,8 +319,11 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
     let (mut stop, mut del) = (Vec::new(), Vec::new());
     let (mut create, mut start) = (Vec::new(), Vec::new());
     let (mut runc_create, mut runc_start) = (Vec::new(), Vec::new());
+    let mut monitor = Vec::new();
+    let mut first = Vec::new();
+    let mut runc_create_again = Vec::new();
     for round in 0..rounds {
-        // crisp: a pod, a container started in it, then the pod stopped.
+        // crisp: a pod and its first container, which gives the floors their spec.
         let pod_config = crate::pods::pod(round);
         let pod = clients
             .runtime
@@ -231,38 +334,50 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
             .await?
             .into_inner()
             .pod_sandbox_id;
-        let began = Instant::now();
-        let id = clients
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(crate::container_config("floor", &image, &["sleep", "1000"])),
-                sandbox_config: Some(pod_config),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        create.push(began.elapsed().as_secs_f64() * 1000.0);
-        let began = Instant::now();
-        clients
-            .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-        start.push(began.elapsed().as_secs_f64() * 1000.0);
-        // runc alone, on crisp's spec for that container, while the pod is up.
+        let (first_id, created, started) =
+            create_start(&mut clients, &pod, &pod_config, &image, "first").await?;
+        first.push(created + started);
         let spec = crisp_dir
             .join("state/containers")
-            .join(&id)
+            .join(&first_id)
             .join("config.json");
-        let floor_id = format!("floor-{round}");
-        let (created, started) = runc_create_start(&spec, &bundle, &runc_root, &floor_id)?;
-        runc_create.push(created);
-        runc_start.push(started);
+        // Then, in the running pod, crisp's second container, runc alone and
+        // crisp-monitor alone on that spec, in an order that turns each round: what ran
+        // just before (a teardown) slows the next create, and each takes that place as
+        // often as the others.
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => {
+                    let (id, created, started) =
+                        create_start(&mut clients, &pod, &pod_config, &image, "second").await?;
+                    create.push(created);
+                    start.push(started);
+                    clients
+                        .runtime
+                        .remove_container(cri::RemoveContainerRequest { container_id: id })
+                        .await?;
+                }
+                1 => {
+                    let floor_id = format!("floor-{round}");
+                    let (created, started) =
+                        runc_create_start(&spec, &bundle, &runc_root, &floor_id)?;
+                    runc_create.push(created);
+                    runc_create_again.push(created);
+                    runc_start.push(started);
+                }
+                _ => monitor.push(monitor_create(
+                    &spec,
+                    &bundle,
+                    &runc_root,
+                    &format!("monitor-{round}"),
+                )?),
+            }
+        }
         clients
             .runtime
-            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: first_id,
+            })
             .await?;
         let began = Instant::now();
         clients
@@ -281,11 +396,13 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
 
         // The CNI floor, in a namespace of its own.
         let netns = Netns::new()?;
+        let floor_id = format!("floor-{round}");
         let result = cni_add(&floor_list, &netns.path(), &floor_id, &path)?;
         let began = Instant::now();
         cni_del(&floor_list, &netns.path(), &floor_id, &path, &result)?;
         del.push(began.elapsed().as_secs_f64() * 1000.0);
     }
+    let steps = step_means(&scrape(metrics)?);
     drop(clients);
     drop(crisp);
     unmount_under(&crisp_dir);
@@ -299,7 +416,7 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
 
     println!("# crisp-bench floors");
     println!(
-        "machine: {} cores; {rounds} rounds, medians; runc; the same conflist (bridge, portmap, loopback); crisp and the floors interleaved",
+        "machine: {} cores; {rounds} rounds, medians; runc; the same conflist (bridge, portmap, loopback); crisp and the floors interleaved, the creates a pod's second container, in turns",
         std::thread::available_parallelism().map_or(0, usize::from),
     );
     println!("| step | crisp (ms) | floor (ms) | crisp/floor |");
@@ -315,6 +432,7 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
         .zip(&runc_start)
         .map(|(c, s)| c + s)
         .collect();
+    let mut runc_both_again = runc_both.clone();
     for (step, ours, floor) in [
         (
             "CreateContainer+StartContainer / `runc create` + `runc start` alone",
@@ -327,6 +445,11 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
             runc_create.as_mut_slice(),
         ),
         (
+            "crisp-monitor until its report (runc create under it) / `runc create`",
+            monitor.as_mut_slice(),
+            runc_create_again.as_mut_slice(),
+        ),
+        (
             "StartContainer / `runc start`",
             start.as_mut_slice(),
             runc_start.as_mut_slice(),
@@ -335,5 +458,67 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
         let (c, r) = (median(ours), median(floor));
         println!("| {step} | {c:.1} | {r:.1} | {:.2} |", c / r);
     }
+    let (f, r) = (median(&mut first), median(&mut runc_both_again));
+    println!(
+        "| (a pod's first CreateContainer+StartContainer, right after RunPodSandbox) / `runc create` + `runc start` alone | {f:.1} | {r:.1} | {:.2} |",
+        f / r
+    );
+    println!();
+    println!(
+        "crispd's own split (crisp_operation_step_duration_seconds, means over the {rounds} rounds; `runtime` is the handler's call: crisp-monitor started, `runc create`/`runc start` under it, its report read)"
+    );
+    println!("| operation | step | mean (ms) |");
+    println!("|---|---|---|");
+    for (operation, step, mean) in &steps {
+        println!("| {operation} | {step} | {mean:.2} |");
+    }
     Ok(())
+}
+
+/// crispd's metrics, as text.
+fn scrape(address: std::net::SocketAddr) -> Result<String, Error> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: crisp\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// (operation, step, mean ms) from `crisp_operation_step_duration_seconds`'s sums and
+/// counts, in the order crispd lists them.
+fn step_means(metrics: &str) -> Vec<(String, String, f64)> {
+    let series = |suffix: &str| -> Vec<(String, f64)> {
+        let prefix = format!("crisp_operation_step_duration_seconds_{suffix}{{");
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|l| {
+                let (labels, value) = l.split_once("} ")?;
+                Some((labels.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let counts = series("count");
+    let label = |labels: &str, name: &str| -> String {
+        labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_owned()
+    };
+    series("sum")
+        .into_iter()
+        .filter_map(|(labels, sum)| {
+            let (_, count) = counts.iter().find(|(l, _)| *l == labels)?;
+            (*count > 0.0).then(|| {
+                (
+                    label(&labels, "operation"),
+                    label(&labels, "step"),
+                    sum / count * 1000.0,
+                )
+            })
+        })
+        .collect()
 }

@@ -181,6 +181,15 @@ fn wait_socket(socket: &Path, child: &mut Child) -> Result<(), Error> {
     Err(format!("{} never answered", socket.display()).into())
 }
 
+/// A helper binary crisp ships with crispd: next to $CRISPD, else from PATH.
+pub(crate) fn sibling(name: &str) -> PathBuf {
+    std::env::var_os("CRISPD")
+        .map(PathBuf::from)
+        .and_then(|d| d.parent().map(|p| p.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn start_crispd(dir: &Path) -> Result<Daemon, Error> {
     start_crispd_with(dir, "")
 }

@@ -31,8 +31,20 @@ pub(crate) fn conflist(dir: &Path, bridge: &str) -> Result<std::path::PathBuf, E
 
 /// crisp started in `dir` with its pods on a bridge of their own (`bridge`).
 pub(crate) fn start_crispd_on_bridge(dir: &Path, bridge: &str) -> Result<crate::Daemon, Error> {
+    start_crispd_on_bridge_with(dir, bridge, "")
+}
+
+/// [`start_crispd_on_bridge`] with more configuration (whole tables).
+pub(crate) fn start_crispd_on_bridge_with(
+    dir: &Path,
+    bridge: &str,
+    extra: &str,
+) -> Result<crate::Daemon, Error> {
     let conf = conflist(dir, bridge)?;
-    crate::start_crispd_with(dir, &format!("[cni]\nconf_dir = \"{}\"\n", conf.display()))
+    crate::start_crispd_with(
+        dir,
+        &format!("[cni]\nconf_dir = \"{}\"\n{extra}", conf.display()),
+    )
 }
 
 pub(crate) fn pod(i: usize) -> cri::PodSandboxConfig {
