@@ -167,6 +167,15 @@ fn runc(root: &Path, args: &[&str]) -> Result<(), Error> {
     }
 }
 
+/// The floor container's cgroup: beside crisp's container, in the same pod cgroup.
+fn floor_cgroup(spec: &Value, id: &str) -> String {
+    let crisp = spec["linux"]["cgroupsPath"].as_str().unwrap_or_default();
+    match crisp.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{id}"),
+        None => format!("/crisp-bench-floor/{id}"),
+    }
+}
+
 /// One `runc create` + `runc start` of the container crisp made from `spec` (its
 /// config.json), as a container of its own; the time of each, ms.
 fn runc_create_start(
@@ -176,7 +185,7 @@ fn runc_create_start(
     id: &str,
 ) -> Result<(f64, f64), Error> {
     let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
-    spec["linux"]["cgroupsPath"] = format!("/crisp-bench-floor/{id}").into();
+    spec["linux"]["cgroupsPath"] = floor_cgroup(&spec, id).into();
     std::fs::create_dir_all(bundle)?;
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
     let bundle_arg = bundle.display().to_string();
@@ -234,7 +243,7 @@ async fn create_start(
 fn monitor_create(spec: &Path, bundle: &Path, root: &Path, id: &str) -> Result<f64, Error> {
     use std::io::Read as _;
     let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
-    spec["linux"]["cgroupsPath"] = format!("/crisp-bench-floor/{id}").into();
+    spec["linux"]["cgroupsPath"] = floor_cgroup(&spec, id).into();
     std::fs::create_dir_all(bundle)?;
     std::fs::create_dir_all(root)?;
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
@@ -325,6 +334,7 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
     for round in 0..rounds {
         // crisp: a pod and its first container, which gives the floors their spec.
         let pod_config = crate::pods::pod(round);
+        let pod_began = Instant::now();
         let pod = clients
             .runtime
             .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -379,6 +389,7 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
                 container_id: first_id,
             })
             .await?;
+        let pod_lived = pod_began.elapsed();
         let began = Instant::now();
         clients
             .runtime
@@ -398,6 +409,9 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
         let netns = Netns::new()?;
         let floor_id = format!("floor-{round}");
         let result = cni_add(&floor_list, &netns.path(), &floor_id, &path)?;
+        // As long as crisp's pod lived: a DEL right after its ADD races the kernel's own
+        // work on the new link and is slower than any pod's.
+        std::thread::sleep(pod_lived);
         let began = Instant::now();
         cni_del(&floor_list, &netns.path(), &floor_id, &path, &result)?;
         del.push(began.elapsed().as_secs_f64() * 1000.0);
