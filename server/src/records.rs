@@ -176,7 +176,7 @@ impl<T: Record + Clone> Records<T> {
     /// Writes a record durably: temp file, fsync, rename, fsync of the directory. For
     /// sync contexts (startup); async code calls [`Records::persist`].
     pub fn save(&self, record: &T) -> std::io::Result<()> {
-        write_file(&self.dir, record)?;
+        write_file(&self.dir, record, Durability::PowerLoss)?;
         if let Some(entry) = self.map().get(record.id()) {
             entry.set_snapshot(record.clone());
         }
@@ -190,13 +190,25 @@ impl<T: Record + Clone> Records<T> {
     /// the write fails (readers see the truth; the next write or a restart's recovery
     /// repairs the disk).
     pub async fn persist(&self, record: &T) -> std::io::Result<()> {
+        self.persist_as(record, Durability::PowerLoss).await
+    }
+
+    /// As [`Records::persist`], for a change that a power loss may undo: the file is
+    /// replaced atomically (a crash of crispd loses nothing: the page cache keeps it) but
+    /// not flushed. For what a reboot makes moot anyway, such as a start (after a reboot
+    /// every container has exited, started or not), it saves two disk flushes.
+    pub async fn persist_until_reboot(&self, record: &T) -> std::io::Result<()> {
+        self.persist_as(record, Durability::Crash).await
+    }
+
+    async fn persist_as(&self, record: &T, durability: Durability) -> std::io::Result<()> {
         let dir = self.dir.clone();
         let copy = record.clone();
         let entry = self.map().get(record.id()).cloned();
         tokio::spawn(async move {
             let written = {
                 let copy = copy.clone();
-                tokio::task::spawn_blocking(move || write_file(&dir, &copy))
+                tokio::task::spawn_blocking(move || write_file(&dir, &copy, durability))
                     .await
                     .map_err(std::io::Error::other)
                     .and_then(|r| r)
@@ -211,8 +223,17 @@ impl<T: Record + Clone> Records<T> {
     }
 }
 
-/// Writes `record` durably into `dir`.
-fn write_file<T: Record>(dir: &Path, record: &T) -> std::io::Result<()> {
+/// What a record write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// crispd's end (kill -9): the file is replaced atomically.
+    Crash,
+    /// A power loss too: the file and its directory are flushed.
+    PowerLoss,
+}
+
+/// Writes `record` into `dir`, replacing its file atomically.
+fn write_file<T: Record>(dir: &Path, record: &T, durability: Durability) -> std::io::Result<()> {
     use std::io::Write;
     let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     // A write that outlived its caller may still run: each write has its own temp file.
@@ -221,9 +242,14 @@ fn write_file<T: Record>(dir: &Path, record: &T) -> std::io::Result<()> {
     let tmp = dir.join(format!("{}.{n}.tmp", record.id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&bytes)?;
-    file.sync_all()?;
+    if durability == Durability::PowerLoss {
+        file.sync_all()?;
+    }
     std::fs::rename(&tmp, dir.join(format!("{}.json", record.id())))?;
-    std::fs::File::open(dir)?.sync_all()
+    if durability == Durability::PowerLoss {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Deletes the file of record `id` in `dir`; a missing one is fine.
@@ -237,4 +263,73 @@ fn remove_file(dir: &Path, id: &str) -> std::io::Result<()> {
 /// Labels and annotations as the CRI messages carry them.
 pub fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Note {
+        v: u32,
+        id: String,
+        text: String,
+    }
+
+    impl Record for Note {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn version(&self) -> u32 {
+            self.v
+        }
+        const VERSION: u32 = 1;
+    }
+
+    fn note(id: &str, text: &str) -> Note {
+        Note {
+            v: 1,
+            id: id.to_owned(),
+            text: text.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_of_either_durability_replace_the_file_and_are_read_back() {
+        let dir = std::env::temp_dir().join(format!("crisp-records-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (records, found) = Records::<Note>::open(&dir).expect("open");
+        assert!(found.is_empty());
+        records.insert(note("a", "created"));
+        records.insert(note("b", "created"));
+        records
+            .persist(&note("a", "durable"))
+            .await
+            .expect("persist");
+        records
+            .persist_until_reboot(&note("b", "until reboot"))
+            .await
+            .expect("persist until reboot");
+        records
+            .persist_until_reboot(&note("a", "then until reboot"))
+            .await
+            .expect("persist over a durable write");
+        // What readers see follows the writes.
+        let b = records.get("b").expect("b is listed").snapshot();
+        assert_eq!(b.text, "until reboot");
+        // The next start reads the last write of each, and no temp file is left.
+        let (_, mut found) = Records::<Note>::open(&dir).expect("reopen");
+        found.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(
+            found,
+            vec![note("a", "then until reboot"), note("b", "until reboot")]
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -34,9 +34,16 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
         super::binds::release_off_thread(&record.bundle).await;
     }
     record.started_at = now_ns();
-    daemon.containers.persist(&record).await.map_err(|e| {
-        LifecycleError::internal(format!("cannot persist container {}: {e}", record.id))
-    })?;
+    // A reboot ends every container, started or not: the start need not reach the disk
+    // before the answer (after a crash of crispd the page cache has it; a start that
+    // never reached the record is found by recovery in the runtime's state).
+    daemon
+        .containers
+        .persist_until_reboot(&record)
+        .await
+        .map_err(|e| {
+            LifecycleError::internal(format!("cannot persist container {}: {e}", record.id))
+        })?;
     steps.mark("persist");
     daemon.events.record(
         cri_proto::v1::ContainerEventType::ContainerStartedEvent,
