@@ -483,6 +483,27 @@ pub async fn run(rounds: usize) -> Result<(), Error> {
     );
     println!("| operation | step | mean (ms) |");
     println!("|---|---|---|");
+    // In the order crispd takes the steps; any it adds later, after them.
+    const ORDER: [&str; 13] = [
+        "validate",
+        "image",
+        "record",
+        "intent",
+        "rootfs",
+        "identity",
+        "spec",
+        "binds",
+        "nri",
+        "runtime",
+        "release_binds",
+        "persist",
+        "publish",
+    ];
+    let mut steps = steps;
+    steps.sort_by_key(|(operation, step, _)| {
+        let at = ORDER.iter().position(|s| s == step).unwrap_or(ORDER.len());
+        (operation.clone(), at, step.clone())
+    });
     for (operation, step, mean) in &steps {
         println!("| {operation} | {step} | {mean:.2} |");
     }
