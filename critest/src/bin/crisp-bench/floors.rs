@@ -167,12 +167,29 @@ fn runc(root: &Path, args: &[&str]) -> Result<(), Error> {
     }
 }
 
-/// The floor container's cgroup: beside crisp's container, in the same pod cgroup.
-fn floor_cgroup(spec: &Value, id: &str) -> String {
+/// Writes crisp's config.json (`spec`) into `bundle` for floor container `id`: the same
+/// container, in a cgroup of its own beside crisp's, in the same pod cgroup.
+fn floor_bundle(spec: &Path, bundle: &Path, id: &str) -> Result<(), Error> {
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
     let crisp = spec["linux"]["cgroupsPath"].as_str().unwrap_or_default();
-    match crisp.rsplit_once('/') {
+    let cgroup = match crisp.rsplit_once('/') {
         Some((parent, _)) => format!("{parent}/{id}"),
         None => format!("/crisp-bench-floor/{id}"),
+    };
+    spec["linux"]["cgroupsPath"] = cgroup.into();
+    std::fs::create_dir_all(bundle)?;
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    Ok(())
+}
+
+/// Kills and deletes floor container `id` (deleting waits for the kill to land).
+fn remove(root: &Path, id: &str) {
+    let _ = runc(root, &["kill", id, "KILL"]);
+    for _ in 0..100 {
+        if runc(root, &["delete", "--force", id]).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -184,10 +201,7 @@ fn runc_create_start(
     root: &Path,
     id: &str,
 ) -> Result<(f64, f64), Error> {
-    let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
-    spec["linux"]["cgroupsPath"] = floor_cgroup(&spec, id).into();
-    std::fs::create_dir_all(bundle)?;
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    floor_bundle(spec, bundle, id)?;
     let bundle_arg = bundle.display().to_string();
     let began = Instant::now();
     runc(root, &["create", "--bundle", &bundle_arg, id])?;
@@ -195,14 +209,7 @@ fn runc_create_start(
     let began = Instant::now();
     let start = runc(root, &["start", id]);
     let started = began.elapsed().as_secs_f64() * 1000.0;
-    let _ = runc(root, &["kill", id, "KILL"]);
-    // Deleting waits for the kill to land.
-    for _ in 0..100 {
-        if runc(root, &["delete", "--force", id]).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    remove(root, id);
     start?;
     Ok((created, started))
 }
@@ -242,11 +249,8 @@ async fn create_start(
 /// of its own): the time from its spawn to its `ok` report, ms.
 fn monitor_create(spec: &Path, bundle: &Path, root: &Path, id: &str) -> Result<f64, Error> {
     use std::io::Read as _;
-    let mut spec: Value = serde_json::from_slice(&std::fs::read(spec)?)?;
-    spec["linux"]["cgroupsPath"] = floor_cgroup(&spec, id).into();
-    std::fs::create_dir_all(bundle)?;
+    floor_bundle(spec, bundle, id)?;
     std::fs::create_dir_all(root)?;
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
     let _ = std::fs::remove_file(bundle.join("exit"));
     let runtime = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc"]
         .into_iter()
@@ -277,13 +281,7 @@ fn monitor_create(spec: &Path, bundle: &Path, root: &Path, id: &str) -> Result<f
     let mut report = String::new();
     ours.read_to_string(&mut report)?;
     let took = began.elapsed().as_secs_f64() * 1000.0;
-    let _ = runc(root, &["kill", id, "KILL"]);
-    for _ in 0..100 {
-        if runc(root, &["delete", "--force", id]).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    remove(root, id);
     let _ = child.wait();
     if !report.starts_with("ok ") {
         return Err(format!("crisp-monitor: {}", report.trim()).into());
