@@ -131,7 +131,7 @@ impl Default for Metrics {
             Family::new_with_constructor(histogram);
         registry.register(
             "crisp_operation_step_duration_seconds",
-            "Time spent in each step of a lifecycle operation (CreateContainer, StartContainer), successful or not",
+            "Time spent in each step of CreateContainer and StartContainer; a call that fails records the steps it finished",
             steps.clone(),
         );
         Self {

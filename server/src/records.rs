@@ -193,10 +193,12 @@ impl<T: Record + Clone> Records<T> {
         self.persist_as(record, Durability::PowerLoss).await
     }
 
-    /// As [`Records::persist`], for a change that a power loss may undo: the file is
-    /// replaced atomically (a crash of crispd loses nothing: the page cache keeps it) but
-    /// not flushed. For what a reboot makes moot anyway, such as a start (after a reboot
-    /// every container has exited, started or not), it saves two disk flushes.
+    /// As [`Records::persist`], for a change that a power loss may undo: the new file is
+    /// flushed before it replaces the old (so a power loss leaves the one or the other,
+    /// never an empty file, whatever the filesystem), but the rename is not: after a
+    /// power loss the previous record may be back. For what a reboot makes moot anyway,
+    /// such as a start (after a reboot every container has exited, started or not), it
+    /// saves the directory's flush.
     pub async fn persist_until_reboot(&self, record: &T) -> std::io::Result<()> {
         self.persist_as(record, Durability::Crash).await
     }
@@ -226,9 +228,9 @@ impl<T: Record + Clone> Records<T> {
 /// What a record write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Durability {
-    /// crispd's end (kill -9): the file is replaced atomically.
+    /// crispd's end (kill -9); after a power loss, the previous record or this one.
     Crash,
-    /// A power loss too: the file and its directory are flushed.
+    /// A power loss too: the directory is flushed after the rename.
     PowerLoss,
 }
 
@@ -242,9 +244,9 @@ fn write_file<T: Record>(dir: &Path, record: &T, durability: Durability) -> std:
     let tmp = dir.join(format!("{}.{n}.tmp", record.id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&bytes)?;
-    if durability == Durability::PowerLoss {
-        file.sync_all()?;
-    }
+    // Flushed before the rename in either case: some filesystems (XFS, ext4 without
+    // auto_da_alloc) may otherwise commit the rename before the data.
+    file.sync_all()?;
     std::fs::rename(&tmp, dir.join(format!("{}.json", record.id())))?;
     if durability == Durability::PowerLoss {
         std::fs::File::open(dir)?.sync_all()?;

@@ -32,11 +32,13 @@ pub async fn start(daemon: &Daemon, id: &str) -> Result<(), LifecycleError> {
     steps.mark("runtime");
     if runtime.features().mounts_at_start {
         super::binds::release_off_thread(&record.bundle).await;
+        steps.mark("release_binds");
     }
     record.started_at = now_ns();
-    // A reboot ends every container, started or not: the start need not reach the disk
-    // before the answer (after a crash of crispd the page cache has it; a start that
-    // never reached the record is found by recovery in the runtime's state).
+    // A reboot ends every container, started or not: the start need not be on disk for
+    // good before the answer (a power loss may bring back the created record, and
+    // recovery settles it like every container the reboot ended; a crash of crispd
+    // loses nothing).
     daemon
         .containers
         .persist_until_reboot(&record)

@@ -100,15 +100,26 @@ fn parse_args() -> Result<Args, String> {
 /// starts holds it open. crispd passes it as stdout rather than on a descriptor of its
 /// own choosing so that it can spawn this process without fork (posix_spawn): a fork of
 /// a daemon of crispd's size costs it milliseconds of copy-on-write faults.
-fn take_report() {
-    // SAFETY: descriptor calls on this process's own stdio; fcntl makes a new descriptor.
+///
+/// A crispd from before this change (still running while a new monitor is installed)
+/// passes the channel on fd 3 instead, with /dev/null as stdout: then fd 3 is it.
+fn take_report(legacy: bool) {
+    // SAFETY: descriptor calls on this process's own descriptors; fcntl makes a new one.
     unsafe {
+        if legacy {
+            libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
+            REPORT.store(3, Ordering::SeqCst);
+            return;
+        }
         let fd = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
         REPORT.store(fd, Ordering::SeqCst);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if null >= 0 {
             libc::dup2(null, 1);
             libc::close(null);
+        } else {
+            // Nothing this process starts may hold the channel open.
+            libc::close(1);
         }
     }
 }
@@ -120,6 +131,19 @@ fn say(line: &str) -> bool {
     // SAFETY: writes `line` to our own descriptor (or fails harmlessly on -1).
     let n = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
     usize::try_from(n).is_ok_and(|n| n == line.len())
+}
+
+fn is_open(fd: i32) -> bool {
+    // SAFETY: fcntl on a descriptor number; an unused one just fails.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+fn is_socket(fd: i32) -> bool {
+    // SAFETY: fstat writes into a zeroed stat buffer we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    }
 }
 
 /// Sends the final report and closes the channel.
@@ -325,12 +349,15 @@ fn pause_main(userns: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // Only stdio is ours: whatever else the caller's process left open (crispd may have
-    // inherited descriptors) must not live on with us.
-    // SAFETY: close_range takes no pointers; no descriptor above 2 is in use yet.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // An older crispd's report pipe: fd 3, with no socket on stdout (see [`take_report`]).
+    let legacy = is_open(3) && !is_socket(1);
+    // Only stdio (and that pipe) are ours: whatever else the caller's process left open
+    // (crispd may have inherited descriptors) must not live on with us.
+    let first = if legacy { 4u32 } else { 3u32 };
+    // SAFETY: close_range takes no pointers; nothing above stdio is in use yet.
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
     if std::env::args_os().nth(1).is_some_and(|a| a == "--pause") {
-        take_report();
+        take_report(legacy);
         return pause_main(std::env::args_os().nth(2).is_some_and(|a| a == "--userns"));
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "--exec") {
@@ -345,7 +372,7 @@ fn main() -> ExitCode {
     // The report channel is for this process only: a runtime that keeps inherited
     // descriptors in the container (crun does) would hold it open, and crispd, which reads
     // the report to its end, would wait for the container to exit.
-    take_report();
+    take_report(legacy);
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
