@@ -222,126 +222,6 @@ pub async fn create(
     };
     steps.mark("record");
 
-    // Rootfs, identity and spec are filesystem work.
-    let store = daemon.images.store();
-    let prepared = {
-        let record = record.clone();
-        let pod = pod.clone();
-        let driver = config.cgroup_driver;
-        let host = runtime.host_facts();
-        let container = container.clone();
-        let mut steps = steps;
-        blocking(move || {
-            let prepared = (|| {
-            let rootfs = record.rootfs();
-            let release = |record: &ContainerRecord| {
-                if let Err(e) = record.release_filesystems(&store.snapshots) {
-                    tracing::error!(id = %record.id, error = %e, "cleaning up a failed CreateContainer");
-                }
-            };
-            // The intent goes first: a crash from here on leaves a bundle that the next
-            // start ends and removes (container/orphans.rs).
-            if let Err(e) = super::orphans::write_intent(&record) {
-                release(&record);
-                return Err(LifecycleError::internal(format!(
-                    "recording the create of {} in {}: {e}",
-                    record.id,
-                    record.bundle.display()
-                )));
-            }
-            steps.mark("intent");
-            let userns = network::pin_path(&pod.state_dir, network::NamespaceKind::User);
-            let idmap = pod.userns.as_ref().map(|u| storage::IdMapping {
-                userns: &userns,
-                root_uid: u.uid.host,
-                root_gid: u.gid.host,
-            });
-            if let Err(e) =
-                store
-                    .snapshots
-                    .mount_rootfs(&record.id, &record.chain_ids, &rootfs, idmap.as_ref())
-            {
-                release(&record);
-                return Err(rootfs_error("preparing the rootfs", e));
-            }
-            let mut volumes = Vec::new();
-            for (n, chain) in volume_chains.iter().enumerate() {
-                let (id, target) = record.image_volume(n);
-                if let Err(e) = store
-                    .snapshots
-                    .mount_rootfs(&id, chain, &target, idmap.as_ref())
-                {
-                    release(&record);
-                    return Err(rootfs_error("mounting an image volume", e));
-                }
-                volumes.push(target);
-            }
-            steps.mark("rootfs");
-            let built = (|| {
-                let security = container
-                    .linux
-                    .as_ref()
-                    .and_then(|l| l.security_context.clone())
-                    .unwrap_or_default();
-                let identity = user::resolve(
-                    &rootfs,
-                    &defaults.user,
-                    security.run_as_user.as_ref().map(|u| u.value),
-                    &security.run_as_username,
-                    security.run_as_group.as_ref().map(|g| g.value),
-                    &security.supplemental_groups,
-                    security.supplemental_groups_policy
-                        == i32::from(cri::SupplementalGroupsPolicy::Strict),
-                )?;
-                steps.mark("identity");
-                let args = spec::process_args(&container, &defaults)?;
-                let hostname = if pod.hostname.is_empty() {
-                    pod.name.clone()
-                } else {
-                    pod.hostname.clone()
-                };
-                let env = spec::process_env(&container, &defaults, &hostname);
-                let cwd = [
-                    container.working_dir.as_str(),
-                    defaults.working_dir.as_str(),
-                ]
-                .into_iter()
-                .find(|d| !d.is_empty())
-                .unwrap_or("/")
-                .to_owned();
-                let input = SpecInput {
-                    id: &record.id,
-                    pod: &pod,
-                    rootfs: &rootfs,
-                    identity: &identity,
-                    args,
-                    env,
-                    cwd,
-                    cgroup_driver: driver,
-                    target_pid_ns: target_pid_ns.clone(),
-                    image_volumes: volumes.clone(),
-                    bundle: &record.bundle,
-                    host,
-                };
-                let (spec, oci) = spec::build(&container, &input)?;
-                steps.mark("spec");
-                let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
-                binds::stage(&record.bundle, &container.mounts, pinned)?;
-                steps.mark("binds");
-                Ok::<_, LifecycleError>((spec, oci, identity))
-            })();
-            if built.is_err() {
-                release(&record);
-            }
-            built
-            })();
-            Ok((steps, prepared))
-        })
-        .await?
-    };
-    let (mut steps, prepared) = prepared;
-    let (mut spec_json, mut oci, identity) = prepared?;
-
     // Unmounts and removals: off the async threads.
     let cleanup = |daemon: &Daemon, record: &ContainerRecord| {
         let store = daemon.images.store();
@@ -353,6 +233,32 @@ pub async fn create(
             Ok(())
         })
     };
+    // Rootfs, identity and spec are filesystem work: off the async threads.
+    let files = Files {
+        record: record.clone(),
+        pod: pod.clone(),
+        container: container.clone(),
+        defaults,
+        volume_chains,
+        target_pid_ns,
+        driver: config.cgroup_driver,
+        host: runtime.host_facts(),
+        store: daemon.images.store(),
+    };
+    let (mut steps, prepared) = blocking(move || {
+        let mut steps = steps;
+        let prepared = files.prepare(&mut steps);
+        Ok((steps, prepared))
+    })
+    .await?;
+    let (mut spec_json, mut oci, identity) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            cleanup(daemon, &record).await?;
+            return Err(e);
+        }
+    };
+
     // NRI plugins adjust the spec before the runtime sees it; the container is listed
     // only once they are done, and a plugin that joins meanwhile synchronizes after it.
     let _sync = crate::nri::block_sync(daemon).await;
@@ -437,6 +343,112 @@ pub async fn create(
     }
     steps.mark("publish");
     Ok(id)
+}
+
+/// What CreateContainer's filesystem work needs, moved to a blocking thread.
+struct Files {
+    record: ContainerRecord,
+    pod: crate::pod::SandboxRecord,
+    container: cri::ContainerConfig,
+    defaults: ImageDefaults,
+    volume_chains: Vec<Vec<String>>,
+    target_pid_ns: Option<std::path::PathBuf>,
+    driver: conf::CgroupDriver,
+    host: runtime_handlers::HostFacts,
+    store: Arc<storage::Store>,
+}
+
+impl Files {
+    /// The intent record, the rootfs and image volumes mounted, the process's identity
+    /// resolved in the rootfs, the OCI spec built and the binds staged: the spec (as
+    /// JSON and typed) and the identity. The caller releases what a failure leaves.
+    fn prepare(
+        &self,
+        steps: &mut crate::metrics::Steps,
+    ) -> Result<(serde_json::Value, oci_spec::runtime::Spec, user::Identity), LifecycleError> {
+        let (record, pod, container, defaults) =
+            (&self.record, &self.pod, &self.container, &self.defaults);
+        // The intent goes first: a crash from here on leaves a bundle that the next
+        // start ends and removes (container/orphans.rs).
+        super::orphans::write_intent(record).map_err(|e| {
+            LifecycleError::internal(format!(
+                "recording the create of {} in {}: {e}",
+                record.id,
+                record.bundle.display()
+            ))
+        })?;
+        steps.mark("intent");
+        let rootfs = record.rootfs();
+        let userns = network::pin_path(&pod.state_dir, network::NamespaceKind::User);
+        let idmap = pod.userns.as_ref().map(|u| storage::IdMapping {
+            userns: &userns,
+            root_uid: u.uid.host,
+            root_gid: u.gid.host,
+        });
+        let snapshots = &self.store.snapshots;
+        snapshots
+            .mount_rootfs(&record.id, &record.chain_ids, &rootfs, idmap.as_ref())
+            .map_err(|e| rootfs_error("preparing the rootfs", e))?;
+        let mut volumes = Vec::new();
+        for (n, chain) in self.volume_chains.iter().enumerate() {
+            let (id, target) = record.image_volume(n);
+            snapshots
+                .mount_rootfs(&id, chain, &target, idmap.as_ref())
+                .map_err(|e| rootfs_error("mounting an image volume", e))?;
+            volumes.push(target);
+        }
+        steps.mark("rootfs");
+        let security = container
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.clone())
+            .unwrap_or_default();
+        let identity = user::resolve(
+            &rootfs,
+            &defaults.user,
+            security.run_as_user.as_ref().map(|u| u.value),
+            &security.run_as_username,
+            security.run_as_group.as_ref().map(|g| g.value),
+            &security.supplemental_groups,
+            security.supplemental_groups_policy == i32::from(cri::SupplementalGroupsPolicy::Strict),
+        )?;
+        steps.mark("identity");
+        let args = spec::process_args(container, defaults)?;
+        let hostname = if pod.hostname.is_empty() {
+            pod.name.clone()
+        } else {
+            pod.hostname.clone()
+        };
+        let env = spec::process_env(container, defaults, &hostname);
+        let cwd = [
+            container.working_dir.as_str(),
+            defaults.working_dir.as_str(),
+        ]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or("/")
+        .to_owned();
+        let input = SpecInput {
+            id: &record.id,
+            pod,
+            rootfs: &rootfs,
+            identity: &identity,
+            args,
+            env,
+            cwd,
+            cgroup_driver: self.driver,
+            target_pid_ns: self.target_pid_ns.clone(),
+            image_volumes: volumes,
+            bundle: &record.bundle,
+            host: self.host,
+        };
+        let (spec, oci) = spec::build(container, &input)?;
+        steps.mark("spec");
+        let pinned = pod.userns.as_ref().map(|u| (userns.as_path(), u));
+        binds::stage(&record.bundle, &container.mounts, pinned)?;
+        steps.mark("binds");
+        Ok((spec, oci, identity))
+    }
 }
 
 /// A rootfs that cannot be stacked (more layers than overlayfs takes) is the image's

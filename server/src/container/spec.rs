@@ -54,11 +54,10 @@ impl ImageDefaults {
     pub fn from_config(config: &[u8]) -> Self {
         let v: Value = serde_json::from_slice(config).unwrap_or(Value::Null);
         let c = &v["config"];
-        let strings = json_strings;
         Self {
-            entrypoint: strings(&c["Entrypoint"]),
-            cmd: strings(&c["Cmd"]),
-            env: strings(&c["Env"]),
+            entrypoint: json_strings(&c["Entrypoint"]),
+            cmd: json_strings(&c["Cmd"]),
+            env: json_strings(&c["Env"]),
             working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
             user: c["User"].as_str().unwrap_or_default().to_owned(),
             stop_signal: c["StopSignal"].as_str().unwrap_or_default().to_owned(),
