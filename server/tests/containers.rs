@@ -13,11 +13,8 @@ use tonic::transport::Channel;
 /// The container's state as ListContainers has it (its entries are cached between
 /// changes, so each change must show).
 async fn listed_state(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Option<i32> {
-    rt.list_containers(cri::ListContainersRequest::default())
+    common::list_containers(rt)
         .await
-        .expect("list")
-        .into_inner()
-        .containers
         .into_iter()
         .find(|c| c.id == id)
         .map(|c| c.state)
@@ -209,12 +206,7 @@ async fn exit_codes_survive_a_daemon_that_was_down_when_the_container_exited() {
     })
     .await
     .expect("remove pod");
-    let left = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .containers;
+    let left = common::list_containers(&mut rt).await;
     assert!(left.is_empty());
     assert_eq!(s.net.mounts(), 0);
 }
@@ -1055,12 +1047,7 @@ async fn devices_and_a_target_pid_namespace() {
     });
     let err = create_refused(&mut rt, &pod, orphan).await;
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let listed = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .containers;
+    let listed = common::list_containers(&mut rt).await;
     assert_eq!(listed.len(), 2, "refused creates left nothing");
     teardown(&mut rt).await;
 }

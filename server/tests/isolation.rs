@@ -134,12 +134,7 @@ async fn recursive_read_only_mounts_reach_submounts() {
         );
         assert!(err.message().contains(why), "{}", err.message());
     }
-    let listed = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .containers;
+    let listed = common::list_containers(&mut rt).await;
     assert_eq!(listed.len(), 2, "refused creates left nothing");
     teardown(&mut rt).await;
     assert_eq!(s.net.mounts(), 0, "nothing mounted under the state dir");

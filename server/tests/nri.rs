@@ -258,12 +258,7 @@ async fn plugins_see_every_event_in_order_adjust_containers_and_may_refuse_or_di
         mounts,
         "a refused container leaves no mount"
     );
-    let listed = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .containers;
+    let listed = common::list_containers(&mut rt).await;
     assert!(listed.is_empty(), "{listed:?}");
     let retried = rt
         .create_container(refused_container())

@@ -236,12 +236,7 @@ async fn kill_9_during_churn_leaves_lists_true_and_nothing_behind() {
     // The lists against the host: every monitor and every runc container is a listed
     // container, every running listed container has its monitor, and every ready pod its
     // init.
-    let containers = rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .expect("list containers")
-        .into_inner()
-        .containers;
+    let containers = common::list_containers(&mut rt).await;
     let listed: BTreeSet<String> = containers.iter().map(|c| c.id.clone()).collect();
     let running: BTreeSet<String> = containers
         .iter()

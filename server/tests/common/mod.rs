@@ -24,6 +24,17 @@ pub async fn list_pods(rt: &mut RuntimeServiceClient<Channel>) -> Vec<cri_proto:
         .items
 }
 
+/// Every container the daemon lists.
+pub async fn list_containers(
+    rt: &mut RuntimeServiceClient<Channel>,
+) -> Vec<cri_proto::v1::Container> {
+    rt.list_containers(cri_proto::v1::ListContainersRequest::default())
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+}
+
 /// The crispd under test.
 pub fn crispd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_crispd"))
